@@ -1,0 +1,155 @@
+"""
+Frozen values shared by every layer: rules, targets, port ranges.
+
+These are plain data.  The standalone TOML parser, the control plane's
+store and the wire protocol all produce and consume the same L{Rule}, so a
+feature added here is available everywhere at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+from collections.abc import Iterator
+
+import attrs
+
+__all__ = [
+    "DEFAULT_LISTEN_ADDRESSES",
+    "PortRange",
+    "Protocol",
+    "ProxyProtocolVersion",
+    "Rule",
+    "Target",
+    "rule_id_for_name",
+]
+
+#: Every rule listens on all IPv4 and all IPv6 addresses unless told otherwise.
+DEFAULT_LISTEN_ADDRESSES: tuple[str, ...] = ("0.0.0.0", "::")
+
+
+class Protocol(enum.Enum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class ProxyProtocolVersion(enum.Enum):
+    V1 = "v1"
+    V2 = "v2"
+
+
+def _check_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be 1..65535, got {value}")
+
+
+@attrs.frozen
+class PortRange:
+    """An inclusive range of ports; a single port is a range of one."""
+
+    start: int = attrs.field(validator=_check_port)
+    end: int = attrs.field(validator=_check_port)
+
+    def __attrs_post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"port range {self.start}-{self.end} ends before it starts")
+
+    @classmethod
+    def single(cls, port: int) -> PortRange:
+        return cls(port, port)
+
+    def __len__(self) -> int:
+        return self.end - self.start + 1
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.end + 1))
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.start <= port <= self.end
+
+    def overlaps(self, other: PortRange) -> bool:
+        return self.start <= other.end and other.start <= self.end
+
+    def __str__(self) -> str:
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+
+@attrs.frozen
+class Target:
+    """
+    Where a rule's connections go.
+
+    C{ports} has one port for a single-port rule, or the same length as the
+    rule's listen range: listen port C{A + i} goes to target port
+    C{ports.start + i}.
+    """
+
+    host: str
+    ports: PortRange
+    priority: int = 0
+    proxy_protocol: ProxyProtocolVersion | None = None
+
+    @property
+    def is_ip_literal(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+    def display(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.ports}"
+
+
+def rule_id_for_name(name: str) -> int:
+    """
+    A stable 63-bit id derived from a rule's name, so the same standalone
+    config always yields the same ids in logs and stats across restarts.
+    """
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@attrs.frozen
+class Rule:
+    """One forwarding rule: listen on C{listen} ports, send to C{targets}."""
+
+    name: str
+    protocol: Protocol
+    listen: PortRange
+    targets: tuple[Target, ...] = attrs.field(converter=tuple)
+    listen_addresses: tuple[str, ...] = attrs.field(
+        default=DEFAULT_LISTEN_ADDRESSES, converter=tuple
+    )
+    prefer_ipv6: bool = False
+    udp_max_flows: int = 1024
+    udp_flow_idle_secs: int = 60
+    id: int = attrs.field()
+
+    @id.default
+    def _default_id(self) -> int:
+        return rule_id_for_name(self.name)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError(f"rule {self.name!r} has no targets")
+        for target in self.targets:
+            if len(target.ports) not in (1, len(self.listen)) or (
+                len(target.ports) == 1 and len(self.listen) > 1
+            ):
+                raise ValueError(
+                    f"rule {self.name!r}: listen has {len(self.listen)} ports, "
+                    f"target {target.display()} has {len(target.ports)}"
+                )
+
+    def target_port(self, target: Target, listen_port: int) -> int:
+        """The target port for a connection that arrived on C{listen_port}."""
+        if listen_port not in self.listen:
+            raise ValueError(f"port {listen_port} is not one of rule {self.name!r}'s ports")
+        return target.ports.start + (listen_port - self.listen.start)
+
+    def targets_by_priority(self) -> tuple[Target, ...]:
+        """Targets in dial order: lower priority first, ties by config order."""
+        return tuple(sorted(self.targets, key=lambda t: t.priority))

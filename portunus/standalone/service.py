@@ -1,0 +1,211 @@
+"""
+The standalone forwarder as a Twisted service.
+
+It binds every rule in C{privilegedStartService} (so ports below 1024 can be
+bound before twistd sheds privileges), refuses to start if any rule failed
+to bind, serves them from C{startService}, reports per-rule counters
+periodically, and drains in-flight connections on shutdown.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import sys
+from typing import IO, Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+
+from portunus.dataplane.forwarder import BoundRule, Forwarder
+from portunus.errors import PortunusError
+from portunus.standalone.config import StandaloneConfig
+
+__all__ = ["RLIMIT_NOFILE_LOW", "StandaloneService"]
+
+log = Logger()
+
+#: Below this many open files a busy forwarder runs out of descriptors.
+RLIMIT_NOFILE_LOW = 4096
+
+
+class StandaloneService(MultiService):
+    """Forwards the rules of one standalone config file."""
+
+    def __init__(
+        self,
+        config: StandaloneConfig,
+        reactor: Any,
+        forwarder: Forwarder | None = None,
+        log_observer: ILogObserver | None = None,
+        stderr: IO[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self.forwarder = forwarder if forwarder is not None else Forwarder(reactor)
+        self._log_observer = log_observer
+        self._stderr = stderr if stderr is not None else sys.stderr
+        self._bound: list[BoundRule] | None = None
+        self._stats_loop: LoopingCall | None = None
+        self._previous_sighup: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd gives the application to the service made by a plugin; an
+        # ILogObserver component on it is how an application chooses its log
+        # format (an explicit --logger on the command line still wins).
+        if (
+            self._log_observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
+
+    # -- binding ----------------------------------------------------------
+
+    def bind_all(self) -> list[tuple[str, PortunusError]]:
+        """
+        Bind every rule; return the failures (rule name, error) and keep the
+        successes for L{startService}.  A failed rule binds nothing.
+        """
+        failures: list[tuple[str, PortunusError]] = []
+        bound: list[BoundRule] = []
+        for rule in self.config.rules:
+            try:
+                bound.append(self.forwarder.bind(rule))
+            except PortunusError as e:
+                failures.append((rule.name, e))
+                log.error(
+                    "rule {rule} failed: {reason}",
+                    event="rule.failed",
+                    rule=rule.name,
+                    rule_id=str(rule.id),
+                    reason=e.code,
+                    detail=e.message,
+                    offending_port=e.fields.get("port"),
+                )
+        if failures:
+            for b in bound:
+                b.close()
+            bound = []
+        self._bound = bound
+        return failures
+
+    def privilegedStartService(self) -> None:
+        failures = self.bind_all()
+        if failures:
+            self._stderr.write(f"error: {len(failures)} rule(s) failed to bind:\n")
+            for name, error in failures:
+                self._stderr.write(f"- {name}: {error.code}: {error.message} ({error.hint})\n")
+            self._stderr.flush()
+            raise SystemExit(1)
+        super().privilegedStartService()
+
+    # -- running ----------------------------------------------------------
+
+    def startService(self) -> None:
+        if self._bound is None:
+            self.privilegedStartService()
+        assert self._bound is not None
+        bound, self._bound = self._bound, []
+        _raise_nofile_limit()
+        for b in bound:
+            self.forwarder.activate(b)
+        if self.config.stats_enabled:
+            self._stats_loop = LoopingCall(self.report_stats)
+            self._stats_loop.clock = self._reactor
+            self._stats_loop.start(self.config.stats_log_interval_secs, now=False)
+        self._install_sighup()
+        log.info(
+            "standalone forwarder running {count} rule(s) from {source}",
+            event="standalone.started",
+            count=len(bound),
+            source=self.config.source,
+            label=self.config.label,
+        )
+        super().startService()
+
+    def report_stats(self) -> None:
+        """Log one C{standalone.stats} event per rule."""
+        for rule_id, stats in self.forwarder.stats().items():
+            rule = next(r for r in self.forwarder.rules if r.id == rule_id)
+            log.info(
+                "rule {rule}: {bytes_in} B in, {bytes_out} B out, "
+                "{active_connections} active connections",
+                event="standalone.stats",
+                rule=rule.name,
+                rule_id=str(rule_id),
+                **stats.snapshot(),
+            )
+
+    def stopService(self) -> Deferred[None]:
+        log.info(
+            "stopping: no new connections; draining up to {drain_secs}s",
+            event="shutdown.signal",
+            drain_secs=self.config.shutdown_drain_secs,
+            active_connections=self.forwarder.connection_count(),
+        )
+        if self._stats_loop is not None and self._stats_loop.running:
+            self._stats_loop.stop()
+        self._restore_sighup()
+        super().stopService()
+
+        def stopped(_: object) -> None:
+            log.info("standalone forwarder stopped", event="standalone.stopped")
+
+        d: Deferred[Any] = self.forwarder.stop(self.config.shutdown_drain_secs)
+        return d.addCallback(stopped)
+
+    # -- signals ----------------------------------------------------------
+
+    def _install_sighup(self) -> None:
+        def on_sighup(signum: int, frame: object) -> None:
+            self._reactor.callFromThread(
+                log.warn,
+                "SIGHUP received: configuration reload is not supported; "
+                "restart the service to apply changes",
+                event="standalone.sighup_ignored",
+            )
+
+        try:
+            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+        except ValueError:
+            # Not the main thread (e.g. under a test runner); nothing to do.
+            self._previous_sighup = None
+
+    def _restore_sighup(self) -> None:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+
+
+def _raise_nofile_limit() -> None:
+    """
+    Raise the soft open-file limit to the hard one: every proxied
+    connection costs two descriptors, and distributions default to 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    log.info(
+        "open-file limit {soft} (hard {hard})",
+        event="standalone.rlimit_nofile",
+        soft=soft,
+        hard=hard,
+    )
+    if soft < RLIMIT_NOFILE_LOW:
+        log.warn(
+            "open-file limit {soft} is low: each connection needs two; "
+            "raise LimitNOFILE (systemd) or ulimit -n to at least {low}",
+            event="standalone.rlimit_nofile_low",
+            soft=soft,
+            low=RLIMIT_NOFILE_LOW,
+        )

@@ -1,0 +1,78 @@
+"""
+C{twistd portunus-standalone}: command-line options and the composition root.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from portunus.logging import make_observer, parse_log_level
+from portunus.standalone.config import ConfigError, StandaloneConfig, load_config
+from portunus.standalone.service import StandaloneService
+
+__all__ = ["Options", "makeService"]
+
+#: Exit code for a configuration error (Portunus: 2).
+EXIT_CONFIG = 2
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH] [--check] [--log-level LEVEL] [--log-format json|pretty]"
+    longdesc = (
+        "Forward TCP ports as a TOML file says. "
+        "Exit codes: 0 clean shutdown, 1 a rule failed to bind, 2 configuration error."
+    )
+    optParameters = [
+        ["config", "c", "portunus.toml", "Path of the standalone TOML config."],
+        ["log-level", None, None, "debug, info, warn or error (default: the config's, warn)."],
+        ["log-format", None, None, "json (default) or pretty (default: the config's)."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the config, print 'ok' and exit 0; print every error, exit 2."],
+    ]
+
+    def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
+        super().__init__()
+        self._stdout = stdout if stdout is not None else sys.stdout
+        self._stderr = stderr if stderr is not None else sys.stderr
+        self.config: StandaloneConfig | None = None
+
+    def _fail(self, lines: list[str]) -> None:
+        for line in lines:
+            self._stderr.write(f"{line}\n")
+        self._stderr.flush()
+        raise SystemExit(EXIT_CONFIG)
+
+    def postOptions(self) -> None:
+        try:
+            self.config = load_config(self["config"])
+        except ConfigError as e:
+            self._fail(
+                [f"error: {len(e.issues)} problem(s) in the configuration:"]
+                + [f"- {issue}" for issue in e.issues]
+            )
+        assert self.config is not None
+        try:
+            self.level = parse_log_level(self["log-level"] or self.config.log_level)
+            self.log_format = self["log-format"] or self.config.log_format
+            make_observer(self.log_format, self.level, self._stderr)
+        except ValueError as e:
+            self._fail([f"error: {e}"])
+        if self["check"]:
+            self._stdout.write("ok\n")
+            self._stdout.flush()
+            raise SystemExit(0)
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    assert options.config is not None
+    observer = make_observer(options.log_format, options.level, sys.stderr)
+    return StandaloneService(options.config, reactor, log_observer=observer)
