@@ -1,0 +1,119 @@
+"""
+Real-socket helpers for integration tests: loopback only, bounded loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port nothing listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_range(count: int) -> int:
+    """The first of C{count} consecutive free ports."""
+    for _ in range(200):
+        start = free_port()
+        if start + count > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(start, start + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((LOOPBACK, port))
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+@implementer(IHalfCloseableProtocol)
+class EchoProtocol(Protocol):
+    """Echoes with back-pressure; closes once the client's EOF is echoed."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.registerProducer(self.transport, True)  # type: ignore[arg-type]
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+def echo_factory() -> Factory:
+    return Factory.forProtocol(EchoProtocol)
+
+
+@implementer(IHalfCloseableProtocol)
+class HashingClient(Protocol):
+    """
+    Sends C{payload}, half-closes, and hashes everything it gets back;
+    C{done} fires with (bytes received, sha256 hex) once the server closes.
+    """
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = 0
+        self.digest = hashlib.sha256()
+        self.done: Deferred[tuple[int, str]] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.payload)
+        self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.digest.update(data)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.done.called:
+            self.done.callback((self.received, self.digest.hexdigest()))
+
+
+class OneShotClientFactory(ClientFactory):
+    """Connects one given protocol; a failed connect fails its C{done}."""
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        p: Protocol = self.protocol_instance
+        p.factory = self
+        return p
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.protocol_instance.done.errback(reason)
