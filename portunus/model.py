@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import attrs
 
@@ -112,6 +112,14 @@ def rule_id_for_name(name: str) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def _target_tuple(targets: Iterable[Target]) -> tuple[Target, ...]:
+    return tuple(targets)
+
+
+def _address_tuple(addresses: Iterable[str]) -> tuple[str, ...]:
+    return tuple(addresses)
+
+
 @attrs.frozen
 class Rule:
     """One forwarding rule: listen on C{listen} ports, send to C{targets}."""
@@ -119,9 +127,9 @@ class Rule:
     name: str
     protocol: Protocol
     listen: PortRange
-    targets: tuple[Target, ...] = attrs.field(converter=tuple)
+    targets: tuple[Target, ...] = attrs.field(converter=_target_tuple)
     listen_addresses: tuple[str, ...] = attrs.field(
-        default=DEFAULT_LISTEN_ADDRESSES, converter=tuple
+        default=DEFAULT_LISTEN_ADDRESSES, converter=_address_tuple
     )
     prefer_ipv6: bool = False
     udp_max_flows: int = 1024

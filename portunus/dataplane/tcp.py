@@ -21,6 +21,7 @@ L{TcpRelay.start_relaying}, after any prelude, by the same state change.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import socket
 import struct
@@ -34,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portunus.dataplane.splice import PipePool, SpliceRelay
 from portunus.dataplane.stats import PortStats, RuleStats
 from portunus.model import Rule, Target
 
@@ -41,6 +43,7 @@ __all__ = [
     "CONNECT_TIMEOUT_SECS",
     "InboundFactory",
     "RelayState",
+    "SpliceContext",
     "TcpRelay",
 ]
 
@@ -50,6 +53,34 @@ log = Logger()
 CONNECT_TIMEOUT_SECS = 3.0
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+class SpliceContext:
+    """
+    What the relays of one process share for zero-copy transfer: the pipe
+    pool, and which rules already logged that they splice.
+    """
+
+    def __init__(self, pool: PipePool | None = None) -> None:
+        self.pool = pool if pool is not None else PipePool()
+        self._announced: set[int] = set()
+
+    def announce(self, rule: Rule) -> None:
+        if rule.id not in self._announced:
+            self._announced.add(rule.id)
+            log.info(
+                "rule {rule}: relaying with splice (zero-copy)",
+                event="proxy.splice_selected",
+                rule=rule.name,
+            )
+
+    def fell_back(self, rule: Rule) -> None:
+        log.warn(
+            "rule {rule}: the kernel refused splice; relaying in userspace",
+            event="proxy.splice_unsupported_fallback",
+            rule=rule.name,
+        )
 
 
 class RelayState(enum.Enum):
@@ -66,16 +97,17 @@ class _Side(enum.Enum):
 def _reset(transport: Any) -> None:
     """Close C{transport} with an RST rather than a FIN, mirroring a reset."""
     handle = transport.getHandle()
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    except (OSError, AttributeError):
-        pass
     transport.abortConnection()
 
 
 @implementer(IHalfCloseableProtocol)
 class _Leg(Protocol):
     """One socket of a relay; every event goes to the relay."""
+
+    #: A TCP transport: pausable, half-closeable, abortable.
+    transport: Any
 
     def __init__(self, relay: TcpRelay, side: _Side) -> None:
         self.relay = relay
@@ -90,7 +122,7 @@ class _Leg(Protocol):
     def writeConnectionLost(self) -> None:
         """Our write shutdown went out; the relay needs nothing more."""
 
-    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self.relay.leg_lost(self.side, reason)
 
 
@@ -140,8 +172,11 @@ class TcpRelay:
         port_stats: PortStats,
         on_closed: Callable[[TcpRelay], None],
         connect_timeout: float = CONNECT_TIMEOUT_SECS,
+        splice: SpliceContext | None = None,
     ) -> None:
         self._reactor = reactor
+        self._splice_context = splice
+        self._splice: SpliceRelay | None = None
         self.rule = rule
         self.listen_port = listen_port
         self._rule_stats = rule_stats
@@ -232,6 +267,55 @@ class TcpRelay:
         client, target = self.client.transport, self.target.transport
         assert client is not None and target is not None
         self.state = RelayState.RELAYING
+        if self._try_splice(client, target):
+            return
+        self._start_userspace(client, target)
+
+    def _try_splice(self, client: Any, target: Any) -> bool:
+        context = self._splice_context
+        if (
+            context is None
+            or self._early
+            or not SpliceRelay.can_take_over(client)
+            or not SpliceRelay.can_take_over(target)
+        ):
+            return False
+        self._splice = SpliceRelay(
+            self._reactor,
+            client,
+            target,
+            context.pool,
+            self._count_in,
+            self._count_out,
+            self._splice_done,
+            self._splice_unsupported,
+        )
+        self._splice.start()
+        context.announce(self.rule)
+        return True
+
+    def _count_in(self, n: int) -> None:
+        self._rule_stats.bytes_in += n
+        self._port_stats.bytes_in += n
+
+    def _count_out(self, n: int) -> None:
+        self._rule_stats.bytes_out += n
+        self._port_stats.bytes_out += n
+
+    def _splice_done(self, reset: bool) -> None:
+        self._eof[_Side.CLIENT] = self._eof[_Side.TARGET] = True
+        self._close_all(reset=reset)
+
+    def _splice_unsupported(self) -> None:
+        assert self._splice_context is not None
+        assert self.client is not None and self.target is not None
+        self._splice = None
+        self._splice_context.fell_back(self.rule)
+        self._start_userspace(self.client.transport, self.target.transport)
+        if self.target.transport is not None:
+            self.target.transport.resumeProducing()
+
+    def _start_userspace(self, client: Any, target: Any) -> None:
         for chunk in self._early:
             self.data_received(_Side.CLIENT, chunk)
         self._early.clear()
@@ -301,6 +385,8 @@ class TcpRelay:
             return
         was_dialing = self.state is RelayState.DIALING
         self.state = RelayState.CLOSED
+        if self._splice is not None:
+            self._splice.stop()
         if was_dialing and self._dialing is not None:
             self._dialing.disconnect()
             self._dialing = None
@@ -319,6 +405,8 @@ class TcpRelay:
         """Cut the connection now (drain deadline passed, rule removed)."""
         if self.state is RelayState.CLOSED:
             return
+        if self._splice is not None:
+            self._splice.stop()
         for leg in (self.client, self.target):
             if leg is not None and leg.transport is not None:
                 leg.transport.abortConnection()
@@ -332,10 +420,8 @@ def _unregister_producer(transport: Any) -> None:
 
 def _set_nodelay(transport: Any) -> None:
     if ITCPTransport.providedBy(transport):
-        try:
+        with contextlib.suppress(OSError):
             transport.setTcpNoDelay(True)
-        except OSError:
-            pass
 
 
 class InboundFactory(Factory):
@@ -352,8 +438,10 @@ class InboundFactory(Factory):
         on_opened: Callable[[TcpRelay], None],
         on_closed: Callable[[TcpRelay], None],
         connect_timeout: float = CONNECT_TIMEOUT_SECS,
+        splice: SpliceContext | None = None,
     ) -> None:
         self._reactor = reactor
+        self._splice = splice
         self.rule = rule
         self.listen_port = listen_port
         self._rule_stats = rule_stats
@@ -371,6 +459,7 @@ class InboundFactory(Factory):
             self._port_stats,
             self._on_closed,
             self._connect_timeout,
+            self._splice,
         )
         self._on_opened(relay)
         leg = _ClientLeg(relay)

@@ -80,9 +80,7 @@ class DialTests(SynchronousTestCase):
 
     def test_port_range_maps_by_offset(self) -> None:
         """Listen port A+i goes to target port C+i."""
-        rule = make_rule(
-            Target("10.0.0.5", PortRange(9000, 9009)), listen=PortRange(8000, 8009)
-        )
+        rule = make_rule(Target("10.0.0.5", PortRange(9000, 9009)), listen=PortRange(8000, 8009))
         h = RelayHarness(rule, listen_port=8003)
         h.accept()
         self.assertEqual(h.dialled[0][:2], ("10.0.0.5", 9003))

@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from portunus.dataplane import BindError, Forwarder
-from portunus.model import PortRange, Protocol as Proto, Rule, Target
+from portunus.model import PortRange, Rule, Target
+from portunus.model import Protocol as Proto
 from tests._net import (
     LOOPBACK,
     HashingClient,
@@ -85,9 +86,7 @@ class BulkTransferTests(ForwardingTestCase):
         rule, port = self.echo_rule()
         payloads = [os.urandom(16 * 1024) for _ in range(200)]
         results = yield gatherResults([self.exchange(port, p) for p in payloads])
-        self.assertEqual(
-            results, [(len(p), hashlib.sha256(p).hexdigest()) for p in payloads]
-        )
+        self.assertEqual(results, [(len(p), hashlib.sha256(p).hexdigest()) for p in payloads])
         stats = self.forwarder.stats_for(rule.id)
         self.assertEqual(stats.total_connections, 200)
         self.assertEqual(stats.connect_failures, 0)
@@ -120,12 +119,14 @@ class HalfCloseTests(ForwardingTestCase):
         listen_port = free_port()
         self.forwarder.install(
             loopback_rule(
-                "half", PortRange.single(listen_port), Target(LOOPBACK, PortRange.single(target_port))
+                "half",
+                PortRange.single(listen_port),
+                Target(LOOPBACK, PortRange.single(target_port)),
             )
         )
         client = HashingClient(b"ping")
         reactor.connectTCP(LOOPBACK, listen_port, OneShotClientFactory(client))
-        received, digest = yield client.done
+        _received, digest = yield client.done
         self.assertEqual(digest, hashlib.sha256(b"got ping").hexdigest())
 
 
