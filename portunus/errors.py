@@ -57,7 +57,7 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         "protocol_unsupported",
         422,
         3,
-        "this build cannot forward that protocol yet; use protocol = \"tcp\"",
+        'this build cannot forward that protocol yet; use protocol = "tcp"',
     ),
     # Rule lifecycle.
     ErrorCode("rule_not_found", 404, 8, "list the rules to find the right name or id"),
