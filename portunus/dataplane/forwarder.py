@@ -6,6 +6,10 @@ install a rule (bind all of its ports or none), remove it (stop accepting
 at once, let in-flight connections finish up to a drain deadline), stop
 everything, and read live counters.
 
+TCP rules are served by L{_ActiveRule} and the relays of L{portunus.dataplane.tcp},
+UDP rules by a L{UdpRuntime}: a UDP rule drains by closing its listeners
+and its flows at once, since a flow has nothing in flight to wait for.
+
 Binding and serving are two steps (L{Forwarder.bind} then
 L{Forwarder.activate}) so a service can bind privileged ports before it
 sheds privileges and so bound sockets can be handed to worker processes.
@@ -15,22 +19,39 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from portunus.dataplane.listeners import BoundSocket, bind_stream_sockets
+from portunus.dataplane.listeners import (
+    BoundSocket,
+    bind_datagram_sockets,
+    bind_stream_sockets,
+)
+from portunus.dataplane.splice import splice_disabled_by_env, splice_supported
 from portunus.dataplane.stats import RuleStats
-from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, InboundFactory, TcpRelay
+from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, InboundFactory, SpliceContext, TcpRelay
+from portunus.dataplane.udp import UdpRuntime
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
 
-__all__ = ["DEFAULT_DRAIN_SECS", "BoundRule", "Forwarder"]
+__all__ = ["AUTO", "DEFAULT_DRAIN_SECS", "SUPPORTED_PROTOCOLS", "BoundRule", "Forwarder"]
 
 log = Logger()
 
 DEFAULT_DRAIN_SECS = 30.0
+
+#: What this data plane can forward.
+SUPPORTED_PROTOCOLS = frozenset({Protocol.TCP, Protocol.UDP})
+
+
+class _Auto:
+    """Marker: decide from the platform and the environment."""
+
+
+AUTO = _Auto()
 
 
 @attrs.frozen
@@ -45,11 +66,25 @@ class BoundRule:
             bound.sock.close()
 
 
-class _ActiveRule:
-    """A serving rule: its listening ports, live relays and counters."""
+class _Serving(TypingProtocol):
+    """What the Forwarder needs of a serving rule, TCP or UDP."""
 
-    def __init__(self, reactor: Any, rule: Rule, connect_timeout: float) -> None:
+    rule: Rule
+    stats: RuleStats
+
+    def active_count(self) -> int: ...
+
+    def drain(self, timeout: float) -> Deferred[int]: ...
+
+
+class _ActiveRule:
+    """A serving TCP rule: its listening ports, live relays and counters."""
+
+    def __init__(
+        self, reactor: Any, rule: Rule, connect_timeout: float, splice: SpliceContext | None
+    ) -> None:
         self._reactor = reactor
+        self._splice = splice
         self.rule = rule
         self.stats = RuleStats()
         self.relays: set[TcpRelay] = set()
@@ -67,6 +102,7 @@ class _ActiveRule:
                 self.relays.add,
                 self._relay_closed,
                 self._connect_timeout,
+                self._splice,
             )
             try:
                 port = self._reactor.adoptStreamPort(bound.sock.fileno(), bound.family, factory)
@@ -74,6 +110,9 @@ class _ActiveRule:
                 # The reactor holds its own duplicate of the descriptor.
                 bound.sock.close()
             self.ports.append(port)
+
+    def active_count(self) -> int:
+        return len(self.relays)
 
     def _relay_closed(self, relay: TcpRelay) -> None:
         self.relays.discard(relay)
@@ -99,11 +138,10 @@ class _ActiveRule:
         result: Deferred[int] = Deferred()
 
         def deadline() -> None:
-            cut = len(self.relays)
+            # Fire first: aborting the last relay would otherwise report 0.
+            result.callback(len(self.relays))
             for relay in list(self.relays):
                 relay.abort()
-            if not result.called:
-                result.callback(cut)
 
         timer = self._reactor.callLater(timeout, deadline)
 
@@ -124,12 +162,23 @@ class Forwarder:
         self,
         reactor: Any,
         connect_timeout: float = CONNECT_TIMEOUT_SECS,
-        supported_protocols: frozenset[Protocol] = frozenset({Protocol.TCP}),
+        supported_protocols: frozenset[Protocol] = SUPPORTED_PROTOCOLS,
+        splice: SpliceContext | _Auto | None = AUTO,
     ) -> None:
+        """
+        @param splice: the zero-copy context shared by TCP relays; by default
+            one is made when the kernel can splice and
+            C{PORTUNUS_DISABLE_SPLICE} is not set, else relays use userspace.
+        """
         self._reactor = reactor
         self._connect_timeout = connect_timeout
         self._supported = supported_protocols
-        self._active: dict[int, _ActiveRule] = {}
+        if isinstance(splice, _Auto):
+            splice = (
+                SpliceContext() if splice_supported() and not splice_disabled_by_env() else None
+            )
+        self.splice = splice
+        self._active: dict[int, _Serving] = {}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -153,14 +202,24 @@ class Forwarder:
                 f"rule {rule.name!r}: {rule.protocol.value} forwarding is not supported yet",
                 rule=rule.name,
             )
-        sockets = bind_stream_sockets(rule.listen_addresses, rule.listen)
+        if rule.protocol is Protocol.UDP:
+            sockets = bind_datagram_sockets(rule.listen_addresses, rule.listen)
+        else:
+            sockets = bind_stream_sockets(rule.listen_addresses, rule.listen)
         return BoundRule(rule, tuple(sockets))
 
     def activate(self, bound: BoundRule) -> None:
         """Start serving a bound rule."""
         rule = bound.rule
-        active = _ActiveRule(self._reactor, rule, self._connect_timeout)
-        active.serve(bound.sockets)
+        active: _Serving
+        if rule.protocol is Protocol.UDP:
+            udp = UdpRuntime(self._reactor, rule)
+            udp.serve(bound.sockets)
+            active = udp
+        else:
+            tcp = _ActiveRule(self._reactor, rule, self._connect_timeout, self.splice)
+            tcp.serve(bound.sockets)
+            active = tcp
         self._active[rule.id] = active
         log.info(
             "rule {rule} activated: {protocol} {listen} -> {targets}",
@@ -179,6 +238,9 @@ class Forwarder:
         """
         Stop accepting on the rule's ports at once and drain its connections.
 
+        Fires with the number of TCP connections cut at the drain deadline,
+        or of UDP flows closed.
+
         @raise PortunusError: C{rule_not_found}.
         """
         active = self._active.pop(rule_id, None)
@@ -186,12 +248,11 @@ class Forwarder:
             raise PortunusError("rule_not_found", f"no rule with id {rule_id} is installed")
 
         def removed(cut: int) -> int:
-            log.info(
-                "rule {rule} removed ({cut} connections cut at the drain deadline)",
-                event="rule.removed",
-                rule=active.rule.name,
-                cut=cut,
-            )
+            if active.rule.protocol is Protocol.UDP:
+                text = "rule {rule} removed ({cut} UDP flows closed)"
+            else:
+                text = "rule {rule} removed ({cut} connections cut at the drain deadline)"
+            log.info(text, event="rule.removed", rule=active.rule.name, cut=cut)
             return cut
 
         return active.drain(drain_timeout).addCallback(removed)
@@ -207,4 +268,5 @@ class Forwarder:
         return self._active[rule_id].stats
 
     def connection_count(self) -> int:
-        return sum(len(a.relays) for a in self._active.values())
+        """Live TCP connections plus open UDP flows, across every rule."""
+        return sum(a.active_count() for a in self._active.values())

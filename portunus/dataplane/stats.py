@@ -2,9 +2,13 @@
 Live counters for rules and their ports.
 
 Counters are plain mutable objects updated in place by the relay on every
-chunk, so reading them is free and a snapshot is always current.  They are
-kept per rule and per listen port; metrics export only the per-rule totals
-(bounded cardinality), the per-port view is for operators who ask for it.
+chunk (TCP) or datagram (UDP), so reading them is free and a snapshot is
+always current.  They are kept per rule and per listen port; metrics export
+only the per-rule totals (bounded cardinality), the per-port view is for
+operators who ask for it.
+
+TCP rules use the connection counters, UDP rules the datagram and flow
+counters; C{bytes_in}/C{bytes_out} count payload bytes for both.
 """
 
 from __future__ import annotations
@@ -26,8 +30,30 @@ class PortStats:
     bytes_out: int = 0
     active_connections: int = 0
     total_connections: int = 0
-    #: Connections dropped because no target could be reached.
+    #: Connections (TCP) or new flows (UDP) dropped because no target could
+    #: be reached: dial failures, or an upstream socket that could not be
+    #: opened.
     connect_failures: int = 0
+    #: UDP datagrams forwarded from clients to targets.
+    datagrams_in: int = 0
+    #: UDP datagrams forwarded from targets back to clients.
+    datagrams_out: int = 0
+    #: UDP flows open now.
+    active_flows: int = 0
+    #: Datagrams that would have opened a new flow but met the rule's
+    #: C{udp_max_flows} cap; existing flows are never evicted for them.
+    flows_dropped_overflow: int = 0
+    #: Flows evicted because their upstream socket got an ICMP error
+    #: (port or host unreachable).
+    icmp_evictions: int = 0
+    #: New flows dropped because the target's hostname did not resolve.
+    dns_failures: int = 0
+    #: UDP datagrams lost to a failed send in either direction (socket
+    #: buffer full, too large for the path, ...).
+    send_dropped: int = 0
+    #: Datagrams dropped because their flow was still resolving its target
+    #: and already held as many datagrams as it may queue.
+    flows_pending_drops: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return attrs.asdict(self)

@@ -4,8 +4,9 @@ The TCP relay: one accepted client connection joined to one target.
 All per-connection state lives in L{TcpRelay}, a small explicit state
 machine::
 
-    DIALING --(target connected)--> RELAYING --(both EOFs / reset)--> CLOSED
+    DIALING --(target connected)--> RELAYING --(both EOFs / reset)--> CLOSING
        \\--(every target failed / client gone)------------------------/
+    CLOSING --(both sockets gone)--> CLOSED
 
 The two sockets are wrapped by thin L{_Leg} protocols that only forward
 events to the relay.  Back-pressure is wired both ways with streaming
@@ -86,6 +87,8 @@ class SpliceContext:
 class RelayState(enum.Enum):
     DIALING = "dialing"
     RELAYING = "relaying"
+    #: Both sockets are being closed; bytes already written still flush.
+    CLOSING = "closing"
     CLOSED = "closed"
 
 
@@ -189,6 +192,7 @@ class TcpRelay:
         self._pending_targets: list[Target] = []
         self._eof = {_Side.CLIENT: False, _Side.TARGET: False}
         self._early: list[bytes] = []
+        self._lost: set[_Side] = set()
         self._dialing: Any = None
 
     # -- client side ------------------------------------------------------
@@ -364,8 +368,13 @@ class TcpRelay:
             peer.transport.loseWriteConnection()
 
     def leg_lost(self, side: _Side, reason: Failure) -> None:
-        if side is _Side.TARGET and self.state is RelayState.DIALING:
-            # Connected then lost before relaying started (client already gone).
+        leg = self.client if side is _Side.CLIENT else self.target
+        if leg is None:
+            # A target that connected after the client left, closed at once.
+            return
+        self._lost.add(side)
+        if self.state is RelayState.CLOSING:
+            self._maybe_finish()
             return
         if self.state is RelayState.CLOSED:
             return
@@ -378,25 +387,37 @@ class TcpRelay:
                 side=side.value,
                 reason=reason.getErrorMessage(),
             )
-        self._close_all(reset=not clean, lost=side)
+        self._close_all(reset=not clean)
 
-    def _close_all(self, reset: bool, lost: _Side | None = None) -> None:
-        if self.state is RelayState.CLOSED:
+    def _close_all(self, reset: bool) -> None:
+        """
+        Close both sockets (gracefully, flushing what is buffered, or with a
+        reset).  The relay is finished only once both are gone, so a reply
+        still being written counts as a live connection and is drained.
+        """
+        if self.state in (RelayState.CLOSING, RelayState.CLOSED):
             return
         was_dialing = self.state is RelayState.DIALING
-        self.state = RelayState.CLOSED
+        self.state = RelayState.CLOSING
         if self._splice is not None:
             self._splice.stop()
         if was_dialing and self._dialing is not None:
             self._dialing.disconnect()
             self._dialing = None
         for leg in (self.client, self.target):
-            if leg is None or leg.side is lost or leg.transport is None:
+            if leg is None or leg.side in self._lost or leg.transport is None:
                 continue
             if reset:
                 _reset(leg.transport)
             else:
                 leg.transport.loseConnection()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        legs = {leg.side for leg in (self.client, self.target) if leg is not None}
+        if self.state is not RelayState.CLOSING or not legs <= self._lost:
+            return
+        self.state = RelayState.CLOSED
         for stats in (self._rule_stats, self._port_stats):
             stats.active_connections -= 1
         self._on_closed(self)
@@ -407,10 +428,11 @@ class TcpRelay:
             return
         if self._splice is not None:
             self._splice.stop()
+        self.state = RelayState.CLOSING
         for leg in (self.client, self.target):
-            if leg is not None and leg.transport is not None:
+            if leg is not None and leg.side not in self._lost and leg.transport is not None:
                 leg.transport.abortConnection()
-        self._close_all(reset=False, lost=None)
+        self._maybe_finish()
 
 
 def _unregister_producer(transport: Any) -> None:

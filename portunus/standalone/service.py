@@ -156,6 +156,10 @@ class StandaloneService(MultiService):
 
         def stopped(_: object) -> None:
             log.info("standalone forwarder stopped", event="standalone.stopped")
+            # twistd re-raises the stopping signal at exit so the status shows
+            # it; a completed drain is a clean shutdown and exits 0 instead.
+            if getattr(self._reactor, "_exitSignal", None) is not None:
+                self._reactor._exitSignal = None
 
         d: Deferred[Any] = self.forwarder.stop(self.config.shutdown_drain_secs)
         return d.addCallback(stopped)

@@ -10,6 +10,7 @@ from typing import IO, Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from portunus.dataplane import SUPPORTED_PROTOCOLS
 from portunus.logging import make_observer, parse_log_level
 from portunus.standalone.config import ConfigError, StandaloneConfig, load_config
 from portunus.standalone.service import StandaloneService
@@ -23,7 +24,7 @@ EXIT_CONFIG = 2
 class Options(usage.Options):
     synopsis = "[--config PATH] [--check] [--log-level LEVEL] [--log-format json|pretty]"
     longdesc = (
-        "Forward TCP ports as a TOML file says. "
+        "Forward TCP and UDP ports as a TOML file says. "
         "Exit codes: 0 clean shutdown, 1 a rule failed to bind, 2 configuration error."
     )
     optParameters = [
@@ -49,7 +50,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.config = load_config(self["config"])
+            self.config = load_config(self["config"], SUPPORTED_PROTOCOLS)
         except ConfigError as e:
             self._fail(
                 [f"error: {len(e.issues)} problem(s) in the configuration:"]

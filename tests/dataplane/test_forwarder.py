@@ -46,9 +46,7 @@ class ForwarderTests(SynchronousTestCase):
         r = rule(ports=3)
         self.forwarder.install(r)
         self.assertEqual(len(self.reactor.adoptedPorts), 3)
-        self.assertEqual(
-            [f.listen_port for _, _, f in self.reactor.adoptedPorts], list(r.listen)
-        )
+        self.assertEqual([f.listen_port for _, _, f in self.reactor.adoptedPorts], list(r.listen))
         self.assertEqual(self.forwarder.rules, (r,))
 
     def test_duplicate_install_refused(self) -> None:
@@ -60,11 +58,11 @@ class ForwarderTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.adoptedPorts), 1)
 
     def test_unsupported_protocol_refused(self) -> None:
-        """A UDP rule is refused with protocol_unsupported until UDP lands."""
-        error = self.assertRaises(
-            PortunusError, self.forwarder.install, rule(protocol=Protocol.UDP)
-        )
+        """A protocol the Forwarder was not built for is refused with protocol_unsupported."""
+        forwarder = Forwarder(self.reactor, supported_protocols=frozenset({Protocol.TCP}))
+        error = self.assertRaises(PortunusError, forwarder.install, rule(protocol=Protocol.UDP))
         self.assertEqual(error.code, "protocol_unsupported")
+        self.assertEqual(self.reactor.adoptedPorts, [])
 
     def test_remove_unknown_rule(self) -> None:
         """Removing a rule that is not installed is rule_not_found."""
@@ -94,14 +92,16 @@ class ForwarderTests(SynchronousTestCase):
         """Removal fires as soon as the last in-flight connection ends."""
         r = rule()
         self.forwarder.install(r)
-        self.accept()
+        leg, _ = self.accept()
         _, _, target_factory, _, _ = self.reactor.tcpClients[0]
-        from twisted.internet.error import ConnectionRefusedError
+        from twisted.internet.error import ConnectionDone, ConnectionRefusedError
         from twisted.python.failure import Failure
 
         d = self.forwarder.remove(r.id, drain_timeout=30)
         self.assertNoResult(d)
         target_factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        self.assertNoResult(d)
+        leg.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
         self.assertEqual(self.successResultOf(d), 0)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 

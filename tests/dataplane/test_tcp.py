@@ -101,9 +101,11 @@ class DialTests(SynchronousTestCase):
     def test_all_targets_failing_closes_client(self) -> None:
         """When no target answers, the client is closed and counted as a failure."""
         h = RelayHarness(make_rule())
-        _, client = h.accept()
+        leg, client = h.accept()
         h.fail_target(ConnectTimeout())
         self.assertTrue(client.disconnecting)
+        self.assertEqual(h.opened[0].state, RelayState.CLOSING)
+        leg.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(h.opened[0].state, RelayState.CLOSED)
         self.assertEqual(h.closed, h.opened)
         self.assertEqual((h.stats.active_connections, h.stats.connect_failures), (0, 1))
@@ -183,12 +185,16 @@ class RelayingTests(SynchronousTestCase):
         self.assertTrue(self.client.disconnected)
         level, option, _ = self.client.socket_options[0]
         self.assertEqual((level, option), (socket.SOL_SOCKET, socket.SO_LINGER))
+        self.assertEqual(self.h.stats.active_connections, 1)
+        self.client_leg.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.h.stats.active_connections, 0)
 
     def test_client_reset_resets_target(self) -> None:
         """A reset from the client aborts the target connection."""
         self.client_leg.connectionLost(Failure(ConnectionLost()))
         self.assertTrue(self.target.disconnected)
+        self.assertEqual(self.h.opened[0].state, RelayState.CLOSING)
+        self.target_leg.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.h.opened[0].state, RelayState.CLOSED)
 
     def test_abort_cuts_both(self) -> None:
@@ -197,7 +203,23 @@ class RelayingTests(SynchronousTestCase):
         relay.abort()
         relay.abort()
         self.assertTrue(self.client.disconnected and self.target.disconnected)
+        self.client_leg.connectionLost(Failure(ConnectionLost()))
+        self.target_leg.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.h.stats.active_connections, 0)
+        self.assertEqual(self.h.closed, [relay])
+
+    def test_graceful_close_waits_for_both_sockets(self) -> None:
+        """A relay is live until both sockets are gone, so buffered replies drain."""
+        self.target_leg.dataReceived(b"last words")
+        self.client_leg.readConnectionLost()
+        self.target_leg.readConnectionLost()
+        self.target_leg.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.h.opened[0].state, RelayState.CLOSING)
+        self.assertEqual(self.h.stats.active_connections, 1)
+        self.assertEqual(self.h.closed, [])
+        self.client_leg.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.h.opened[0].state, RelayState.CLOSED)
+        self.assertEqual(self.h.closed, self.h.opened)
 
 
 class EarlyEofTests(SynchronousTestCase):

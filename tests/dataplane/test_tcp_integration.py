@@ -16,7 +16,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from portunus.dataplane import BindError, Forwarder
+from portunus.dataplane import BindError, Forwarder, SpliceContext
+from portunus.dataplane.splice import splice_supported
 from portunus.model import PortRange, Rule, Target
 from portunus.model import Protocol as Proto
 from tests._net import (
@@ -42,10 +43,15 @@ def loopback_rule(name: str, listen: PortRange, target: Target) -> Rule:
 
 
 class ForwardingTestCase(TestCase):
+    """Runs with splice when the kernel allows; each class has a userspace twin."""
+
     timeout = 120
+    use_splice = True
 
     def setUp(self) -> None:
-        self.forwarder = Forwarder(reactor)
+        if self.use_splice and not splice_supported():
+            self.skipTest("this kernel or sandbox cannot splice sockets")
+        self.forwarder = Forwarder(reactor, splice=SpliceContext() if self.use_splice else None)
         self.addCleanup(self.forwarder.stop, 1.0)
 
     def listen(self, factory: Factory) -> int:
@@ -79,6 +85,9 @@ class BulkTransferTests(ForwardingTestCase):
         self.assertEqual(digest, hashlib.sha256(payload).hexdigest())
         stats = self.forwarder.stats_for(rule.id)
         self.assertEqual((stats.bytes_in, stats.bytes_out), (len(payload), len(payload)))
+        if self.use_splice:
+            assert self.forwarder.splice is not None
+            self.assertGreater(self.forwarder.splice.pool.created, 0)
 
     @inlineCallbacks
     def test_200_concurrent_connections_all_complete(self) -> Any:
@@ -252,3 +261,17 @@ def _read_all(sock: socket.socket) -> Deferred[bytes]:
         return b"".join(chunks)
 
     return deferToThread(read)
+
+
+def _userspace_twin(cls: type[ForwardingTestCase]) -> type[ForwardingTestCase]:
+    return type(
+        f"{cls.__name__}Userspace",
+        (cls,),
+        {"use_splice": False, "__module__": cls.__module__, "__doc__": cls.__doc__},
+    )
+
+
+BulkTransferTestsUserspace = _userspace_twin(BulkTransferTests)
+HalfCloseTestsUserspace = _userspace_twin(HalfCloseTests)
+PortRangeTestsUserspace = _userspace_twin(PortRangeTests)
+DrainTestsUserspace = _userspace_twin(DrainTests)
