@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from portunus.dataplane import SUPPORTED_PROTOCOLS
 from portunus.errors import PortunusError
 from portunus.model import (
     DEFAULT_LISTEN_ADDRESSES,
@@ -303,8 +304,9 @@ class ValidConfigTests(ParseMixin, SynchronousTestCase):
         """The shipped contrib/examples configs load and contain the rules the docs promise."""
         minimal = load_config(str(EXAMPLES / "minimal.toml"))
         self.assertEqual([r.name for r in minimal.rules], ["web"])
-        full = load_config(str(EXAMPLES / "portunus.toml"))
-        self.assertEqual([r.name for r in full.rules], ["web", "game-range", "api"])
+        full = load_config(str(EXAMPLES / "portunus.toml"), SUPPORTED_PROTOCOLS)
+        self.assertEqual([r.name for r in full.rules], ["web", "game-range", "api", "dns-relay"])
+        self.assertEqual(full.rules[3].protocol, Protocol.UDP)
         self.assertEqual(full.label, "edge-example")
         api = full.rules[2]
         self.assertEqual(api.targets[0].proxy_protocol, ProxyProtocolVersion.V2)
