@@ -112,10 +112,14 @@ def _request_receive_buffer(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def _bind_one(address: str, port: int, kind: socket.SocketKind) -> socket.socket:
+def _bind_one(
+    address: str, port: int, kind: socket.SocketKind, reuse_port: bool = False
+) -> socket.socket:
     family = _family(address)
     sock = socket.socket(family, kind)
     try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         else:
@@ -133,7 +137,10 @@ def _bind_one(address: str, port: int, kind: socket.SocketKind) -> socket.socket
 
 
 def _bind_all(
-    addresses: Iterable[str], ports: Iterable[int], kind: socket.SocketKind
+    addresses: Iterable[str],
+    ports: Iterable[int],
+    kind: socket.SocketKind,
+    reuse_port: bool = False,
 ) -> list[BoundSocket]:
     addresses = tuple(addresses)
     bound: list[BoundSocket] = []
@@ -141,7 +148,7 @@ def _bind_all(
         for port in ports:
             for address in addresses:
                 try:
-                    sock = _bind_one(address, port, kind)
+                    sock = _bind_one(address, port, kind, reuse_port)
                 except OSError as e:
                     if address == "::" and e.errno in _IPV6_UNAVAILABLE:
                         continue
@@ -168,12 +175,18 @@ def bind_stream_sockets(addresses: Iterable[str], ports: Iterable[int]) -> list[
     return _bind_all(addresses, ports, socket.SOCK_STREAM)
 
 
-def bind_datagram_sockets(addresses: Iterable[str], ports: Iterable[int]) -> list[BoundSocket]:
+def bind_datagram_sockets(
+    addresses: Iterable[str], ports: Iterable[int], reuse_port: bool = False
+) -> list[BoundSocket]:
     """
     Bind a UDP socket on every (address, port) pair, all or nothing, with
     the same rules and errors as L{bind_stream_sockets}.
 
+    With C{reuse_port}, several such sets can be bound to the same ports
+    (one per worker process): the kernel then sends each client's
+    datagrams to one socket consistently, so a flow stays in one worker.
+
     Each socket asks for L{UDP_RCVBUF} bytes of receive buffer; the kernel
     may grant less (see L{receive_buffer_size}) and the bind still succeeds.
     """
-    return _bind_all(addresses, ports, socket.SOCK_DGRAM)
+    return _bind_all(addresses, ports, socket.SOCK_DGRAM, reuse_port)

@@ -23,6 +23,7 @@ from twisted.python.components import Componentized
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.errors import PortunusError
 from portunus.standalone.config import StandaloneConfig
+from portunus.standalone.workers import WorkerListeners, WorkerSupervisor, bind_for_workers
 
 __all__ = ["RLIMIT_NOFILE_LOW", "StandaloneService"]
 
@@ -42,11 +43,22 @@ class StandaloneService(MultiService):
         forwarder: Forwarder | None = None,
         log_observer: ILogObserver | None = None,
         stderr: IO[str] | None = None,
+        workers: int = 1,
+        log_level: str = "warn",
+        log_format: str = "json",
     ) -> None:
+        """
+        @param workers: with more than one, this process only binds the
+            listeners and supervises that many worker processes serving them.
+        """
         super().__init__()
         self.config = config
         self._reactor = reactor
         self.forwarder = forwarder if forwarder is not None else Forwarder(reactor)
+        self.workers = workers
+        self._worker_log = (log_level, log_format)
+        self._worker_listeners: list[WorkerListeners] = []
+        self.supervisor: WorkerSupervisor | None = None
         self._log_observer = log_observer
         self._stderr = stderr if stderr is not None else sys.stderr
         self._bound: list[BoundRule] | None = None
@@ -76,7 +88,10 @@ class StandaloneService(MultiService):
         bound: list[BoundRule] = []
         for rule in self.config.rules:
             try:
-                bound.append(self.forwarder.bind(rule))
+                if self.workers > 1:
+                    self._worker_listeners.append(bind_for_workers(rule, self.workers))
+                else:
+                    bound.append(self.forwarder.bind(rule))
             except PortunusError as e:
                 failures.append((rule.name, e))
                 log.error(
@@ -91,7 +106,9 @@ class StandaloneService(MultiService):
         if failures:
             for b in bound:
                 b.close()
-            bound = []
+            for listeners in self._worker_listeners:
+                listeners.close()
+            bound, self._worker_listeners = [], []
         self._bound = bound
         return failures
 
@@ -115,15 +132,26 @@ class StandaloneService(MultiService):
         _raise_nofile_limit()
         for b in bound:
             self.forwarder.activate(b)
+        if self.workers > 1:
+            self.supervisor = WorkerSupervisor(
+                self._reactor,
+                self.config.source,
+                self._worker_listeners,
+                self.workers,
+                self.config.shutdown_drain_secs,
+                *self._worker_log,
+            )
+            self.supervisor.start()
         if self.config.stats_enabled:
             self._stats_loop = LoopingCall(self.report_stats)
             self._stats_loop.clock = self._reactor
             self._stats_loop.start(self.config.stats_log_interval_secs, now=False)
         self._install_sighup()
         log.info(
-            "standalone forwarder running {count} rule(s) from {source}",
+            "standalone forwarder running {count} rule(s) from {source} in {workers} process(es)",
             event="standalone.started",
-            count=len(bound),
+            count=len(self.config.rules),
+            workers=self.workers,
             source=self.config.source,
             label=self.config.label,
         )
@@ -131,13 +159,14 @@ class StandaloneService(MultiService):
 
     def report_stats(self) -> None:
         """Log one C{standalone.stats} event per rule."""
-        for rule_id, stats in self.forwarder.stats().items():
-            rule = next(r for r in self.forwarder.rules if r.id == rule_id)
+        source = self.supervisor if self.supervisor is not None else self.forwarder
+        names = {rule.id: rule.name for rule in self.config.rules}
+        for rule_id, stats in source.stats().items():
             log.info(
                 "rule {rule}: {bytes_in} B in, {bytes_out} B out, "
                 "{active_connections} active connections",
                 event="standalone.stats",
-                rule=rule.name,
+                rule=names.get(rule_id, "?"),
                 rule_id=str(rule_id),
                 **stats.snapshot(),
             )
@@ -147,7 +176,7 @@ class StandaloneService(MultiService):
             "stopping: no new connections; draining up to {drain_secs}s",
             event="shutdown.signal",
             drain_secs=self.config.shutdown_drain_secs,
-            active_connections=self.forwarder.connection_count(),
+            active_connections=(self.supervisor or self.forwarder).connection_count(),
         )
         if self._stats_loop is not None and self._stats_loop.running:
             self._stats_loop.stop()
@@ -161,7 +190,10 @@ class StandaloneService(MultiService):
             if getattr(self._reactor, "_exitSignal", None) is not None:
                 self._reactor._exitSignal = None
 
-        d: Deferred[Any] = self.forwarder.stop(self.config.shutdown_drain_secs)
+        if self.supervisor is not None:
+            d: Deferred[Any] = self.supervisor.stop()
+        else:
+            d = self.forwarder.stop(self.config.shutdown_drain_secs)
         return d.addCallback(stopped)
 
     # -- signals ----------------------------------------------------------

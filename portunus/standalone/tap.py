@@ -14,6 +14,7 @@ from portunus.dataplane import SUPPORTED_PROTOCOLS
 from portunus.logging import make_observer, parse_log_level
 from portunus.standalone.config import ConfigError, StandaloneConfig, load_config
 from portunus.standalone.service import StandaloneService
+from portunus.standalone.workers import parse_worker_count
 
 __all__ = ["Options", "makeService"]
 
@@ -22,7 +23,9 @@ EXIT_CONFIG = 2
 
 
 class Options(usage.Options):
-    synopsis = "[--config PATH] [--check] [--log-level LEVEL] [--log-format json|pretty]"
+    synopsis = (
+        "[--config PATH] [--check] [--log-level LEVEL] [--log-format json|pretty] [--workers N]"
+    )
     longdesc = (
         "Forward TCP and UDP ports as a TOML file says. "
         "Exit codes: 0 clean shutdown, 1 a rule failed to bind, 2 configuration error."
@@ -31,6 +34,12 @@ class Options(usage.Options):
         ["config", "c", "portunus.toml", "Path of the standalone TOML config."],
         ["log-level", None, None, "debug, info, warn or error (default: the config's, warn)."],
         ["log-format", None, None, "json (default) or pretty (default: the config's)."],
+        [
+            "workers",
+            None,
+            "1",
+            "Worker processes serving the rules: a number (1-64) or 'auto' (one per CPU).",
+        ],
     ]
     optFlags = [
         ["check", None, "Validate the config, print 'ok' and exit 0; print every error, exit 2."],
@@ -63,6 +72,10 @@ class Options(usage.Options):
             make_observer(self.log_format, self.level, self._stderr)
         except ValueError as e:
             self._fail([f"error: {e}"])
+        try:
+            self.workers = parse_worker_count(self["workers"])
+        except ValueError as e:
+            self._fail([f"error: {e}"])
         if self["check"]:
             self._stdout.write("ok\n")
             self._stdout.flush()
@@ -76,4 +89,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     assert options.config is not None
     observer = make_observer(options.log_format, options.level, sys.stderr)
-    return StandaloneService(options.config, reactor, log_observer=observer)
+    return StandaloneService(
+        options.config,
+        reactor,
+        log_observer=observer,
+        workers=options.workers,
+        log_level=options.level.name,
+        log_format=options.log_format,
+    )

@@ -70,6 +70,24 @@ class TwistdProcess(ProcessProtocol):
         self._waiters.append((matches, d))
         return d
 
+    def wait_for_count(self, name: str, count: int) -> Deferred[list[dict[str, Any]]]:
+        """Fire with the first C{count} events called C{name}."""
+        seen = [e for e in self.events if e.get("event") == name]
+        result: Deferred[list[dict[str, Any]]] = Deferred()
+
+        def matches(event: dict[str, Any]) -> bool:
+            if event.get("event") == name:
+                seen.append(event)
+            return len(seen) >= count
+
+        if len(seen) >= count:
+            result.callback(seen[:count])
+            return result
+        waiter: Deferred[dict[str, Any]] = Deferred()
+        waiter.addCallback(lambda _: seen[:count]).chainDeferred(result)
+        self._waiters.append((matches, waiter))
+        return result
+
     def processEnded(self, reason: Failure) -> None:
         code = getattr(reason.value, "exitCode", None)
         for _, d in self._waiters:

@@ -5,6 +5,7 @@ twistd -n portunus-standalone as a real process on 127.0.0.1.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import socket
 import sys
@@ -219,3 +220,42 @@ class RunTests(StandaloneProcessTestCase):
         event = yield process.wait_for("standalone.stats", rule="web", bytes_in=5)
         self.assertEqual(event["bytes_out"], 5)
         self.assertEqual(event["total_connections"], 1)
+
+
+class WorkersTests(StandaloneProcessTestCase):
+    @inlineCallbacks
+    def test_two_workers_forward_sum_stats_restart_and_drain(self) -> Any:
+        """--workers 2: both serve every rule, stats are summed, a killed worker
+        is restarted and SIGTERM drains both and exits 0."""
+        listen_port = free_port()
+        config = self.write_config(
+            config_text(
+                listen_port, self.target(echo_factory()), "[stats]\nlog_interval_secs = 1\n"
+            )
+        )
+        process = self.start(config, "--workers", "2")
+        started = yield process.wait_for_count("standalone.worker_started", 2)
+        self.assertEqual(sorted(e["index"] for e in started), [0, 1])
+        activated = yield process.wait_for_count("rule.activated", 2)
+        self.assertEqual({e["rule"] for e in activated}, {"web"})
+
+        for i in range(10):
+            client = HashingClient(b"%02d" % i)
+            reactor.connectTCP(LOOPBACK, listen_port, OneShotClientFactory(client))
+            _, digest = yield client.done
+            self.assertEqual(digest, hashlib.sha256(b"%02d" % i).hexdigest())
+        yield process.wait_for("standalone.stats", rule="web", bytes_in=20, total_connections=10)
+
+        os.kill(started[0]["pid"], signal.SIGKILL)
+        yield process.wait_for("standalone.worker_exited", index=started[0]["index"])
+        yield process.wait_for_count("standalone.worker_started", 3)
+        client = HashingClient(b"after restart")
+        reactor.connectTCP(LOOPBACK, listen_port, OneShotClientFactory(client))
+        _, digest = yield client.done
+        self.assertEqual(digest, hashlib.sha256(b"after restart").hexdigest())
+
+        process.signal(signal.SIGTERM)
+        code = yield process.exited
+        self.assertEqual(code, 0, process.stderr.decode())
+        removed = [e for e in process.events if e.get("event") == "rule.removed"]
+        self.assertEqual(len(removed), 2)
