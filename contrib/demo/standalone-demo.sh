@@ -15,7 +15,8 @@ cleanup() {
   [ -n "$target_pid" ] && kill "$target_pid" 2>/dev/null
   true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 0' INT TERM   # Ctrl-C is how the demo ends: not an error
 
 "$PY" -m http.server 18081 --bind 127.0.0.1 --directory docs >/dev/null 2>&1 &
 target_pid=$!
