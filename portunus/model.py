@@ -17,9 +17,11 @@ import attrs
 
 __all__ = [
     "DEFAULT_LISTEN_ADDRESSES",
+    "Balance",
     "PortRange",
     "Protocol",
     "ProxyProtocolVersion",
+    "RateLimit",
     "Rule",
     "Target",
     "rule_id_for_name",
@@ -37,6 +39,39 @@ class Protocol(enum.Enum):
 class ProxyProtocolVersion(enum.Enum):
     V1 = "v1"
     V2 = "v2"
+
+
+class Balance(enum.Enum):
+    """How a connection picks among the healthy targets of the best priority."""
+
+    #: Always the first healthy target in priority order (Portunus).
+    FAILOVER = "failover"
+    ROUND_ROBIN = "round_robin"
+    #: Proportional to each target's C{weight}.
+    WEIGHTED = "weighted"
+    #: The same client address keeps reaching the same target.
+    SOURCE_HASH = "source_hash"
+
+
+@attrs.frozen
+class RateLimit:
+    """
+    Per-rule limits.  Rates are per second; a burst of C{None} means one
+    second's worth (1 x rate).  Every field is optional.
+    """
+
+    bandwidth_in_bps: int | None = None
+    bandwidth_out_bps: int | None = None
+    new_connections_per_sec: int | None = None
+    concurrent_connections: int | None = None
+    bandwidth_in_burst: int | None = None
+    bandwidth_out_burst: int | None = None
+    new_connections_burst: int | None = None
+
+    @property
+    def caps_bandwidth(self) -> bool:
+        """A bandwidth cap needs the userspace relay (splice cannot pace)."""
+        return self.bandwidth_in_bps is not None or self.bandwidth_out_bps is not None
 
 
 def _check_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -89,6 +124,8 @@ class Target:
     ports: PortRange
     priority: int = 0
     proxy_protocol: ProxyProtocolVersion | None = None
+    #: Share of connections under C{Balance.WEIGHTED} (1..1000).
+    weight: int = 1
 
     @property
     def is_ip_literal(self) -> bool:
@@ -134,6 +171,17 @@ class Rule:
     prefer_ipv6: bool = False
     udp_max_flows: int = 1024
     udp_flow_idle_secs: int = 60
+    balance: Balance = Balance.FAILOVER
+    #: Seconds between active TCP probes of each target; None = passive only.
+    health_check_interval_secs: int | None = None
+    #: TLS SNI host (exact, or C{*.example.com}); None = not SNI-routed.
+    sni_pattern: str | None = None
+    #: This rule is the fallback of an SNI-routed port (no pattern matched).
+    sni_fallback: bool = False
+    #: Expect a PROXY v1/v2 header from clients in C{trusted_sources}.
+    accept_proxy_protocol: bool = False
+    trusted_sources: tuple[str, ...] = attrs.field(default=(), converter=_address_tuple)
+    rate_limit: RateLimit | None = None
     id: int = attrs.field()
 
     @id.default
