@@ -59,6 +59,37 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         3,
         'this build cannot forward that protocol yet; use protocol = "tcp"',
     ),
+    # TLS SNI routing (codes as Portunus spells them).
+    ErrorCode(
+        "validation.sni_pattern_malformed",
+        400,
+        3,
+        "use an exact host name or a single-label wildcard such as *.example.com",
+    ),
+    ErrorCode(
+        "validation.sni_on_unsupported_rule",
+        400,
+        3,
+        "SNI routing needs a single-port TCP rule",
+    ),
+    ErrorCode(
+        "conflict.sni_route_duplicate",
+        409,
+        5,
+        "another rule on this port already routes that pattern; remove one",
+    ),
+    ErrorCode(
+        "conflict.sni_fallback_duplicate",
+        409,
+        5,
+        "a port has at most one SNI fallback rule; remove one",
+    ),
+    ErrorCode(
+        "conflict.legacy_to_sni_unsupported",
+        409,
+        5,
+        "a port is either SNI-routed or plain; move the plain rule to another port",
+    ),
     # Rule lifecycle.
     ErrorCode("rule_not_found", 404, 8, "list the rules to find the right name or id"),
     ErrorCode("rule_exists", 409, 5, "rule names are unique; remove the old rule or rename"),

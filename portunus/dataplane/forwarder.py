@@ -17,12 +17,13 @@ sheds privileges and so bound sockets can be handed to worker processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from portunus.dataplane.listeners import (
@@ -30,6 +31,11 @@ from portunus.dataplane.listeners import (
     bind_datagram_sockets,
     bind_stream_sockets,
 )
+from portunus.dataplane.preamble import ListenerRoutes, PreambleFactory
+from portunus.dataplane.proxyprotocol import TrustedSources
+from portunus.dataplane.resolver import TargetResolver
+from portunus.dataplane.runtime import RuleRuntime
+from portunus.dataplane.sni import SniError, SniRouteTable
 from portunus.dataplane.splice import splice_disabled_by_env, splice_supported
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, InboundFactory, SpliceContext, TcpRelay
@@ -45,6 +51,10 @@ DEFAULT_DRAIN_SECS = 30.0
 
 #: What this data plane can forward.
 SUPPORTED_PROTOCOLS = frozenset({Protocol.TCP, Protocol.UDP})
+
+
+def _is_sni(rule: Rule) -> bool:
+    return rule.sni_pattern is not None or rule.sni_fallback
 
 
 class _Auto:
@@ -78,81 +88,102 @@ class _Serving(TypingProtocol):
 
 
 class _ActiveRule:
-    """A serving TCP rule: its listening ports, live relays and counters."""
+    """A serving TCP rule: its runtime (relays, counters) and listening ports."""
 
-    def __init__(
-        self, reactor: Any, rule: Rule, connect_timeout: float, splice: SpliceContext | None
-    ) -> None:
-        self._reactor = reactor
-        self._splice = splice
-        self.rule = rule
-        self.stats = RuleStats()
-        self.relays: set[TcpRelay] = set()
+    def __init__(self, runtime: RuleRuntime) -> None:
+        self.runtime = runtime
+        self.rule = runtime.rule
+        self.stats = runtime.stats
         self.ports: list[Any] = []
-        self._connect_timeout = connect_timeout
-        self._idle_waiters: list[Deferred[None]] = []
 
     def serve(self, sockets: Iterable[BoundSocket]) -> None:
+        runtime = self.runtime
+        routes = None
+        if runtime.trusted is not None:
+            routes = ListenerRoutes(single=runtime, trusted=runtime.trusted)
         for bound in sockets:
-            factory = InboundFactory(
-                self._reactor,
-                self.rule,
-                bound.port,
-                self.stats,
-                self.relays.add,
-                self._relay_closed,
-                self._connect_timeout,
-                self._splice,
+            factory: Factory = (
+                PreambleFactory(routes, bound.port, runtime.reactor)
+                if routes is not None
+                else InboundFactory(runtime, bound.port)
             )
-            try:
-                port = self._reactor.adoptStreamPort(bound.sock.fileno(), bound.family, factory)
-            finally:
-                # The reactor holds its own duplicate of the descriptor.
-                bound.sock.close()
-            self.ports.append(port)
+            self.ports.append(_adopt(runtime.reactor, bound, factory))
+        runtime.start()
+
+    @property
+    def relays(self) -> set[TcpRelay]:
+        return self.runtime.relays
 
     def active_count(self) -> int:
-        return len(self.relays)
-
-    def _relay_closed(self, relay: TcpRelay) -> None:
-        self.relays.discard(relay)
-        if not self.relays:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+        return self.runtime.active_count()
 
     def stop_accepting(self) -> Deferred[Any]:
         ports, self.ports = self.ports, []
         return DeferredList([maybeDeferred(p.stopListening) for p in ports])
 
     def drain(self, timeout: float) -> Deferred[int]:
-        """
-        Stop accepting now; fire with the number of connections that had to
-        be cut when C{timeout} passed (0 when all finished by themselves).
-        """
+        """Stop accepting now, then let the runtime drain its connections."""
         self.stop_accepting()
-        if not self.relays:
-            return succeed(0)
-        idle: Deferred[None] = Deferred()
-        self._idle_waiters.append(idle)
-        result: Deferred[int] = Deferred()
+        return self.runtime.drain(timeout)
 
-        def deadline() -> None:
-            # Fire first: aborting the last relay would otherwise report 0.
-            result.callback(len(self.relays))
-            for relay in list(self.relays):
-                relay.abort()
 
-        timer = self._reactor.callLater(timeout, deadline)
+def _adopt(reactor: Any, bound: BoundSocket, factory: Factory) -> Any:
+    try:
+        return reactor.adoptStreamPort(bound.sock.fileno(), bound.family, factory)
+    finally:
+        # The reactor holds its own duplicate of the descriptor.
+        bound.sock.close()
 
-        def finished(_: None) -> None:
-            if timer.active():
-                timer.cancel()
-            if not result.called:
-                result.callback(0)
 
-        idle.addCallback(finished)
-        return result
+def _sni_key(rule: Rule) -> tuple[tuple[str, ...], int]:
+    return (rule.listen_addresses, rule.listen.start)
+
+
+class _SniGroup:
+    """One listening port shared by the SNI-routed rules on it."""
+
+    def __init__(self, reactor: Any, trusted: TrustedSources | None) -> None:
+        self.reactor = reactor
+        self.routes = ListenerRoutes(trusted=trusted)
+        self.ports: list[Any] = []
+
+    @property
+    def table(self) -> SniRouteTable[RuleRuntime]:
+        assert self.routes.sni is not None
+        return self.routes.sni
+
+    def serve(self, sockets: Iterable[BoundSocket]) -> None:
+        for bound in sockets:
+            factory = PreambleFactory(self.routes, bound.port, self.reactor)
+            self.ports.append(_adopt(self.reactor, bound, factory))
+
+    def stop_accepting(self) -> None:
+        ports, self.ports = self.ports, []
+        for port in ports:
+            port.stopListening()
+
+
+class _SniRule:
+    """A serving SNI-routed rule: a route in its port's group."""
+
+    def __init__(
+        self, runtime: RuleRuntime, group: _SniGroup, on_empty: Callable[[], object]
+    ) -> None:
+        self.runtime = runtime
+        self.rule = runtime.rule
+        self.stats = runtime.stats
+        self._group = group
+        self._on_empty = on_empty
+
+    def active_count(self) -> int:
+        return self.runtime.active_count()
+
+    def drain(self, timeout: float) -> Deferred[int]:
+        self._group.table.remove(self.runtime)
+        if not len(self._group.table):
+            self._group.stop_accepting()
+            self._on_empty()
+        return self.runtime.drain(timeout)
 
 
 class Forwarder:
@@ -164,6 +195,7 @@ class Forwarder:
         connect_timeout: float = CONNECT_TIMEOUT_SECS,
         supported_protocols: frozenset[Protocol] = SUPPORTED_PROTOCOLS,
         splice: SpliceContext | _Auto | None = AUTO,
+        resolver: TargetResolver | None = None,
     ) -> None:
         """
         @param splice: the zero-copy context shared by TCP relays; by default
@@ -178,7 +210,10 @@ class Forwarder:
                 SpliceContext() if splice_supported() and not splice_disabled_by_env() else None
             )
         self.splice = splice
+        #: Resolves DNS-name targets; without one, names go to the reactor's resolver.
+        self.resolver = resolver
         self._active: dict[int, _Serving] = {}
+        self._sni_groups: dict[tuple[tuple[str, ...], int], _SniGroup] = {}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -204,6 +239,8 @@ class Forwarder:
             )
         if rule.protocol is Protocol.UDP:
             sockets = bind_datagram_sockets(rule.listen_addresses, rule.listen)
+        elif _is_sni(rule) and _sni_key(rule) in self._sni_groups:
+            sockets = []  # joins the listener its port already has
         else:
             sockets = bind_stream_sockets(rule.listen_addresses, rule.listen)
         return BoundRule(rule, tuple(sockets))
@@ -212,12 +249,14 @@ class Forwarder:
         """Start serving a bound rule."""
         rule = bound.rule
         active: _Serving
-        if rule.protocol is Protocol.UDP:
-            udp = UdpRuntime(self._reactor, rule)
+        if _is_sni(rule):
+            active = self._activate_sni(bound)
+        elif rule.protocol is Protocol.UDP:
+            udp = UdpRuntime(self._reactor, rule, resolve=self._udp_resolver(rule))
             udp.serve(bound.sockets)
             active = udp
         else:
-            tcp = _ActiveRule(self._reactor, rule, self._connect_timeout, self.splice)
+            tcp = _ActiveRule(self._runtime(rule))
             tcp.serve(bound.sockets)
             active = tcp
         self._active[rule.id] = active
@@ -230,6 +269,39 @@ class Forwarder:
             listen=str(rule.listen),
             targets=", ".join(t.display() for t in rule.targets),
         )
+
+    def _udp_resolver(self, rule: Rule) -> Callable[[str], Deferred[str]] | None:
+        resolver = self.resolver
+        if resolver is None:
+            return None
+
+        def first_address(host: str) -> Deferred[str]:
+            d = resolver.resolve(host, rule.prefer_ipv6)
+            return d.addCallback(lambda resolution: resolution.addresses[0])
+
+        return first_address
+
+    def _runtime(self, rule: Rule) -> RuleRuntime:
+        return RuleRuntime(self._reactor, rule, self.resolver, self.splice, self._connect_timeout)
+
+    def _activate_sni(self, bound: BoundRule) -> _SniRule:
+        rule = bound.rule
+        key = _sni_key(rule)
+        runtime = self._runtime(rule)
+        group = self._sni_groups.get(key)
+        created = group is None
+        if group is None:
+            group = _SniGroup(self._reactor, runtime.trusted)
+        try:
+            group.table.add(rule.sni_pattern, runtime)
+        except SniError as e:
+            bound.close()
+            raise PortunusError(e.code, e.message, rule=rule.name) from e
+        if created:
+            group.serve(bound.sockets)
+            self._sni_groups[key] = group
+        runtime.start()
+        return _SniRule(runtime, group, lambda: self._sni_groups.pop(key, None))
 
     def install(self, rule: Rule) -> None:
         self.activate(self.bind(rule))
@@ -263,6 +335,14 @@ class Forwarder:
 
     def stats(self) -> dict[int, RuleStats]:
         return {rule_id: active.stats for rule_id, active in self._active.items()}
+
+    def runtime_for(self, rule_id: int) -> RuleRuntime:
+        """The live state of a TCP rule: target health, limits, relays."""
+        active = self._active[rule_id]
+        runtime = getattr(active, "runtime", None)
+        if not isinstance(runtime, RuleRuntime):
+            raise PortunusError("rule_not_found", f"rule {rule_id} is not a TCP rule")
+        return runtime
 
     def stats_for(self, rule_id: int) -> RuleStats:
         return self._active[rule_id].stats

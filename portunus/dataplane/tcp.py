@@ -27,7 +27,7 @@ import enum
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
@@ -36,9 +36,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portunus.dataplane.proxyprotocol import ProxyProtocolError, encode_header
+from portunus.dataplane.ratelimit import PauseGate, Throttle
+from portunus.dataplane.resolver import DnsFailure, Resolution
 from portunus.dataplane.splice import PipePool, SpliceRelay
-from portunus.dataplane.stats import PortStats, RuleStats
 from portunus.model import Rule, Target
+
+if TYPE_CHECKING:
+    from portunus.dataplane.runtime import RuleRuntime
 
 __all__ = [
     "CONNECT_TIMEOUT_SECS",
@@ -46,6 +51,7 @@ __all__ = [
     "RelayState",
     "SpliceContext",
     "TcpRelay",
+    "client_leg_for",
 ]
 
 log = Logger()
@@ -168,32 +174,48 @@ class TcpRelay:
 
     def __init__(
         self,
-        reactor: Any,
-        rule: Rule,
+        runtime: RuleRuntime,
         listen_port: int,
-        rule_stats: RuleStats,
-        port_stats: PortStats,
         on_closed: Callable[[TcpRelay], None],
-        connect_timeout: float = CONNECT_TIMEOUT_SECS,
-        splice: SpliceContext | None = None,
+        client_address: tuple[str, int] | None = None,
+        early: bytes = b"",
+        server_address: tuple[str, int] | None = None,
     ) -> None:
-        self._reactor = reactor
-        self._splice_context = splice
+        """
+        @param client_address: the original client when a trusted PROXY
+            header named it; by default the peer of the accepted socket.
+        @param server_address: the address that client connected to, from
+            the same header; by default the local end of the accepted socket.
+        @param early: bytes already read from the client (a PROXY header's
+            remainder, a peeked ClientHello) to send ahead of the rest.
+        """
+        self._runtime = runtime
+        self._reactor = runtime.reactor
+        self._splice_context = runtime.splice
         self._splice: SpliceRelay | None = None
-        self.rule = rule
+        self.rule = runtime.rule
         self.listen_port = listen_port
-        self._rule_stats = rule_stats
-        self._port_stats = port_stats
+        self._rule_stats = runtime.stats
+        self._port_stats = runtime.stats.for_port(listen_port)
         self._on_closed = on_closed
-        self._connect_timeout = connect_timeout
+        self.client_address = client_address
+        self.server_address = server_address
         self.state = RelayState.DIALING
         self.client: _Leg | None = None
         self.target: _Leg | None = None
+        self.chosen: Target | None = None
         self._pending_targets: list[Target] = []
+        self._addresses: list[str] = []
         self._eof = {_Side.CLIENT: False, _Side.TARGET: False}
-        self._early: list[bytes] = []
+        self._early: list[bytes] = [early] if early else []
         self._lost: set[_Side] = set()
         self._dialing: Any = None
+        self._admitted = False
+        self._throttles: list[Throttle] = []
+        self._throttle_in: Throttle | None = None
+        self._throttle_out: Throttle | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     # -- client side ------------------------------------------------------
 
@@ -204,41 +226,107 @@ class TcpRelay:
         # Nothing is read from the client until a target is there to take it.
         transport.pauseProducing()
         _set_nodelay(transport)
+        if self.client_address is None:
+            peer = transport.getPeer()
+            self.client_address = (peer.host, peer.port)
+        refusal = self._runtime.limiter.admit()
+        if refusal is not None:
+            log.debug(
+                "rule {rule}: connection from {client} refused: {reason}",
+                event="rule.rate_limit_reject",
+                rule=self.rule.name,
+                client=self.client_address[0],
+                reason=refusal,
+            )
+            self._close_all(reset=True)
+            return
+        self._admitted = True
         for stats in (self._rule_stats, self._port_stats):
             stats.active_connections += 1
             stats.total_connections += 1
-        self._pending_targets = list(self.rule.targets_by_priority())
-        self._dial_next()
+        self._pending_targets = self._runtime.selector.dial_order(self.client_address[0])
+        self._next_target()
 
     # -- dialling ---------------------------------------------------------
 
-    def _dial_next(self) -> None:
+    def _next_target(self) -> None:
         if self.state is not RelayState.DIALING:
             return
-        target = self._pending_targets.pop(0)
-        port = self.rule.target_port(target, self.listen_port)
+        if not self._pending_targets:
+            self._all_targets_failed()
+            return
+        target = self.chosen = self._pending_targets.pop(0)
+        resolver = self._runtime.resolver
+        if target.is_ip_literal or resolver is None:
+            self._addresses = [target.host]
+            self._dial_address()
+            return
+        resolver.resolve(target.host, self.rule.prefer_ipv6).addCallbacks(
+            self._resolved, self._resolve_failed
+        )
+
+    def _resolved(self, resolution: Resolution) -> None:
+        if self.state is not RelayState.DIALING:
+            return
+        if resolution.stale:
+            self._count_dns_failure("stale_answer_served")
+        self._addresses = list(resolution.addresses)
+        self._dial_address()
+
+    def _resolve_failed(self, failure: Failure) -> None:
+        if self.state is not RelayState.DIALING:
+            return
+        reason = failure.value.reason if isinstance(failure.value, DnsFailure) else "other"
+        self._count_dns_failure(reason)
+        self._next_target()
+
+    def _count_dns_failure(self, reason: str) -> None:
+        assert self.chosen is not None
+        for stats in (self._rule_stats, self._port_stats):
+            stats.dns_failures += 1
+        log.warn(
+            "rule {rule}: resolving {host} failed: {reason}",
+            event="rule.dns_failed",
+            rule=self.rule.name,
+            host=self.chosen.host,
+            reason=reason,
+        )
+
+    def _dial_address(self) -> None:
+        if self.state is not RelayState.DIALING:
+            return
+        assert self.chosen is not None
+        if not self._addresses:
+            self._runtime.selector.record_failure(self.chosen)
+            self._next_target()
+            return
+        address = self._addresses.pop(0)
+        port = self.rule.target_port(self.chosen, self.listen_port)
         self._dialing = self._reactor.connectTCP(
-            target.host, port, _TargetFactory(self, target), timeout=self._connect_timeout
+            address,
+            port,
+            _TargetFactory(self, self.chosen),
+            timeout=self._runtime.connect_timeout,
         )
 
     def dial_failed(self, target: Target, reason: Failure) -> None:
         self._dialing = None
         if self.state is not RelayState.DIALING:
             return
-        port = self.rule.target_port(target, self.listen_port)
         log.info(
-            "rule {rule}: dialling {target_host}:{target_port} failed: {reason}",
+            "rule {rule}: dialling {target} failed: {reason}",
             event="rule.target.dial_failed",
             rule=self.rule.name,
-            target_host=target.host,
-            target_port=port,
+            target=target.display(),
+            port=self.rule.target_port(target, self.listen_port),
             reason=reason.getErrorMessage(),
         )
-        if self._pending_targets:
-            self._dial_next()
-            return
+        self._dial_address()
+
+    def _all_targets_failed(self) -> None:
         for stats in (self._rule_stats, self._port_stats):
             stats.connect_failures += 1
+        self._runtime.selector.record_all_failed(self.listen_port)
         log.warn(
             "rule {rule}: no target reachable for a connection on port {listen_port}",
             event="rule.conn_error",
@@ -255,35 +343,71 @@ class TcpRelay:
             assert leg.transport is not None
             leg.transport.loseConnection()
             return
+        assert self.chosen is not None
         self.target = leg
         assert leg.transport is not None
         _set_nodelay(leg.transport)
-        self.start_relaying()
+        self._runtime.selector.record_success(self.chosen)
+        self._runtime.selector.connection_opened(self.chosen)
+        self.start_relaying(self._prelude())
+
+    def _prelude(self) -> bytes:
+        """The PROXY header this target wants, or nothing."""
+        assert self.chosen is not None and self.client is not None
+        version = self.chosen.proxy_protocol
+        if version is None:
+            return b""
+        assert self.client_address is not None and self.client.transport is not None
+        server = self.server_address
+        if server is None:
+            local = self.client.transport.getHost()
+            server = (local.host, local.port)
+        try:
+            return encode_header(version, self.client_address, server)
+        except ProxyProtocolError:
+            # An IPv6 client behind an IPv4 listener (or the reverse):
+            # the header's two ends must share a family, so name ours by it.
+            unspecified = "::" if ":" in self.client_address[0] else "0.0.0.0"
+            return encode_header(version, self.client_address, (unspecified, server[1]))
 
     # -- relaying ---------------------------------------------------------
 
-    def start_relaying(self) -> None:
+    def start_relaying(self, prelude: bytes = b"") -> None:
         """
         Join the two sockets.  This is the one place a connection switches
-        to bulk transfer, after any prelude has been written.
+        to bulk transfer, after the prelude (a PROXY header) and any bytes
+        already read from the client have been sent to the target.
         """
         assert self.client is not None and self.target is not None
         client, target = self.client.transport, self.target.transport
         assert client is not None and target is not None
         self.state = RelayState.RELAYING
-        if self._try_splice(client, target):
-            return
-        self._start_userspace(client, target)
-
-    def _try_splice(self, client: Any, target: Any) -> bool:
+        early = b"".join(self._early)
+        self._early.clear()
+        ahead = prelude + early
         context = self._splice_context
         if (
-            context is None
-            or self._early
-            or not SpliceRelay.can_take_over(client)
-            or not SpliceRelay.can_take_over(target)
+            context is not None
+            and SpliceRelay.can_take_over(client)
+            and SpliceRelay.can_take_over(target)
         ):
-            return False
+            # Splice needs empty transport buffers: put what goes ahead
+            # straight on the new socket (it practically always fits).
+            sent = _send_now(target, ahead) if ahead else 0
+            if sent == len(ahead):
+                self._count_in(len(early))
+                self._start_splice(context, client, target)
+                return
+            target.write(ahead[sent:])
+            self._count_in(len(early))
+        else:
+            if prelude:
+                target.write(prelude)
+            if early:
+                self.data_received(_Side.CLIENT, early)
+        self._start_userspace(client, target)
+
+    def _start_splice(self, context: SpliceContext, client: Any, target: Any) -> None:
         self._splice = SpliceRelay(
             self._reactor,
             client,
@@ -296,13 +420,14 @@ class TcpRelay:
         )
         self._splice.start()
         context.announce(self.rule)
-        return True
 
     def _count_in(self, n: int) -> None:
+        self.bytes_in += n
         self._rule_stats.bytes_in += n
         self._port_stats.bytes_in += n
 
     def _count_out(self, n: int) -> None:
+        self.bytes_out += n
         self._rule_stats.bytes_out += n
         self._port_stats.bytes_out += n
 
@@ -320,11 +445,19 @@ class TcpRelay:
             self.target.transport.resumeProducing()
 
     def _start_userspace(self, client: Any, target: Any) -> None:
-        for chunk in self._early:
-            self.data_received(_Side.CLIENT, chunk)
-        self._early.clear()
-        client.registerProducer(target, True)
-        target.registerProducer(client, True)
+        limiter = self._runtime.limiter
+        if limiter.caps_bandwidth:
+            # Pauses from back-pressure and from a bandwidth throttle go
+            # through one gate per side, so neither undoes the other.
+            client_gate, target_gate = PauseGate(client), PauseGate(target)
+            client.registerProducer(target_gate.producer, True)
+            target.registerProducer(client_gate.producer, True)
+            self._throttle_in = limiter.throttle_in(client_gate)
+            self._throttle_out = limiter.throttle_out(target_gate)
+            self._throttles = [t for t in (self._throttle_in, self._throttle_out) if t]
+        else:
+            client.registerProducer(target, True)
+            target.registerProducer(client, True)
         if self._eof[_Side.CLIENT]:
             self._shutdown_peer_writes(_Side.CLIENT)
         else:
@@ -336,14 +469,16 @@ class TcpRelay:
             return
         if side is _Side.CLIENT:
             assert self.target is not None and self.target.transport is not None
-            self._rule_stats.bytes_in += len(data)
-            self._port_stats.bytes_in += len(data)
+            self._count_in(len(data))
             self.target.transport.write(data)
+            if self._throttle_in is not None:
+                self._throttle_in.consumed(len(data))
         else:
             assert self.client is not None and self.client.transport is not None
-            self._rule_stats.bytes_out += len(data)
-            self._port_stats.bytes_out += len(data)
+            self._count_out(len(data))
             self.client.transport.write(data)
+            if self._throttle_out is not None:
+                self._throttle_out.consumed(len(data))
 
     def eof_received(self, side: _Side) -> None:
         """A half-close: pass it to the other socket once its writes drain."""
@@ -418,8 +553,16 @@ class TcpRelay:
         if self.state is not RelayState.CLOSING or not legs <= self._lost:
             return
         self.state = RelayState.CLOSED
-        for stats in (self._rule_stats, self._port_stats):
-            stats.active_connections -= 1
+        for throttle in self._throttles:
+            throttle.stop()
+        if self.target is not None and self.chosen is not None:
+            selector = self._runtime.selector
+            selector.connection_closed(self.chosen)
+            selector.add_bytes(self.chosen, self.bytes_in, self.bytes_out)
+        if self._admitted:
+            self._runtime.limiter.release()
+            for stats in (self._rule_stats, self._port_stats):
+                stats.active_connections -= 1
         self._on_closed(self)
 
     def abort(self) -> None:
@@ -435,6 +578,16 @@ class TcpRelay:
         self._maybe_finish()
 
 
+def _send_now(transport: Any, data: bytes) -> int:
+    """Write what fits of C{data} straight to the transport's socket."""
+    try:
+        return int(transport.socket.send(data))
+    except OSError:
+        # Would block, or the socket already failed: the transport's own
+        # write path sends (or reports) it.
+        return 0
+
+
 def _unregister_producer(transport: Any) -> None:
     if transport.producer is not None:
         transport.unregisterProducer()
@@ -446,6 +599,11 @@ def _set_nodelay(transport: Any) -> None:
             transport.setTcpNoDelay(True)
 
 
+def client_leg_for(relay: TcpRelay) -> Protocol:
+    """The protocol that gives an accepted socket to C{relay}."""
+    return _ClientLeg(relay)
+
+
 class InboundFactory(Factory):
     """Accepts client connections on one listen port of one rule."""
 
@@ -453,37 +611,15 @@ class InboundFactory(Factory):
 
     def __init__(
         self,
-        reactor: Any,
-        rule: Rule,
+        runtime: RuleRuntime,
         listen_port: int,
-        rule_stats: RuleStats,
-        on_opened: Callable[[TcpRelay], None],
-        on_closed: Callable[[TcpRelay], None],
-        connect_timeout: float = CONNECT_TIMEOUT_SECS,
-        splice: SpliceContext | None = None,
     ) -> None:
-        self._reactor = reactor
-        self._splice = splice
-        self.rule = rule
+        self.runtime = runtime
         self.listen_port = listen_port
-        self._rule_stats = rule_stats
-        self._port_stats = rule_stats.for_port(listen_port)
-        self._on_opened = on_opened
-        self._on_closed = on_closed
-        self._connect_timeout = connect_timeout
 
     def buildProtocol(self, addr: Any) -> Protocol:
-        relay = TcpRelay(
-            self._reactor,
-            self.rule,
-            self.listen_port,
-            self._rule_stats,
-            self._port_stats,
-            self._on_closed,
-            self._connect_timeout,
-            self._splice,
-        )
-        self._on_opened(relay)
+        relay = TcpRelay(self.runtime, self.listen_port, self.runtime.relay_closed)
+        self.runtime.relay_opened(relay)
         leg = _ClientLeg(relay)
         leg.factory = self
         return leg

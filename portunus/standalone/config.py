@@ -22,12 +22,18 @@ from typing import Any
 
 import attrs
 
+from portunus.dataplane.proxyprotocol import TrustedSources
+from portunus.dataplane.ratelimit import validate_rate_limit
+from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
+from portunus.dataplane.sni import SniError, normalize_sni_pattern, sni_rule_conflicts
 from portunus.errors import PortunusError
 from portunus.model import (
     DEFAULT_LISTEN_ADDRESSES,
+    Balance,
     PortRange,
     Protocol,
     ProxyProtocolVersion,
+    RateLimit,
     Rule,
     Target,
     rule_id_for_name,
@@ -63,7 +69,7 @@ _DEFAULT_UDP_FLOW_IDLE_SECS = 60
 _DEFAULT_SHUTDOWN_DRAIN_SECS = 30.0
 _DEFAULT_STATS_LOG_INTERVAL_SECS = 60
 
-_TOP_LEVEL_TABLES = ("global", "defaults", "stats", "rule")
+_TOP_LEVEL_TABLES = ("global", "defaults", "stats", "resolver", "rule")
 _GLOBAL_KEYS = ("label", "log_level", "log_format", "shutdown_drain_secs", "listen_addresses")
 _DEFAULTS_KEYS = (
     "protocol",
@@ -84,8 +90,16 @@ _RULE_KEYS = (
     "udp_max_flows",
     "udp_flow_idle_secs",
     "listen_addresses",
+    "balance",
+    "health_check_interval_secs",
+    "sni_pattern",
+    "sni_fallback",
+    "accept_proxy_protocol",
+    "trusted_sources",
+    "rate_limit",
 )
-_TARGET_KEYS = ("host", "port", "priority", "proxy_protocol")
+_TARGET_KEYS = ("host", "port", "priority", "proxy_protocol", "weight")
+_RATE_LIMIT_KEYS = tuple(a.name for a in attrs.fields(RateLimit))
 
 _RULE_INDEX_LABEL = re.compile(r"rule #\d+")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -171,6 +185,7 @@ class StandaloneConfig:
     shutdown_drain_secs: float = _DEFAULT_SHUTDOWN_DRAIN_SECS
     stats_enabled: bool = True
     stats_log_interval_secs: int = _DEFAULT_STATS_LOG_INTERVAL_SECS
+    resolver: ResolverSettings = attrs.field(factory=ResolverSettings)
     rules: tuple[Rule, ...] = attrs.field(converter=_rule_tuple)
 
 
@@ -298,6 +313,8 @@ class _Listening:
     ports: PortRange
     addresses: tuple[str, ...]
     port_key: str
+    #: Routed by TLS SNI: may share its port with other SNI rules.
+    sni: bool = False
 
 
 def _rule_display(label: str) -> str:
@@ -620,7 +637,7 @@ class _Parser:
                     None,
                     _safe(key),
                     f"unknown top-level key or table '{_safe(key)}'; {hint}"
-                    "allowed: [global], [defaults], [stats], [[rule]]",
+                    "allowed: [global], [defaults], [stats], [resolver], [[rule]]",
                 )
 
         global_table = self._table(document, "global")
@@ -652,7 +669,14 @@ class _Parser:
             stats_table, "log_interval_secs", None, "stats.log_interval_secs", 1, 3600
         )
 
+        resolver_settings, resolver_issues = resolver_settings_from_table(
+            self._table(document, "resolver")
+        )
+        for field, message in resolver_issues:
+            self.issues.add(None, f"resolver.{field}", message)
+
         rules = self._rules(document, inherited)
+        self._check_rule_groups(rules)
 
         if self.issues.items:
             return None
@@ -668,6 +692,7 @@ class _Parser:
                 if isinstance(stats_interval, int)
                 else _DEFAULT_STATS_LOG_INTERVAL_SECS
             ),
+            resolver=resolver_settings,
             rules=rules,
         )
 
@@ -874,10 +899,19 @@ class _Parser:
         idle = self._int(entry, "udp_flow_idle_secs", label, "rule.udp_flow_idle_secs", 30, 300)
 
         targets = self._targets(entry, label, listen, protocol)
+        features = self._features(entry, label, protocol, listen)
 
         listening = None
         if isinstance(protocol, Protocol) and listen is not None and addresses is not None:
-            listening = _Listening(label, index, protocol, listen, addresses, port_key)
+            listening = _Listening(
+                label,
+                index,
+                protocol,
+                listen,
+                addresses,
+                port_key,
+                sni=bool(features.get("sni_pattern") or features.get("sni_fallback")),
+            )
 
         if len(self.issues.items) != start or name is None:
             return None, listening
@@ -899,6 +933,7 @@ class _Parser:
                 ),
                 id=rule_id_for_name(name),
                 **tuples,
+                **features,
             )
         except ValueError as e:
             # The checks above should make this unreachable; if the model
@@ -1140,6 +1175,7 @@ class _Parser:
                 port = value
 
         priority = self._int(item, "priority", label, f"{field}.priority", 0, 65535)
+        weight = self._int(item, "weight", label, f"{field}.weight", 1, 1000)
 
         proxy = self._choice(
             item,
@@ -1162,12 +1198,15 @@ class _Parser:
             ports=PortRange.single(port),
             priority=priority if isinstance(priority, int) else 0,
             proxy_protocol=ProxyProtocolVersion(proxy) if isinstance(proxy, str) else None,
+            weight=weight if isinstance(weight, int) else 1,
         )
 
     def _check_overlap(self, listen: _Listening, earlier: Sequence[_Listening]) -> None:
         for other in earlier:
             if other.protocol is not listen.protocol or not other.ports.overlaps(listen.ports):
                 continue
+            if listen.sni or other.sni:
+                continue  # SNI ports are checked by _check_rule_groups
             pair = next(
                 (
                     (mine, theirs)
@@ -1195,3 +1234,176 @@ class _Parser:
                 f"({listen.protocol.value} {where}); pick ports outside {other.ports} "
                 "or give the rules different listen_addresses",
             )
+
+    # -- data-plane features --------------------------------------------------
+
+    def _features(
+        self,
+        entry: Mapping[str, object],
+        label: str,
+        protocol: Protocol | _Absent | None,
+        listen: PortRange | None,
+    ) -> dict[str, Any]:
+        """Balance, health checks, SNI, PROXY accept and rate limits of a rule."""
+        features: dict[str, Any] = {}
+        balance = self._choice(entry, "balance", label, "rule.balance", [b.value for b in Balance])
+        if isinstance(balance, str):
+            features["balance"] = Balance(balance)
+        interval = self._int(
+            entry, "health_check_interval_secs", label, "rule.health_check_interval_secs", 1, 3600
+        )
+        if isinstance(interval, int):
+            features["health_check_interval_secs"] = interval
+        is_udp = protocol is Protocol.UDP
+        is_range = listen is not None and len(listen) > 1
+        features.update(self._sni(entry, label, is_udp, is_range))
+        features.update(self._proxy_accept(entry, label, is_udp))
+        limit = self._rate_limit(entry, label)
+        if limit is not None:
+            features["rate_limit"] = limit
+        return features
+
+    def _sni(
+        self, entry: Mapping[str, object], label: str, is_udp: bool, is_range: bool
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        raw = entry.get("sni_pattern", _ABSENT)
+        fallback = self._bool(entry, "sni_fallback", label, "rule.sni_fallback")
+        if not isinstance(raw, _Absent):
+            if not isinstance(raw, str):
+                self.issues.add(
+                    label,
+                    "rule.sni_pattern",
+                    f"must be a string, not {_describe(raw)}; "
+                    'write e.g. sni_pattern = "*.example.com"',
+                )
+            else:
+                try:
+                    out["sni_pattern"] = normalize_sni_pattern(raw)
+                except SniError as e:
+                    self.issues.add(label, "rule.sni_pattern", f"{e.code}: {e.message}")
+        if fallback is True:
+            out["sni_fallback"] = True
+            if "sni_pattern" in out or not isinstance(raw, _Absent):
+                self.issues.add(
+                    label,
+                    "rule.sni_fallback",
+                    "a fallback rule has no sni_pattern; remove one of the two",
+                )
+        if (out or not isinstance(raw, _Absent)) and (is_udp or is_range):
+            self.issues.add(
+                label,
+                "rule.sni_pattern" if "sni_fallback" not in out else "rule.sni_fallback",
+                "validation.sni_on_unsupported_rule: SNI routing needs a single-port TCP rule; "
+                'remove it or use one listen_port with protocol = "tcp"',
+            )
+        return out
+
+    def _proxy_accept(
+        self, entry: Mapping[str, object], label: str, is_udp: bool
+    ) -> dict[str, Any]:
+        accept = self._bool(entry, "accept_proxy_protocol", label, "rule.accept_proxy_protocol")
+        raw = entry.get("trusted_sources", _ABSENT)
+        out: dict[str, Any] = {}
+        if accept is True:
+            out["accept_proxy_protocol"] = True
+            if is_udp:
+                self.issues.add(
+                    label,
+                    "rule.accept_proxy_protocol",
+                    'PROXY protocol is TCP only; remove it or use protocol = "tcp"',
+                )
+            if isinstance(raw, _Absent):
+                self.issues.add(
+                    label,
+                    "rule.trusted_sources",
+                    "is required with accept_proxy_protocol: list the load balancers allowed "
+                    'to send PROXY headers, e.g. trusted_sources = ["10.0.0.0/8"]',
+                )
+        if isinstance(raw, _Absent):
+            return out
+        if accept is not True:
+            self.issues.add(
+                label,
+                "rule.trusted_sources",
+                "only applies with accept_proxy_protocol = true; add that or remove this",
+            )
+            return out
+        if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
+            self.issues.add(
+                label,
+                "rule.trusted_sources",
+                'must be a non-empty list of CIDRs, e.g. ["10.0.0.0/8", "2001:db8::/32"]',
+            )
+            return out
+        try:
+            TrustedSources.parse(raw)
+        except ValueError as e:
+            self.issues.add(label, "rule.trusted_sources", str(e))
+            return out
+        out["trusted_sources"] = tuple(c.strip() for c in raw)
+        return out
+
+    def _rate_limit(self, entry: Mapping[str, object], label: str) -> RateLimit | None:
+        raw = entry.get("rate_limit", _ABSENT)
+        if isinstance(raw, _Absent):
+            return None
+        if not isinstance(raw, dict):
+            self.issues.add(
+                label,
+                "rule.rate_limit",
+                "must be a table; write [rule.rate_limit] under the rule with e.g. "
+                "bandwidth_in_bps = 1_000_000",
+            )
+            return None
+        start = len(self.issues.items)
+        self._strict(raw, _RATE_LIMIT_KEYS, label, "rule.rate_limit", "[rule.rate_limit]")
+        values: dict[str, int] = {}
+        for key in _RATE_LIMIT_KEYS:
+            value = self._int(raw, key, label, f"rule.rate_limit.{key}", 1, 10**12)
+            if isinstance(value, int):
+                values[key] = value
+        if len(self.issues.items) != start:
+            return None
+        if not values:
+            self.issues.add(
+                label,
+                "rule.rate_limit",
+                "is empty; set at least one limit or remove the table",
+            )
+            return None
+        limit = RateLimit(**values)
+        for field, code, message in validate_rate_limit(limit):
+            self.issues.add(label, f"rule.rate_limit.{field}", f"{code}: {message}")
+        return None if len(self.issues.items) != start else limit
+
+    def _check_rule_groups(self, rules: Sequence[Rule]) -> None:
+        """SNI conflicts between rules sharing a port."""
+        for rule_name, field, code, message in sni_rule_conflicts(rules):
+            self.issues.add(rule_name, f"rule.{field}", f"{code}: {message}")
+        # One SNI listener serves a port: its rules must bind the same addresses.
+        sni_rules = [r for r in rules if r.sni_pattern is not None or r.sni_fallback]
+        for i, rule in enumerate(sni_rules):
+            for other in sni_rules[:i]:
+                if other.listen.start != rule.listen.start:
+                    continue
+                if other.listen_addresses == rule.listen_addresses:
+                    if other.accept_proxy_protocol != rule.accept_proxy_protocol:
+                        self.issues.add(
+                            rule.name,
+                            "rule.accept_proxy_protocol",
+                            f"rule '{other.name}' on the same SNI port disagrees; rules "
+                            "sharing a port must all accept PROXY headers or none",
+                        )
+                    continue
+                if any(
+                    _addresses_overlap(a, b)
+                    for a in rule.listen_addresses
+                    for b in other.listen_addresses
+                ):
+                    self.issues.add(
+                        rule.name,
+                        "rule.listen_addresses",
+                        f"rule '{other.name}' routes the same SNI port on other addresses; "
+                        "SNI rules sharing a port must list the same listen_addresses",
+                    )

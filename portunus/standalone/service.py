@@ -23,6 +23,7 @@ from twisted.python.components import Componentized
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.errors import PortunusError
 from portunus.standalone.config import StandaloneConfig
+from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.workers import WorkerListeners, WorkerSupervisor, bind_for_workers
 
 __all__ = ["RLIMIT_NOFILE_LOW", "StandaloneService"]
@@ -54,7 +55,7 @@ class StandaloneService(MultiService):
         super().__init__()
         self.config = config
         self._reactor = reactor
-        self.forwarder = forwarder if forwarder is not None else Forwarder(reactor)
+        self.forwarder = forwarder if forwarder is not None else forwarder_for(config, reactor)
         self.workers = workers
         self._worker_log = (log_level, log_format)
         self._worker_listeners: list[WorkerListeners] = []

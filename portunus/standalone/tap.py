@@ -11,8 +11,10 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from portunus.dataplane import SUPPORTED_PROTOCOLS
+from portunus.errors import PortunusError
 from portunus.logging import make_observer, parse_log_level
 from portunus.standalone.config import ConfigError, StandaloneConfig, load_config
+from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.service import StandaloneService
 from portunus.standalone.workers import parse_worker_count
 
@@ -89,9 +91,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     assert options.config is not None
     observer = make_observer(options.log_format, options.level, sys.stderr)
+    try:
+        forwarder = forwarder_for(options.config, reactor)
+    except PortunusError as e:
+        sys.stderr.write(f"error: {e.message}\n")
+        raise SystemExit(EXIT_CONFIG) from e
     return StandaloneService(
         options.config,
         reactor,
+        forwarder=forwarder,
         log_observer=observer,
         workers=options.workers,
         log_level=options.level.name,

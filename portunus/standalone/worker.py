@@ -26,10 +26,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
-from portunus.dataplane import SUPPORTED_PROTOCOLS, BoundRule, Forwarder
+from portunus.dataplane import SUPPORTED_PROTOCOLS, BoundRule
 from portunus.dataplane.listeners import BoundSocket
 from portunus.logging import make_observer, parse_log_level
 from portunus.standalone.config import StandaloneConfig, load_config
+from portunus.standalone.forwarder import forwarder_for
 
 __all__ = ["EXIT_CONFIG_CHANGED", "main"]
 
@@ -93,7 +94,7 @@ def run(reactor: Any, args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG_CHANGED
     config = load_config(args.config, SUPPORTED_PROTOCOLS)
-    forwarder = Forwarder(reactor)
+    forwarder = forwarder_for(config, reactor)
     for bound in _bound_rules(config, json.loads(args.listeners)):
         forwarder.activate(bound)
 

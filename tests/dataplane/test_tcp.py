@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from portunus.dataplane.stats import RuleStats
+from portunus.dataplane.runtime import RuleRuntime
 from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, InboundFactory, RelayState, TcpRelay
 from portunus.model import PortRange, Protocol, Rule, Target
 from tests._fakes import FakeTCPTransport
@@ -33,16 +33,24 @@ class RelayHarness:
 
     def __init__(self, rule: Rule, listen_port: int | None = None) -> None:
         self.reactor = MemoryReactorClock()
-        self.stats = RuleStats()
+        self.runtime = RuleRuntime(self.reactor, rule)
+        self.stats = self.runtime.stats
         self.opened: list[TcpRelay] = []
         self.closed: list[TcpRelay] = []
+        opened, closed = self.runtime.relay_opened, self.runtime.relay_closed
+
+        def on_opened(relay: TcpRelay) -> None:
+            self.opened.append(relay)
+            opened(relay)
+
+        def on_closed(relay: TcpRelay) -> None:
+            self.closed.append(relay)
+            closed(relay)
+
+        self.runtime.relay_opened = on_opened  # type: ignore[method-assign]
+        self.runtime.relay_closed = on_closed  # type: ignore[method-assign]
         self.factory = InboundFactory(
-            self.reactor,
-            rule,
-            listen_port if listen_port is not None else rule.listen.start,
-            self.stats,
-            self.opened.append,
-            self.closed.append,
+            self.runtime, listen_port if listen_port is not None else rule.listen.start
         )
 
     def accept(self) -> tuple[Any, FakeTCPTransport]:

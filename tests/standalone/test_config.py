@@ -465,7 +465,7 @@ class FileErrorTests(ParseMixin, SynchronousTestCase):
         """An unknown top-level table is named, with a suggestion and the allowed tables."""
         issue = self.one_issue("[rules]\n" + MINIMAL, None, "rules", "unknown top-level")
         self.assertIn("did you mean 'rule'?", issue.message)
-        self.assertIn("[global], [defaults], [stats], [[rule]]", issue.message)
+        self.assertIn("[global], [defaults], [stats], [resolver], [[rule]]", issue.message)
 
     def test_table_not_a_table(self) -> None:
         """global = 1 is reported as needing to be a table."""
@@ -1005,13 +1005,13 @@ class RuleTests(ParseMixin, SynchronousTestCase):
         issue = self.one_issue(
             rule_text(
                 target="",
-                targets='[{ host = "h", port = 80 }, { host = "h", port = 1, weight = 2 }]',
+                targets='[{ host = "h", port = 80 }, { host = "h", port = 1, wieght = 2 }]',
             ),
             "web",
-            "rule.targets[1].weight",
-            "unknown key 'weight'",
+            "rule.targets[1].wieght",
+            "unknown key 'wieght'",
         )
-        self.assertIn("host, port, priority, proxy_protocol", issue.message)
+        self.assertIn("host, port, priority, proxy_protocol, weight", issue.message)
 
     def test_targets_host_missing(self) -> None:
         """A targets entry without host is rejected."""

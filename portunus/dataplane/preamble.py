@@ -1,0 +1,252 @@
+"""
+What a connection sends before its relay starts: a PROXY header from a
+trusted load balancer, a TLS ClientHello that picks the rule by SNI, or
+both (in that order).
+
+A L{Preamble} protocol reads just enough of those, under one time limit
+per stage, then hands the socket to a L{TcpRelay} of the chosen rule with
+the original client address and every byte read so far (replayed verbatim
+to the target).  Connections that need neither use the relay directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from portunus.dataplane.proxyprotocol import (
+    HEADER_READ_TIMEOUT_SECS,
+    ProxyHeaderReader,
+    ProxyHeaderRejected,
+    TrustedSources,
+)
+from portunus.dataplane.runtime import RuleRuntime
+from portunus.dataplane.sni import (
+    PEEK_TIMEOUT_SECS,
+    ClientHelloError,
+    ClientHelloParser,
+    SniCounters,
+    SniRouteTable,
+)
+from portunus.dataplane.tcp import TcpRelay, client_leg_for
+
+__all__ = ["ListenerRoutes", "Preamble", "PreambleFactory"]
+
+log = Logger()
+
+
+class ListenerRoutes:
+    """
+    How one listening port picks the rule of a connection: a single rule,
+    or an SNI route table shared by several; optionally behind PROXY headers.
+    """
+
+    def __init__(
+        self,
+        single: RuleRuntime | None = None,
+        trusted: TrustedSources | None = None,
+    ) -> None:
+        self.single = single
+        self.trusted = trusted
+        self.sni: SniRouteTable[RuleRuntime] | None = (
+            None if single is not None else SniRouteTable()
+        )
+        self.counters = SniCounters()
+
+    @property
+    def rule_label(self) -> str:
+        if self.single is not None:
+            return self.single.rule.name
+        return "sni:" + ",".join(r.rule.name for _, r in self.sni or ())
+
+
+class Preamble(Protocol):
+    """Reads the PROXY header and/or ClientHello of one connection."""
+
+    def __init__(self, routes: ListenerRoutes, listen_port: int, clock: Any) -> None:
+        self._routes = routes
+        self._port = listen_port
+        self._clock = clock
+        self._proxy: ProxyHeaderReader | None = None
+        self._hello: ClientHelloParser | None = None
+        self._client: tuple[str, int] | None = None
+        self._server: tuple[str, int] | None = None
+        self._timer: IDelayedCall | None = None
+        self._done = False
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        peer: Any = self.transport.getPeer()
+        self._client = (peer.host, peer.port)
+        trusted = self._routes.trusted
+        if trusted is not None:
+            try:
+                trusted.check(peer.host)
+            except ProxyHeaderRejected as e:
+                self._refuse_proxy(e)
+                return
+            self._proxy = ProxyHeaderReader()
+            self._start_timer(HEADER_READ_TIMEOUT_SECS, self._proxy_timeout)
+        elif self._routes.sni is not None:
+            self._start_hello()
+
+    def _start_timer(self, seconds: float, expired: Any) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._clock.callLater(seconds, expired)
+
+    def _start_hello(self) -> None:
+        self._hello = ClientHelloParser()
+        self._start_timer(PEEK_TIMEOUT_SECS, self._hello_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        if self._proxy is not None:
+            try:
+                header = self._proxy.feed(data)
+            except ProxyHeaderRejected as e:
+                self._refuse_proxy(e)
+                return
+            if header is None:
+                return
+            self._proxy = None
+            if header.source is not None:
+                self._client = header.source
+                self._server = header.destination
+            data = header.remaining
+            if self._routes.sni is None:
+                assert self._routes.single is not None
+                self._hand_over(self._routes.single, data)
+                return
+            self._start_hello()
+            if not data:
+                return
+        assert self._hello is not None
+        try:
+            hello = self._hello.feed(data)
+        except ClientHelloError as e:
+            self._hello_failed(e)
+            return
+        if hello is not None:
+            self._route(hello.server_name, hello.captured)
+
+    def _route(self, server_name: str | None, captured: bytes) -> None:
+        assert self._routes.sni is not None
+        found = self._routes.sni.lookup(server_name)
+        self._routes.counters.count(found[1] if found else None)
+        if found is None:
+            log.info(
+                "port {port}: no rule for TLS server name {server_name}; dropped",
+                event="tls.sni_no_match" if server_name else "tls.no_sni",
+                port=self._port,
+                server_name=server_name,
+                client=self._client[0] if self._client else None,
+            )
+            self._close()
+            return
+        runtime, kind = found
+        if server_name is None:
+            log.debug(
+                "port {port}: ClientHello without SNI goes to the fallback rule {rule}",
+                event="tls.no_sni",
+                port=self._port,
+                rule=runtime.rule.name,
+            )
+        log.debug(
+            "port {port}: {server_name} -> rule {rule} ({kind})",
+            event="tls.sni_routed",
+            port=self._port,
+            server_name=server_name,
+            rule=runtime.rule.name,
+            kind=kind,
+        )
+        self._hand_over(runtime, captured)
+
+    def _hand_over(self, runtime: RuleRuntime, early: bytes) -> None:
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        transport = self.transport
+        assert transport is not None
+        relay = TcpRelay(
+            runtime, self._port, runtime.relay_closed, self._client, early, self._server
+        )
+        runtime.relay_opened(relay)
+        leg = client_leg_for(relay)
+        transport.protocol = leg  # type: ignore[attr-defined]
+        leg.makeConnection(transport)
+
+    def _refuse_proxy(self, error: ProxyHeaderRejected) -> None:
+        log.info(
+            "port {port}: PROXY header refused ({reason}): {detail}",
+            event="rule.proxy_header_rejected",
+            port=self._port,
+            rule=self._routes.rule_label,
+            reason=error.reason,
+            detail=error.detail,
+            peer=self._client[0] if self._client else None,
+        )
+        self._close()
+
+    def _proxy_timeout(self) -> None:
+        assert self._proxy is not None
+        self._refuse_proxy(self._proxy.timed_out())
+
+    def _hello_timeout(self) -> None:
+        self._routes.counters.count(None)
+        log.info(
+            "port {port}: no complete TLS ClientHello within {secs}s; dropped",
+            event="tls.client_hello_timeout",
+            port=self._port,
+            secs=PEEK_TIMEOUT_SECS,
+        )
+        self._close()
+
+    def _hello_failed(self, error: ClientHelloError) -> None:
+        self._routes.counters.count(None)
+        log.info(
+            "port {port}: could not read a TLS ClientHello ({reason}); dropped",
+            event="tls.parse_failed",
+            port=self._port,
+            reason=error.reason,
+        )
+        self._close()
+
+    def _close(self) -> None:
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self._proxy is not None:
+            rejected = self._proxy.connection_lost()
+            if rejected is not None:
+                self._refuse_proxy(rejected)
+
+
+class PreambleFactory(Factory):
+    """Accepts connections on one port whose rule is chosen by a preamble."""
+
+    noisy = False
+
+    def __init__(self, routes: ListenerRoutes, listen_port: int, clock: Any) -> None:
+        self.routes = routes
+        self.listen_port = listen_port
+        self._clock = clock
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        protocol = Preamble(self.routes, self.listen_port, self._clock)
+        protocol.factory = self
+        return protocol
