@@ -673,7 +673,7 @@ class _Parser:
             self._table(document, "resolver")
         )
         for field, message in resolver_issues:
-            self.issues.add(None, f"resolver.{field}", message)
+            self.issues.add(None, field, message)
 
         rules = self._rules(document, inherited)
         self._check_rule_groups(rules)
