@@ -57,6 +57,22 @@ def _is_sni(rule: Rule) -> bool:
     return rule.sni_pattern is not None or rule.sni_fallback
 
 
+def _refresh(active: Any) -> RuleStats:
+    """Copy the figures kept by a rule's selector and limiter into its stats."""
+    holder = getattr(active, "runtime", active)
+    stats: RuleStats = active.stats
+    selector = getattr(holder, "selector", None)
+    limiter = getattr(holder, "limiter", None)
+    if selector is not None:
+        stats.target_failovers_total = selector.failovers_total
+    if limiter is not None:
+        limits = limiter.stats
+        stats.rate_limit_rejects = sum(limits.rejects.values())
+        stats.throttle_seconds_in = limits.throttle_seconds_in
+        stats.throttle_seconds_out = limits.throttle_seconds_out
+    return stats
+
+
 class _Auto:
     """Marker: decide from the platform and the environment."""
 
@@ -334,6 +350,9 @@ class Forwarder:
         return DeferredList([self.remove(rule_id, drain_timeout) for rule_id in list(self._active)])
 
     def stats(self) -> dict[int, RuleStats]:
+        """Live counters of every rule (selector and limiter figures refreshed)."""
+        for active in self._active.values():
+            _refresh(active)
         return {rule_id: active.stats for rule_id, active in self._active.items()}
 
     def runtime_for(self, rule_id: int) -> RuleRuntime:
@@ -345,7 +364,7 @@ class Forwarder:
         return runtime
 
     def stats_for(self, rule_id: int) -> RuleStats:
-        return self._active[rule_id].stats
+        return _refresh(self._active[rule_id])
 
     def connection_count(self) -> int:
         """Live TCP connections plus open UDP flows, across every rule."""

@@ -763,12 +763,27 @@ class _TruncatedAnswer(Exception):
     """A truncated UDP answer held no address and may not be retried over TCP."""
 
 
+class _TcpClientFactory(client.DNSClientFactory):
+    controller: _DnsClient
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.controller._connecting = False
+        super().clientConnectionFailed(connector, reason)
+
+    def buildProtocol(self, addr: Any) -> dns.DNSProtocol:
+        # On the client's reactor, so its timers follow an injected clock.
+        protocol = dns.DNSProtocol(self.controller, reactor=self.controller._reactor)
+        protocol.factory = self
+        return protocol
+
+
 class _DnsClient(client.Resolver):
     """
     L{client.Resolver} with Portunus's transport rules: optionally TCP only;
     optionally no TCP retry of a truncated answer; a per-server UDP timeout
     that lets one attempt reach every server; the last server that answered
-    asked first; loopback servers asked from a loopback socket.
+    asked first; loopback servers asked from a loopback socket; one TCP
+    connection at a time, dropped when a query on it times out.
     """
 
     def __init__(
@@ -783,9 +798,12 @@ class _DnsClient(client.Resolver):
         self._tcp_fallback = tcp_fallback
         self._preferred = 0
         self._closing = False
+        self._connecting = False
         self._gone: list[Deferred[None]] = []
         per_server = max(ATTEMPT_TIMEOUT / len(servers), 0.5)
         super().__init__(servers=list(servers), timeout=(per_server,), reactor=reactor)
+        self.factory = _TcpClientFactory(self, ATTEMPT_TIMEOUT)
+        self.factory.noisy = False
 
     def queryUDP(self, queries: Any, timeout: Any = None) -> Any:
         # The caller's timeout is for the whole attempt; each server gets
@@ -813,6 +831,27 @@ class _DnsClient(client.Resolver):
         d.addBoth(done)
         return d
 
+    def queryTCP(self, queries: Any, timeout: Any = ATTEMPT_TIMEOUT) -> Any:
+        if self.connections:
+            d = self.connections[0].query(queries, timeout)
+        else:
+            d = Deferred()
+            self.pending.append((d, queries, timeout))
+            if not self._connecting:
+                self._connecting = True
+                host, port = self.pickServer()
+                self._reactor.connectTCP(host, port, self.factory, timeout=ATTEMPT_TIMEOUT)
+        d.addErrback(self._drop_tcp_on_timeout)
+        return d
+
+    def _drop_tcp_on_timeout(self, failure: Failure) -> Failure:
+        # A connection that stopped answering is not trusted again; the
+        # next query connects afresh (perhaps to the next server).
+        if failure.check(DeferredTimeoutError):
+            for protocol in list(self.connections):
+                protocol.transport.loseConnection()
+        return failure
+
     def _lookup(self, name: Any, cls: Any, type: Any, timeout: Any) -> Any:
         if not self._tcp_only:
             return super()._lookup(name, cls, type, timeout)
@@ -836,6 +875,7 @@ class _DnsClient(client.Resolver):
         return (message.answers, message.authority, message.additional)
 
     def connectionMade(self, protocol: Any) -> None:
+        self._connecting = False
         if self._closing:
             protocol.transport.loseConnection()
         super().connectionMade(protocol)

@@ -54,6 +54,9 @@ class PortStats:
     #: Datagrams dropped because their flow was still resolving its target
     #: and already held as many datagrams as it may queue.
     flows_pending_drops: int = 0
+    #: UDP datagrams dropped by a bandwidth cap, client->target and back.
+    bandwidth_dropped_in: int = 0
+    bandwidth_dropped_out: int = 0
 
     def snapshot(self) -> dict[str, int]:
         return attrs.asdict(self)
@@ -63,6 +66,13 @@ class PortStats:
 class RuleStats(PortStats):
     """A rule's totals plus the same counters for each of its ports."""
 
+    #: Healthy<->failed transitions of this rule's targets.
+    target_failovers_total: int = 0
+    #: Connections or flows refused by the rule's rate limits.
+    rate_limit_rejects: int = 0
+    #: Time connections spent paused by a bandwidth cap, per direction.
+    throttle_seconds_in: float = 0.0
+    throttle_seconds_out: float = 0.0
     ports: dict[int, PortStats] = attrs.field(factory=dict)
 
     def for_port(self, port: int) -> PortStats:

@@ -53,7 +53,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portunus.dataplane.failover import TargetSelector
 from portunus.dataplane.listeners import UDP_RCVBUF, BoundSocket, receive_buffer_size
+from portunus.dataplane.ratelimit import RULE_UDP_REASONS, DatagramBudget, RuleLimiter
 from portunus.dataplane.stats import PortStats, RuleStats
 from portunus.model import Rule, Target
 
@@ -185,6 +187,8 @@ class UdpFlow:
     """
 
     __slots__ = (
+        "admitted",
+        "answered",
         "key",
         "last_seen",
         "listener",
@@ -215,6 +219,10 @@ class UdpFlow:
         self.upstream: UpstreamSocket | None = None
         #: Datagrams held while the target resolves.
         self.pending: list[bytes] | None = None
+        #: Holds a slot of the rule's limiter (released on close).
+        self.admitted = False
+        #: The target has replied at least once (a health success).
+        self.answered = False
 
     @property
     def listen_port(self) -> int:
@@ -258,10 +266,26 @@ class UdpFlowTable:
         open_upstream: UpstreamOpener,
         resolve: Resolver | None = None,
         admission: FlowAdmission | None = None,
+        selector: TargetSelector | None = None,
+        limiter: RuleLimiter | None = None,
     ) -> None:
+        """
+        @param selector: picks each new flow's target by health and balance;
+            without one every flow uses the first target by priority.
+        @param limiter: the rule's rate limits: new flows per second and
+            concurrent flows at admission, bandwidth per datagram (drops).
+        """
         self._clock = clock
         self.rule = rule
         self._stats = stats
+        self._selector = selector
+        self._limiter = limiter
+        self._budget_in = (
+            DatagramBudget(limiter.bandwidth_in) if limiter and limiter.bandwidth_in else None
+        )
+        self._budget_out = (
+            DatagramBudget(limiter.bandwidth_out) if limiter and limiter.bandwidth_out else None
+        )
         self._open_upstream = open_upstream
         self._resolve = resolve
         self._admission = admission
@@ -270,10 +294,8 @@ class UdpFlowTable:
         self._idle = float(rule.udp_flow_idle_secs)
         self.reap_interval = max(self._idle / 4, REAPER_MIN_INTERVAL)
         self._reaper: Any = None
-        # Failover comes later: for now a flow always uses the first target.
         self._target = rule.targets_by_priority()[0]
-        self._target_is_literal = self._target.is_ip_literal
-        if not self._target_is_literal and resolve is None:
+        if resolve is None and not all(t.is_ip_literal for t in rule.targets):
             raise ValueError(f"rule {rule.name!r}: a hostname target needs a resolver")
         self._throttles: dict[str, _Throttle] = {}
 
@@ -316,18 +338,24 @@ class UdpFlowTable:
         port_stats = self._stats.for_port(listen_port)
         if not self._admit(listen_port, source, port_stats, now):
             return
-        flow = UdpFlow(self, key, listener, port_stats, self._target, now)
+        target = (
+            self._selector.dial_order(str(source[0]))[0]
+            if self._selector is not None
+            else self._target
+        )
+        flow = UdpFlow(self, key, listener, port_stats, target, now)
+        flow.admitted = self._limiter is not None
         self._flows[key] = flow
         self._stats.active_flows += 1
         port_stats.active_flows += 1
         if self._reaper is None:
             self._reaper = self._clock.callLater(self.reap_interval, self._reap)
-        target_port = self.rule.target_port(self._target, listen_port)
-        if self._target_is_literal or self._resolve is None:
-            self._open(flow, self._target.host, target_port, (datagram,))
+        target_port = self.rule.target_port(target, listen_port)
+        if target.is_ip_literal or self._resolve is None:
+            self._open(flow, target.host, target_port, (datagram,))
             return
         flow.pending = [datagram]
-        self._resolve(self._target.host).addCallbacks(
+        self._resolve(target.host).addCallbacks(
             self._resolved,
             self._resolve_failed,
             callbackArgs=(flow, target_port),
@@ -353,18 +381,21 @@ class UdpFlowTable:
                     held=held,
                 )
             return False
-        if self._admission is not None:
+        reason = self._limiter.admit() if self._limiter is not None else None
+        if reason is None and self._admission is not None:
             reason = self._admission(self.rule, listen_port, source)
-            if reason is not None:
-                log.debug(
-                    "rule {rule}: new flow from {source} refused: {reason}",
-                    event="rule.udp_first_packet_rejected",
-                    rule=self.rule.name,
-                    source=_display(source),
-                    listen_port=listen_port,
-                    reason=reason,
-                )
-                return False
+            if reason is not None and self._limiter is not None:
+                self._limiter.cancel()
+        if reason is not None:
+            log.debug(
+                "rule {rule}: new flow from {source} refused: {reason}",
+                event="rule.udp_first_packet_rejected",
+                rule=self.rule.name,
+                source=_display(source),
+                listen_port=listen_port,
+                reason=reason,
+            )
+            return False
         return True
 
     def _hold(self, flow: UdpFlow, datagram: bytes) -> None:
@@ -444,6 +475,10 @@ class UdpFlowTable:
     def _send_upstream(self, flow: UdpFlow, datagram: bytes) -> bool:
         """Send towards the target; C{False} if the flow was evicted instead."""
         assert flow.upstream is not None
+        if self._budget_in is not None and not self._budget_in.allow(len(datagram)):
+            self._stats.bandwidth_dropped_in += 1
+            flow.port_stats.bandwidth_dropped_in += 1
+            return True
         try:
             flow.upstream.send(datagram)
         except OSError as e:
@@ -465,6 +500,14 @@ class UdpFlowTable:
         if flow.state is not FlowState.OPEN:
             return
         flow.last_seen = self._clock.seconds()
+        if not flow.answered:
+            flow.answered = True
+            if self._selector is not None:
+                self._selector.record_success(flow.target)
+        if self._budget_out is not None and not self._budget_out.allow(len(datagram)):
+            self._stats.bandwidth_dropped_out += 1
+            flow.port_stats.bandwidth_dropped_out += 1
+            return
         try:
             flow.listener.write(datagram, flow.key[1])
         except (OSError, MessageLengthError) as e:
@@ -500,6 +543,8 @@ class UdpFlowTable:
     # -- errors -----------------------------------------------------------
 
     def _evict(self, flow: UdpFlow, error: OSError) -> None:
+        if self._selector is not None:
+            self._selector.record_failure(flow.target)
         self._stats.icmp_evictions += 1
         flow.port_stats.icmp_evictions += 1
         self._close(flow)
@@ -559,6 +604,9 @@ class UdpFlowTable:
         if upstream is not None:
             upstream.close()
         flow.pending = None
+        if flow.admitted and self._limiter is not None:
+            flow.admitted = False
+            self._limiter.release()
         self._stats.active_flows -= 1
         flow.port_stats.active_flows -= 1
 
@@ -755,6 +803,8 @@ class UdpRuntime:
         self._reactor = reactor
         self.rule = rule
         self.stats = stats if stats is not None else RuleStats()
+        self.selector = TargetSelector(rule, reactor)
+        self.limiter = RuleLimiter(reactor, rule.rate_limit, RULE_UDP_REASONS)
         self.table = UdpFlowTable(
             reactor,
             rule,
@@ -762,6 +812,8 @@ class UdpRuntime:
             open_upstream if open_upstream is not None else SocketUpstreamOpener(reactor),
             resolve if resolve is not None else hostname_resolver(reactor, rule.prefer_ipv6),
             admission,
+            self.selector,
+            self.limiter if rule.rate_limit is not None else None,
         )
         self.ports: list[Any] = []
 

@@ -47,7 +47,7 @@ HEALTHY_RUN_SECS = 10.0
 #: Grace beyond the drain deadline before stragglers are killed.
 KILL_GRACE_SECS = 5.0
 
-_COUNTERS = tuple(a.name for a in attrs.fields(PortStats))
+_COUNTERS = tuple(a.name for a in attrs.fields(RuleStats) if a.name != "ports")
 
 
 def parse_worker_count(text: str) -> int:
@@ -96,7 +96,8 @@ def bind_for_workers(rule: Rule, count: int) -> WorkerListeners:
 
 def _add_snapshot(total: PortStats, snapshot: dict[str, Any]) -> None:
     for name in _COUNTERS:
-        setattr(total, name, getattr(total, name) + int(snapshot.get(name, 0)))
+        if hasattr(total, name):
+            setattr(total, name, getattr(total, name) + snapshot.get(name, 0))
 
 
 def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[int, RuleStats]:

@@ -8,6 +8,7 @@ import errno
 import socket
 from typing import Any
 
+import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import DNSLookupError
@@ -17,7 +18,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.dataplane import Forwarder, udp
+from portunus.dataplane.failover import TargetSelector
 from portunus.dataplane.listeners import bind_datagram_sockets, receive_buffer_size
+from portunus.dataplane.ratelimit import RULE_UDP_REASONS, RuleLimiter
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.udp import (
     MAX_DATAGRAM,
@@ -28,7 +31,7 @@ from portunus.dataplane.udp import (
     UdpFlowTable,
     UdpRuntime,
 )
-from portunus.model import PortRange, Protocol, Rule, Target
+from portunus.model import PortRange, Protocol, RateLimit, Rule, Target
 from tests._net import LOOPBACK, free_port, free_port_range
 
 Address = tuple[str, int]
@@ -737,3 +740,83 @@ class BindDatagramTests(SynchronousTestCase):
         UdpRuntime(reactor, rule).serve(bind_datagram_sockets(rule.listen_addresses, rule.listen))
         [event] = named(events, "rule.udp_rcvbuf_reduced")
         self.assertEqual(event["granted"], 212992)
+
+
+class SelectorAndLimitTests(SynchronousTestCase):
+    """UDP flows pick targets by health and obey the rule's rate limits."""
+
+    def harness(self, rule: Rule) -> Harness:
+        h = Harness(rule)
+        h.selector = TargetSelector(rule, h.clock)
+        h.limiter = RuleLimiter(h.clock, rule.rate_limit, RULE_UDP_REASONS)
+        h.table = UdpFlowTable(
+            h.clock, rule, h.stats, h.open, h.resolve, None, h.selector, h.limiter
+        )
+        return h
+
+    def test_icmp_evictions_fail_over_to_the_next_target(self) -> None:
+        """Three ICMP evictions mark the primary failed; new flows go to the secondary."""
+        rule = udp_rule(
+            Target("10.0.0.1", PortRange.single(53), priority=0),
+            Target("10.0.0.2", PortRange.single(53), priority=1),
+        )
+        h = self.harness(rule)
+        for _ in range(3):
+            h.send(b"q")
+            h.upstreams[-1].flow.upstream_failed(ConnectionRefusedError(errno.ECONNREFUSED, "x"))
+        h.send(b"q")
+        self.assertEqual(h.upstreams[-1].address, "10.0.0.2")
+        self.assertEqual(h.selector.failovers_total, 1)
+
+    def test_first_reply_counts_as_success(self) -> None:
+        """A target that answers is recorded healthy once per flow."""
+        h = self.harness(udp_rule())
+        h.send(b"q")
+        target = h.flow().target
+        h.selector.record_failure(target)
+        h.table.reply(h.flow(), b"a")
+        h.table.reply(h.flow(), b"b")
+        self.assertEqual(h.selector.snapshot()[0]["consecutive_failures"], 0)
+
+    def test_concurrent_flow_cap_refuses_and_releases(self) -> None:
+        """With concurrent_connections = 1 a second flow is refused until the first closes."""
+        rule = attrs.evolve(udp_rule(idle=30), rate_limit=RateLimit(concurrent_connections=1))
+        h = self.harness(rule)
+        h.send(b"a", source=CLIENT_A)
+        h.send(b"b", source=CLIENT_B)
+        self.assertEqual(len(h.table), 1)
+        self.assertEqual(h.limiter.stats.rejects, {"conn_concurrent": 1})
+        h.clock.advance(31)
+        h.clock.advance(31)
+        self.assertEqual(len(h.table), 0)
+        h.send(b"c", source=CLIENT_B)
+        self.assertEqual(len(h.table), 1)
+
+    def test_new_flow_rate(self) -> None:
+        """new_connections_per_sec limits new flows, not datagrams of open ones."""
+        rule = attrs.evolve(udp_rule(), rate_limit=RateLimit(new_connections_per_sec=1))
+        h = self.harness(rule)
+        h.send(b"a", source=CLIENT_A)
+        h.send(b"b", source=CLIENT_B)
+        h.send(b"a2", source=CLIENT_A)
+        self.assertEqual(len(h.table), 1)
+        self.assertEqual(h.upstreams[0].sent, [b"a", b"a2"])
+        self.assertEqual(h.limiter.stats.rejects, {"udp_flow_rate": 1})
+
+    def test_bandwidth_caps_drop_and_count(self) -> None:
+        """Datagrams over a bandwidth budget are dropped and counted per direction."""
+        rule = attrs.evolve(
+            udp_rule(), rate_limit=RateLimit(bandwidth_in_bps=100, bandwidth_out_bps=100)
+        )
+        h = self.harness(rule)
+        h.send(b"x" * 100)
+        h.send(b"y" * 100)
+        self.assertEqual(h.upstreams[0].sent, [b"x" * 100])
+        self.assertEqual(h.stats.bandwidth_dropped_in, 1)
+        h.table.reply(h.flow(), b"z" * 100)
+        h.table.reply(h.flow(), b"w" * 100)
+        self.assertEqual(len(h.listener.sent), 1)
+        self.assertEqual(h.stats.bandwidth_dropped_out, 1)
+        h.clock.advance(1)
+        h.send(b"later")
+        self.assertEqual(h.upstreams[0].sent[-1], b"later")
