@@ -355,6 +355,12 @@ class Forwarder:
             _refresh(active)
         return {rule_id: active.stats for rule_id, active in self._active.items()}
 
+    def sni_stats(self) -> dict[int, dict[str, int]]:
+        """Per SNI-routed port: connections routed exact/wildcard/fallback, and misses."""
+        return {
+            port: group.routes.counters.snapshot() for (_, port), group in self._sni_groups.items()
+        }
+
     def runtime_for(self, rule_id: int) -> RuleRuntime:
         """The live state of a TCP rule: target health, limits, relays."""
         active = self._active[rule_id]

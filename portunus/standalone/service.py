@@ -172,6 +172,16 @@ class StandaloneService(MultiService):
                 **stats.snapshot(),
             )
 
+        if self.supervisor is None:
+            for port, counters in self.forwarder.sni_stats().items():
+                log.info(
+                    "SNI port {port}: {exact} exact, {wildcard} wildcard, "
+                    "{fallback} fallback, {miss} dropped",
+                    event="standalone.sni_stats",
+                    port=port,
+                    **counters,
+                )
+
     def stopService(self) -> Deferred[None]:
         log.info(
             "stopping: no new connections; draining up to {drain_secs}s",
