@@ -5,6 +5,7 @@ Real-socket helpers for integration tests: loopback only, bounded loads.
 from __future__ import annotations
 
 import hashlib
+import random
 import socket
 from typing import Any
 
@@ -25,16 +26,21 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
 
 
 def free_port_range(count: int) -> int:
-    """The first of C{count} consecutive free ports."""
-    for _ in range(200):
-        start = free_port()
-        if start + count > 65535:
-            continue
+    """
+    The first of C{count} consecutive free ports, probed the way the
+    forwarder binds (C{SO_REUSEADDR}, so TIME_WAIT leftovers do not count)
+    and below Linux's ephemeral range, so outgoing connections never take
+    one between the probe and the test's own bind.
+    """
+    rng = random.Random()
+    for _ in range(500):
+        start = rng.randrange(20000, 32000 - count)
         socks = []
         try:
             for port in range(start, start + count):
                 s = socket.socket()
                 socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((LOOPBACK, port))
             return start
         except OSError:

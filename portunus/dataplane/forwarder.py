@@ -346,8 +346,14 @@ class Forwarder:
         return active.drain(drain_timeout).addCallback(removed)
 
     def stop(self, drain_timeout: float = DEFAULT_DRAIN_SECS) -> Deferred[Any]:
-        """Remove every rule, draining them together."""
-        return DeferredList([self.remove(rule_id, drain_timeout) for rule_id in list(self._active)])
+        """Remove every rule, draining them together, then close the resolver."""
+        drained = DeferredList(
+            [self.remove(rule_id, drain_timeout) for rule_id in list(self._active)]
+        )
+        resolver = self.resolver
+        if resolver is not None:
+            drained.addCallback(lambda result: resolver.close().addCallback(lambda _: result))
+        return drained
 
     def stats(self) -> dict[int, RuleStats]:
         """Live counters of every rule (selector and limiter figures refreshed)."""

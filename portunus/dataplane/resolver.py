@@ -650,8 +650,10 @@ class TargetResolver:
         now = self._clock.seconds()
         entry = self._cache.get(key)
         if entry is not None and (entry.grace_until is None or now < entry.grace_until):
+            waiters = flight.take()
             stale = self._refresh_failed(entry, error.reason, now)
-            for waiter in flight.take():
+            self._stale_served += max(len(waiters) - 1, 0)
+            for waiter in waiters:
                 waiter.callback(stale)
             return
         if entry is not None:

@@ -269,7 +269,16 @@ class TcpRelay:
         if self.state is not RelayState.DIALING:
             return
         if resolution.stale:
-            self._count_dns_failure("stale_answer_served")
+            self._count_dns_failure(resolution.stale_reason or "stale_answer_served")
+        else:
+            log.debug(
+                "rule {rule}: {host} -> {addresses}",
+                event="rule.dns_resolved",
+                rule=self.rule.name,
+                host=self.chosen.host if self.chosen else None,
+                addresses=list(resolution.addresses),
+                cached=resolution.from_cache,
+            )
         self._addresses = list(resolution.addresses)
         self._dial_address()
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import CannotListenError
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.names import dns, server
 from twisted.names.authority import PySourceAuthority
@@ -331,16 +332,23 @@ class DnsTargetTests(ForwarderCase):
         zone = FilePath(self.mktemp())
         zone.setContent(b"zone = [SOA('test', ttl=2), A('svc.test', '127.0.0.1', ttl=2)]\n")
         factory = server.DNSServerFactory(authorities=[PySourceAuthority(zone.path)])
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface=LOOPBACK)
-        self.addCleanup(udp.stopListening)
-        port = udp.getHost().port
-        tcp = reactor.listenTCP(port, factory, interface=LOOPBACK)
+        # TCP first: a TCP port is then free for UDP far more often than
+        # the other way round (UDP ports are not shared with connections).
+        for _ in range(20):
+            tcp = reactor.listenTCP(0, factory, interface=LOOPBACK)
+            port = tcp.getHost().port
+            try:
+                udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(factory), interface=LOOPBACK)
+            except CannotListenError:
+                yield tcp.stopListening()
+                continue
+            break
         self.addCleanup(tcp.stopListening)
+        self.addCleanup(udp.stopListening)
         settings = ResolverSettings(nameservers=(f"{LOOPBACK}:{port}",))
         resolver = TargetResolver(reactor, settings, hosts_file=None)
         self.forwarder = Forwarder(reactor, resolver=resolver)
         self.addCleanup(self.forwarder.stop, 1.0)
-        yield None
 
     @inlineCallbacks
     def test_name_target_is_resolved_and_reached(self) -> Generator[Any, Any, None]:
