@@ -25,23 +25,28 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def free_port_range(count: int) -> int:
+def free_port_range(
+    count: int,
+    kind: socket.SocketKind = socket.SOCK_STREAM,
+    address: str = LOOPBACK,
+) -> int:
     """
-    The first of C{count} consecutive free ports, probed the way the
-    forwarder binds (C{SO_REUSEADDR}, so TIME_WAIT leftovers do not count)
-    and below Linux's ephemeral range, so outgoing connections never take
-    one between the probe and the test's own bind.
+    The first of C{count} consecutive free ports of C{kind} on C{address},
+    probed the way the forwarder binds (C{SO_REUSEADDR}, so TIME_WAIT
+    leftovers do not count) and below Linux's ephemeral range, so outgoing
+    connections never take one between the probe and the test's own bind.
     """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     rng = random.Random()
     for _ in range(500):
         start = rng.randrange(20000, 32000 - count)
         socks = []
         try:
             for port in range(start, start + count):
-                s = socket.socket()
+                s = socket.socket(family, kind)
                 socks.append(s)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((LOOPBACK, port))
+                s.bind((address, port))
             return start
         except OSError:
             continue

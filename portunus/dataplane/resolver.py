@@ -49,6 +49,9 @@ from twisted.names import client, dns, hosts, resolve
 from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
+from portunus.tomltext import describe_value as _describe
+from portunus.tomltext import printable as _safe
+
 __all__ = [
     "ATTEMPT_TIMEOUT",
     "DEFAULT_CACHE_ENTRIES",
@@ -959,23 +962,3 @@ def _ip_version(text: str) -> int | None:
         return ipaddress.ip_address(text).version
     except ValueError:
         return None
-
-
-def _safe(text: str) -> str:
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date/time"

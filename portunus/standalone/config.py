@@ -38,6 +38,8 @@ from portunus.model import (
     Target,
     rule_id_for_name,
 )
+from portunus.tomltext import describe_value as _describe
+from portunus.tomltext import printable as _safe
 
 __all__ = [
     "LOG_FORMATS",
@@ -321,30 +323,6 @@ def _rule_display(label: str) -> str:
     if _RULE_INDEX_LABEL.fullmatch(label):
         return label
     return f"rule '{label}'"
-
-
-def _safe(text: str) -> str:
-    """
-    User text as it may be echoed in a message: one issue must stay one
-    line, whatever control characters a quoted TOML key or value holds.
-    """
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date/time"
 
 
 def _is_int(value: object) -> bool:

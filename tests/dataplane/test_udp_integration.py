@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 from portunus.dataplane import Forwarder
 from portunus.dataplane.udp import MAX_DATAGRAM
 from portunus.model import PortRange, Protocol, Rule, Target
-from tests._net import LOOPBACK, free_port
+from tests._net import LOOPBACK, free_port, free_port_range
 
 reactor: Any = _reactor
 
@@ -43,24 +43,7 @@ def udp_rule(name: str, listen: PortRange, target: Target, listen_address: str =
 
 def free_udp_range(count: int, address: str = LOOPBACK) -> int:
     """The first of C{count} consecutive UDP ports free on C{address}."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    for _ in range(200):
-        start = free_port(socket.SOCK_DGRAM)
-        if start + count > 65535:
-            continue
-        socks: list[socket.socket] = []
-        try:
-            for port in range(start, start + count):
-                s = socket.socket(family, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((address, port))
-            return start
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free UDP ports")
+    return free_port_range(count, socket.SOCK_DGRAM, address)
 
 
 class Echo(DatagramProtocol):
