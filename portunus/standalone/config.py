@@ -16,27 +16,33 @@ import difflib
 import ipaddress
 import re
 import tomllib
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from portunus.dataplane.proxyprotocol import TrustedSources
-from portunus.dataplane.ratelimit import validate_rate_limit
 from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
-from portunus.dataplane.sni import SniError, normalize_sni_pattern, sni_rule_conflicts
+from portunus.dataplane.sni import sni_rule_conflicts
 from portunus.errors import PortunusError
 from portunus.model import (
     DEFAULT_LISTEN_ADDRESSES,
-    Balance,
     PortRange,
     Protocol,
-    ProxyProtocolVersion,
-    RateLimit,
     Rule,
     Target,
     rule_id_for_name,
+)
+from portunus.rulespec import (
+    ABSENT,
+    MAX_RANGE_PORTS,
+    MAX_RULE_NAME_LENGTH,
+    MAX_TARGETS,
+    Absent,
+    FieldChecker,
+    addresses_overlap,
+    has_bad_characters,
+    host_problem,
+    is_int,
 )
 from portunus.tomltext import describe_value as _describe
 from portunus.tomltext import printable as _safe
@@ -58,12 +64,6 @@ __all__ = [
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error")
 #: Accepted C{log_format} values.
 LOG_FORMATS: tuple[str, ...] = ("json", "pretty")
-#: A range rule binds one socket per port; this keeps a typo from binding 60k.
-MAX_RANGE_PORTS = 1024
-#: Rule names appear in every log line and stats row; keep them readable.
-MAX_RULE_NAME_LENGTH = 128
-#: Failover lists longer than this are almost certainly a mistake.
-MAX_TARGETS = 8
 
 _DEFAULT_PROTOCOL = Protocol.TCP
 _DEFAULT_UDP_MAX_FLOWS = 1024
@@ -101,12 +101,8 @@ _RULE_KEYS = (
     "rate_limit",
 )
 _TARGET_KEYS = ("host", "port", "priority", "proxy_protocol", "weight")
-_RATE_LIMIT_KEYS = tuple(a.name for a in attrs.fields(RateLimit))
 
 _RULE_INDEX_LABEL = re.compile(r"rule #\d+")
-_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-# ASCII digits only (\d would accept "٨٠"), and few enough that int() is cheap.
-_PORT_RANGE = re.compile(r"\s*([0-9]{1,10})\s*(?:-\s*([0-9]{1,10})\s*)?")
 
 
 @attrs.frozen
@@ -276,13 +272,6 @@ def parse_config(
 # Internals
 
 
-class _Absent:
-    """Marks a key that is not in its table (distinct from any TOML value)."""
-
-
-_ABSENT = _Absent()
-
-
 class _Issues:
     """Collects issues for one source, in the order they are found."""
 
@@ -325,73 +314,28 @@ def _rule_display(label: str) -> str:
     return f"rule '{label}'"
 
 
-def _is_int(value: object) -> bool:
-    # bool is a subclass of int; "true" is never a valid port or count.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _unknown_key_message(key: str, allowed: Sequence[str], what: str) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"unknown key '{_safe(key)}' in {what}; {hint}allowed keys: {', '.join(allowed)}"
-
-
-def _has_bad_characters(text: str) -> bool:
-    # Control characters corrupt log lines; surrogates cannot be encoded.
-    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
-
-
-def _valid_hostname(host: str) -> bool:
-    """RFC 1123 host names; all-numeric names must be real IPv4 addresses."""
-    name = host[:-1] if host.endswith(".") else host
-    if not name or len(name) > 253:
-        return False
-    labels = name.split(".")
-    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return False
-    # "999.1.1.1" is syntactically a hostname but is always a typo'd address.
-    return not all(label.isdigit() for label in labels)
-
-
-def _host_problem(host: str) -> str | None:
-    """Why C{host} (unbracketed) cannot be a target host, or C{None}."""
-    if not host:
-        return "the host is empty"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return None
-    if _valid_hostname(host):
-        return None
-    return (
-        f"'{_safe(host)}' is neither an IP address nor a valid host name "
-        "(letters, digits and hyphens in dot-separated labels of up to 63 characters)"
-    )
-
-
-def _addresses_overlap(a: str, b: str) -> bool:
-    """Whether two listen addresses would fight over the same port."""
-    ia = ipaddress.ip_address(a)
-    ib = ipaddress.ip_address(b)
-    if ia.version != ib.version:
-        return False
-    return ia == ib or ia.is_unspecified or ib.is_unspecified
-
-
-class _Parser:
-    """One validation pass over a decoded TOML document."""
+class _Parser(FieldChecker):
+    """
+    One validation pass over a decoded TOML document.  The checks of single
+    rule fields are L{FieldChecker}'s, shared with the HTTP API; this class
+    adds the TOML layout (tables, C{listen_port}/C{listen_ports},
+    C{target}/C{targets}) and the checks across rules.
+    """
 
     def __init__(self, issues: _Issues, supported_protocols: frozenset[Protocol]) -> None:
+        super().__init__(self._add)
         self.issues = issues
         self.supported = supported_protocols
+
+    def _add(self, rule: str | None, field: str, message: str, code: str) -> None:
+        # The file's wording already says what to do; codes are for the API.
+        self.issues.add(rule, field, message)
 
     # -- generic helpers --------------------------------------------------
 
     def _table(self, document: Mapping[str, object], name: str) -> Mapping[str, object]:
-        raw = document.get(name, _ABSENT)
-        if isinstance(raw, _Absent):
+        raw = document.get(name, ABSENT)
+        if isinstance(raw, Absent):
             return {}
         if not isinstance(raw, dict):
             self.issues.add(
@@ -401,208 +345,6 @@ class _Parser:
             )
             return {}
         return raw
-
-    def _strict(
-        self,
-        table: Mapping[str, object],
-        allowed: Sequence[str],
-        rule: str | None,
-        prefix: str,
-        what: str,
-    ) -> None:
-        for key in table:
-            if key not in allowed:
-                self.issues.add(
-                    rule, f"{prefix}.{_safe(key)}", _unknown_key_message(key, allowed, what)
-                )
-
-    def _int(
-        self,
-        table: Mapping[str, object],
-        key: str,
-        rule: str | None,
-        field: str,
-        low: int,
-        high: int,
-    ) -> int | _Absent | None:
-        raw = table.get(key, _ABSENT)
-        if isinstance(raw, _Absent):
-            return raw
-        if not _is_int(raw):
-            self.issues.add(
-                rule,
-                field,
-                f"must be an integer, not {_describe(raw)}; write a number from "
-                f"{low} to {high} without quotes or decimals",
-            )
-            return None
-        assert isinstance(raw, int)
-        if not low <= raw <= high:
-            self.issues.add(rule, field, f"{raw} is out of range; use a value from {low} to {high}")
-            return None
-        return raw
-
-    def _bool(
-        self, table: Mapping[str, object], key: str, rule: str | None, field: str
-    ) -> bool | _Absent | None:
-        raw = table.get(key, _ABSENT)
-        if isinstance(raw, _Absent):
-            return raw
-        if not isinstance(raw, bool):
-            self.issues.add(
-                rule,
-                field,
-                f"must be a boolean, not {_describe(raw)}; write {key} = true or "
-                f"{key} = false (no quotes)",
-            )
-            return None
-        return raw
-
-    def _choice(
-        self,
-        table: Mapping[str, object],
-        key: str,
-        rule: str | None,
-        field: str,
-        choices: Sequence[str],
-        aliases: Mapping[str, str] | None = None,
-    ) -> str | _Absent | None:
-        raw = table.get(key, _ABSENT)
-        if isinstance(raw, _Absent):
-            return raw
-        allowed = ", ".join(f'"{c}"' for c in choices)
-        if not isinstance(raw, str):
-            self.issues.add(
-                rule, field, f"must be a string, not {_describe(raw)}; use one of {allowed}"
-            )
-            return None
-        value = raw.strip().lower()
-        if aliases:
-            value = aliases.get(value, value)
-        if value not in choices:
-            self.issues.add(rule, field, f"'{_safe(raw)}' is not allowed; use one of {allowed}")
-            return None
-        return value
-
-    def _protocol(
-        self, table: Mapping[str, object], rule: str | None, field: str
-    ) -> Protocol | _Absent | None:
-        value = self._choice(table, "protocol", rule, field, [p.value for p in Protocol])
-        if isinstance(value, str):
-            return Protocol(value)
-        return value
-
-    def _listen_addresses(
-        self, table: Mapping[str, object], rule: str | None, field: str
-    ) -> tuple[str, ...] | _Absent | None:
-        raw = table.get("listen_addresses", _ABSENT)
-        if isinstance(raw, _Absent):
-            return raw
-        example = 'e.g. listen_addresses = ["0.0.0.0", "::"]'
-        if not isinstance(raw, list):
-            self.issues.add(
-                rule, field, f"must be an array of IP addresses, not {_describe(raw)}; {example}"
-            )
-            return None
-        if not raw:
-            self.issues.add(rule, field, f"is empty; list at least one address, {example}")
-            return None
-        result: list[str] = []
-        ok = True
-        for i, entry in enumerate(raw):
-            entry_field = f"{field}[{i}]"
-            if not isinstance(entry, str):
-                self.issues.add(
-                    rule, entry_field, f"must be a string IP address, not {_describe(entry)}"
-                )
-                ok = False
-                continue
-            try:
-                address = str(ipaddress.ip_address(entry.strip()))
-            except ValueError:
-                self.issues.add(
-                    rule,
-                    entry_field,
-                    f"'{_safe(entry)}' is not an IP address; listen addresses are IPv4 or IPv6 "
-                    'literals without brackets or ports, e.g. "127.0.0.1" or "::1"',
-                )
-                ok = False
-                continue
-            clash = next((a for a in result if _addresses_overlap(a, address)), None)
-            if clash == address:
-                self.issues.add(
-                    rule, entry_field, f"'{_safe(entry)}' is listed twice; remove the duplicate"
-                )
-                ok = False
-                continue
-            if clash is not None:
-                wide, narrow = (
-                    (clash, address)
-                    if ipaddress.ip_address(clash).is_unspecified
-                    else (address, clash)
-                )
-                self.issues.add(
-                    rule,
-                    entry_field,
-                    f"'{wide}' already covers every IPv{ipaddress.ip_address(wide).version} "
-                    f"address, so binding '{narrow}' too would fail; remove one of them",
-                )
-                ok = False
-                continue
-            result.append(address)
-        return tuple(result) if ok else None
-
-    def _port_range(self, raw: object, rule: str | None, field: str, what: str) -> PortRange | None:
-        """Parse C{"A-B"}, C{"A"} or an integer as a port range."""
-        if _is_int(raw):
-            assert isinstance(raw, int)
-            if not 1 <= raw <= 65535:
-                self.issues.add(rule, field, f"{what} {raw} is out of range; ports are 1..65535")
-                return None
-            return PortRange.single(raw)
-        if not isinstance(raw, str):
-            self.issues.add(
-                rule,
-                field,
-                f'{what} must be a port or a range like "8000-8010", not {_describe(raw)}',
-            )
-            return None
-        match = _PORT_RANGE.fullmatch(raw)
-        if match is None:
-            self.issues.add(
-                rule,
-                field,
-                f"{what} '{_safe(raw)}' is not a port or a port range; "
-                'write a single port like "8000" or a range like "8000-8010"',
-            )
-            return None
-        start = int(match.group(1))
-        end = int(match.group(2)) if match.group(2) is not None else start
-        bad = [p for p in (start, end) if not 1 <= p <= 65535]
-        if bad:
-            where = "" if match.group(2) is None else f" in '{raw}'"
-            self.issues.add(
-                rule, field, f"{what} {bad[0]}{where} is out of range; ports are 1..65535"
-            )
-            return None
-        if end < start:
-            self.issues.add(
-                rule,
-                field,
-                f"{what} '{raw}' ends before it starts; write the lower port first, "
-                f'e.g. "{end}-{start}"',
-            )
-            return None
-        ports = PortRange(start, end)
-        if len(ports) > MAX_RANGE_PORTS:
-            self.issues.add(
-                rule,
-                field,
-                f"{what} '{raw}' has {len(ports)} ports, more than the {MAX_RANGE_PORTS} "
-                "allowed in one rule; split it into several rules",
-            )
-            return None
-        return ports
 
     # -- tables -----------------------------------------------------------
 
@@ -619,9 +361,9 @@ class _Parser:
                 )
 
         global_table = self._table(document, "global")
-        self._strict(global_table, _GLOBAL_KEYS, None, "global", "[global]")
+        self.strict(global_table, _GLOBAL_KEYS, None, "global", "[global]")
         label = self._label(global_table)
-        log_level = self._choice(
+        log_level = self.choice(
             global_table,
             "log_level",
             None,
@@ -629,11 +371,9 @@ class _Parser:
             LOG_LEVELS,
             aliases={"warning": "warn"},
         )
-        log_format = self._choice(
-            global_table, "log_format", None, "global.log_format", LOG_FORMATS
-        )
+        log_format = self.choice(global_table, "log_format", None, "global.log_format", LOG_FORMATS)
         drain = self._drain(global_table)
-        global_addresses = self._listen_addresses(global_table, None, "global.listen_addresses")
+        global_addresses = self.listen_addresses(global_table, None, "global.listen_addresses")
 
         inherited = _Inherited()
         if isinstance(global_addresses, tuple):
@@ -641,9 +381,9 @@ class _Parser:
         inherited = self._defaults(self._table(document, "defaults"), inherited)
 
         stats_table = self._table(document, "stats")
-        self._strict(stats_table, _STATS_KEYS, None, "stats", "[stats]")
-        stats_enabled = self._bool(stats_table, "enabled", None, "stats.enabled")
-        stats_interval = self._int(
+        self.strict(stats_table, _STATS_KEYS, None, "stats", "[stats]")
+        stats_enabled = self.boolean(stats_table, "enabled", None, "stats.enabled")
+        stats_interval = self.integer(
             stats_table, "log_interval_secs", None, "stats.log_interval_secs", 1, 3600
         )
 
@@ -675,8 +415,8 @@ class _Parser:
         )
 
     def _label(self, table: Mapping[str, object]) -> str | None:
-        raw = table.get("label", _ABSENT)
-        if isinstance(raw, _Absent):
+        raw = table.get("label", ABSENT)
+        if isinstance(raw, Absent):
             return None
         if not isinstance(raw, str):
             self.issues.add(
@@ -685,7 +425,7 @@ class _Parser:
                 f'must be a string, not {_describe(raw)}; write e.g. label = "edge-1"',
             )
             return None
-        if _has_bad_characters(raw):
+        if has_bad_characters(raw):
             self.issues.add(
                 None, "global.label", "contains control characters; use printable text only"
             )
@@ -693,9 +433,9 @@ class _Parser:
         return raw
 
     def _drain(self, table: Mapping[str, object]) -> float:
-        raw = table.get("shutdown_drain_secs", _ABSENT)
+        raw = table.get("shutdown_drain_secs", ABSENT)
         field = "global.shutdown_drain_secs"
-        if isinstance(raw, _Absent):
+        if isinstance(raw, Absent):
             return _DEFAULT_SHUTDOWN_DRAIN_SECS
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             self.issues.add(
@@ -717,27 +457,29 @@ class _Parser:
         return float(raw)
 
     def _defaults(self, table: Mapping[str, object], base: _Inherited) -> _Inherited:
-        self._strict(table, _DEFAULTS_KEYS, None, "defaults", "[defaults]")
+        self.strict(table, _DEFAULTS_KEYS, None, "defaults", "[defaults]")
         changes: dict[str, Any] = {}
-        protocol = self._protocol(table, None, "defaults.protocol")
+        protocol = self.protocol(table, None, "defaults.protocol")
         if isinstance(protocol, Protocol):
             changes["protocol"] = protocol
-        flows = self._int(table, "udp_max_flows", None, "defaults.udp_max_flows", 1, 65535)
+        flows = self.integer(table, "udp_max_flows", None, "defaults.udp_max_flows", 1, 65535)
         if isinstance(flows, int):
             changes["udp_max_flows"] = flows
-        idle = self._int(table, "udp_flow_idle_secs", None, "defaults.udp_flow_idle_secs", 30, 300)
+        idle = self.integer(
+            table, "udp_flow_idle_secs", None, "defaults.udp_flow_idle_secs", 30, 300
+        )
         if isinstance(idle, int):
             changes["udp_flow_idle_secs"] = idle
-        prefer = self._bool(table, "prefer_ipv6", None, "defaults.prefer_ipv6")
+        prefer = self.boolean(table, "prefer_ipv6", None, "defaults.prefer_ipv6")
         if isinstance(prefer, bool):
             changes["prefer_ipv6"] = prefer
-        addresses = self._listen_addresses(table, None, "defaults.listen_addresses")
+        addresses = self.listen_addresses(table, None, "defaults.listen_addresses")
         if isinstance(addresses, tuple):
             changes["listen_addresses"] = addresses
         return attrs.evolve(base, **changes)
 
     def _rules(self, document: Mapping[str, object], inherited: _Inherited) -> tuple[Rule, ...]:
-        raw = document.get("rule", _ABSENT)
+        raw = document.get("rule", ABSENT)
         if isinstance(raw, dict):
             self.issues.add(
                 None,
@@ -745,7 +487,7 @@ class _Parser:
                 "rules must be an array of tables; write [[rule]] (double brackets), not [rule]",
             )
             return ()
-        if isinstance(raw, _Absent) or (isinstance(raw, list) and not raw):
+        if isinstance(raw, Absent) or (isinstance(raw, list) and not raw):
             self.issues.add(
                 None,
                 "rule",
@@ -805,37 +547,13 @@ class _Parser:
         return tuple(rules)
 
     def _rule_name(self, entry: Mapping[str, object], fallback: str) -> str | None:
-        raw = entry.get("name", _ABSENT)
-        if isinstance(raw, _Absent):
+        raw = entry.get("name", ABSENT)
+        if isinstance(raw, Absent):
             self.issues.add(
                 fallback, "rule.name", 'is missing; every rule needs a unique name = "..."'
             )
             return None
-        if not isinstance(raw, str):
-            self.issues.add(
-                fallback,
-                "rule.name",
-                f'must be a string, not {_describe(raw)}; write e.g. name = "web"',
-            )
-            return None
-        if not raw.strip():
-            self.issues.add(fallback, "rule.name", 'is empty; write e.g. name = "web"')
-            return None
-        if len(raw) > MAX_RULE_NAME_LENGTH:
-            self.issues.add(
-                fallback,
-                "rule.name",
-                f"is {len(raw)} characters long; use at most {MAX_RULE_NAME_LENGTH}",
-            )
-            return None
-        if _has_bad_characters(raw):
-            self.issues.add(
-                fallback,
-                "rule.name",
-                "contains control characters; use printable text only",
-            )
-            return None
-        return raw
+        return self.rule_name(raw, fallback, "rule.name")
 
     def _rule(
         self,
@@ -846,10 +564,10 @@ class _Parser:
         inherited: _Inherited,
     ) -> tuple[Rule | None, _Listening | None]:
         start = len(self.issues.items)
-        self._strict(entry, _RULE_KEYS, label, "rule", "[[rule]]")
+        self.strict(entry, _RULE_KEYS, label, "rule", "[[rule]]")
 
-        protocol = self._protocol(entry, label, "rule.protocol")
-        if isinstance(protocol, _Absent):
+        protocol = self.protocol(entry, label, "rule.protocol")
+        if isinstance(protocol, Absent):
             protocol = inherited.protocol
             if protocol not in self.supported:
                 self.issues.add(
@@ -868,16 +586,16 @@ class _Parser:
 
         listen, port_key = self._listen(entry, label)
 
-        addresses = self._listen_addresses(entry, label, "rule.listen_addresses")
-        if isinstance(addresses, _Absent):
+        addresses = self.listen_addresses(entry, label, "rule.listen_addresses")
+        if isinstance(addresses, Absent):
             addresses = inherited.listen_addresses
 
-        prefer = self._bool(entry, "prefer_ipv6", label, "rule.prefer_ipv6")
-        flows = self._int(entry, "udp_max_flows", label, "rule.udp_max_flows", 1, 65535)
-        idle = self._int(entry, "udp_flow_idle_secs", label, "rule.udp_flow_idle_secs", 30, 300)
+        prefer = self.boolean(entry, "prefer_ipv6", label, "rule.prefer_ipv6")
+        flows = self.integer(entry, "udp_max_flows", label, "rule.udp_max_flows", 1, 65535)
+        idle = self.integer(entry, "udp_flow_idle_secs", label, "rule.udp_flow_idle_secs", 30, 300)
 
         targets = self._targets(entry, label, listen, protocol)
-        features = self._features(entry, label, protocol, listen)
+        features = self.features(entry, label, "rule.", protocol, listen)
 
         listening = None
         if isinstance(protocol, Protocol) and listen is not None and addresses is not None:
@@ -921,24 +639,24 @@ class _Parser:
         return rule, listening
 
     def _listen(self, entry: Mapping[str, object], label: str) -> tuple[PortRange | None, str]:
-        single = entry.get("listen_port", _ABSENT)
-        ranged = entry.get("listen_ports", _ABSENT)
-        if isinstance(single, _Absent) and isinstance(ranged, _Absent):
+        single = entry.get("listen_port", ABSENT)
+        ranged = entry.get("listen_ports", ABSENT)
+        if isinstance(single, Absent) and isinstance(ranged, Absent):
             self.issues.add(
                 label,
                 "rule.listen_port",
                 'is missing; set listen_port = 8080 or listen_ports = "8000-8010"',
             )
             return None, "listen_port"
-        if not isinstance(single, _Absent) and not isinstance(ranged, _Absent):
+        if not isinstance(single, Absent) and not isinstance(ranged, Absent):
             self.issues.add(
                 label,
                 "rule.listen_ports",
                 "set either listen_port or listen_ports, not both; remove one",
             )
             return None, "listen_ports"
-        if not isinstance(single, _Absent):
-            if not _is_int(single):
+        if not isinstance(single, Absent):
+            if not is_int(single):
                 self.issues.add(
                     label,
                     "rule.listen_port",
@@ -946,8 +664,8 @@ class _Parser:
                     'for a range use listen_ports = "8000-8010"',
                 )
                 return None, "listen_port"
-            return self._port_range(single, label, "rule.listen_port", "port"), "listen_port"
-        return self._port_range(ranged, label, "rule.listen_ports", "listen range"), "listen_ports"
+            return self.port_range(single, label, "rule.listen_port", "port"), "listen_port"
+        return self.port_range(ranged, label, "rule.listen_ports", "listen range"), "listen_ports"
 
     def _targets(
         self,
@@ -956,56 +674,37 @@ class _Parser:
         listen: PortRange | None,
         protocol: Protocol | None,
     ) -> tuple[Target, ...] | None:
-        single = entry.get("target", _ABSENT)
-        many = entry.get("targets", _ABSENT)
-        if isinstance(single, _Absent) and isinstance(many, _Absent):
+        single = entry.get("target", ABSENT)
+        many = entry.get("targets", ABSENT)
+        if isinstance(single, Absent) and isinstance(many, Absent):
             self.issues.add(
                 label,
                 "rule.target",
                 'is missing; set target = "host:port" or targets = [{ host = "...", port = 80 }]',
             )
             return None
-        if not isinstance(single, _Absent) and not isinstance(many, _Absent):
+        if not isinstance(single, Absent) and not isinstance(many, Absent):
             self.issues.add(
                 label,
                 "rule.targets",
                 "set either target or targets, not both; remove one",
             )
             return None
-        if not isinstance(single, _Absent):
+        if not isinstance(single, Absent):
             target = self._target_string(single, label)
             if target is None:
                 return None
             if listen is not None and not self._sizes_match(listen, target.ports, label):
                 return None
             return (target,)
-        return self._target_tables(many, label, listen, protocol)
+        return self.target_list(
+            many, label, "rule.targets", listen, protocol, _TARGET_KEYS, port_ranges=False
+        )
 
     def _sizes_match(self, listen: PortRange, target: PortRange, label: str) -> bool:
-        n, m = len(listen), len(target)
-        if n == m:
-            return True
-        if m == 1:
-            self.issues.add(
-                label,
-                "rule.target",
-                f"listen has {n} ports but target has 1; give the target a range of the "
-                f'same size, e.g. "host:{target.start}-{target.start + n - 1}"',
-            )
-        elif n == 1:
-            self.issues.add(
-                label,
-                "rule.target",
-                f"listen has 1 port but target has {m}; use a single target port, or "
-                f'listen_ports = "{listen.start}-{listen.start + m - 1}" to forward the range',
-            )
-        else:
-            self.issues.add(
-                label,
-                "rule.listen_ports",
-                f"listen has {n} ports but target has {m}; make the two ranges the same size",
-            )
-        return False
+        both_ranges = len(listen) > 1 and len(target) > 1
+        field = "rule.listen_ports" if both_ranges else "rule.target"
+        return self.sizes_match(listen, target, label, field)
 
     def _target_string(self, raw: object, label: str) -> Target | None:
         field = "rule.target"
@@ -1056,128 +755,14 @@ class _Parser:
                     f'"[{_safe(host)}]:{_safe(port_text)}"',
                 )
                 return None
-            problem = _host_problem(host)
+            problem = host_problem(host)
             if problem is not None:
                 self.issues.add(label, field, f'{problem}; write "host:port", e.g. "10.0.0.5:80"')
                 return None
-        ports = self._port_range(port_text, label, field, "target port")
+        ports = self.port_range(port_text, label, field, "target port")
         if ports is None:
             return None
         return Target(host=host, ports=ports)
-
-    def _target_tables(
-        self,
-        raw: object,
-        label: str,
-        listen: PortRange | None,
-        protocol: Protocol | None,
-    ) -> tuple[Target, ...] | None:
-        field = "rule.targets"
-        if not isinstance(raw, list):
-            self.issues.add(
-                label,
-                field,
-                f"must be an array of tables, not {_describe(raw)}; "
-                'write targets = [{ host = "10.0.0.5", port = 80 }]',
-            )
-            return None
-        if not raw:
-            self.issues.add(
-                label,
-                field,
-                'is empty; list at least one { host = "...", port = ... } '
-                'or use target = "host:port"',
-            )
-            return None
-        ok = True
-        if len(raw) > MAX_TARGETS:
-            self.issues.add(
-                label,
-                field,
-                f"has {len(raw)} entries; at most {MAX_TARGETS} targets are allowed per rule",
-            )
-            ok = False
-        if listen is not None and len(listen) > 1:
-            self.issues.add(
-                label,
-                field,
-                f"targets needs a single listen_port but this rule listens on {len(listen)} "
-                'ports; for a range use target = "host:A-B", or make one rule per port',
-            )
-            ok = False
-        targets: list[Target] = []
-        for i, item in enumerate(raw):
-            target = self._target_table(item, label, f"{field}[{i}]", protocol)
-            if target is None:
-                ok = False
-            else:
-                targets.append(target)
-        return tuple(targets) if ok else None
-
-    def _target_table(
-        self, item: object, label: str, field: str, protocol: Protocol | None
-    ) -> Target | None:
-        if not isinstance(item, dict):
-            self.issues.add(
-                label,
-                field,
-                f'must be a table, not {_describe(item)}; write {{ host = "10.0.0.5", port = 80 }}',
-            )
-            return None
-        start = len(self.issues.items)
-        self._strict(item, _TARGET_KEYS, label, field, "a target")
-
-        host: str | None = None
-        raw_host = item.get("host", _ABSENT)
-        if isinstance(raw_host, _Absent):
-            self.issues.add(label, f"{field}.host", 'is missing; add host = "10.0.0.5"')
-        elif not isinstance(raw_host, str):
-            self.issues.add(label, f"{field}.host", f"must be a string, not {_describe(raw_host)}")
-        else:
-            host = raw_host.strip()
-            # A bracketed IPv6 literal is a habit from "host:port"; accept it.
-            if host.startswith("[") and host.endswith("]"):
-                host = host[1:-1]
-            problem = _host_problem(host)
-            if problem is not None:
-                self.issues.add(label, f"{field}.host", f"{problem}; use an IP address or name")
-                host = None
-
-        port: int | None = None
-        raw_port = item.get("port", _ABSENT)
-        if isinstance(raw_port, _Absent):
-            self.issues.add(label, f"{field}.port", "is missing; add port = 80")
-        else:
-            value = self._int(item, "port", label, f"{field}.port", 1, 65535)
-            if isinstance(value, int):
-                port = value
-
-        priority = self._int(item, "priority", label, f"{field}.priority", 0, 65535)
-        weight = self._int(item, "weight", label, f"{field}.weight", 1, 1000)
-
-        proxy = self._choice(
-            item,
-            "proxy_protocol",
-            label,
-            f"{field}.proxy_protocol",
-            [v.value for v in ProxyProtocolVersion],
-        )
-        if isinstance(proxy, str) and protocol is Protocol.UDP:
-            self.issues.add(
-                label,
-                f"{field}.proxy_protocol",
-                'PROXY protocol is TCP only; remove proxy_protocol or use protocol = "tcp"',
-            )
-
-        if len(self.issues.items) != start or host is None or port is None:
-            return None
-        return Target(
-            host=host,
-            ports=PortRange.single(port),
-            priority=priority if isinstance(priority, int) else 0,
-            proxy_protocol=ProxyProtocolVersion(proxy) if isinstance(proxy, str) else None,
-            weight=weight if isinstance(weight, int) else 1,
-        )
 
     def _check_overlap(self, listen: _Listening, earlier: Sequence[_Listening]) -> None:
         for other in earlier:
@@ -1190,7 +775,7 @@ class _Parser:
                     (mine, theirs)
                     for mine in listen.addresses
                     for theirs in other.addresses
-                    if _addresses_overlap(mine, theirs)
+                    if addresses_overlap(mine, theirs)
                 ),
                 None,
             )
@@ -1213,148 +798,6 @@ class _Parser:
                 "or give the rules different listen_addresses",
             )
 
-    # -- data-plane features --------------------------------------------------
-
-    def _features(
-        self,
-        entry: Mapping[str, object],
-        label: str,
-        protocol: Protocol | _Absent | None,
-        listen: PortRange | None,
-    ) -> dict[str, Any]:
-        """Balance, health checks, SNI, PROXY accept and rate limits of a rule."""
-        features: dict[str, Any] = {}
-        balance = self._choice(entry, "balance", label, "rule.balance", [b.value for b in Balance])
-        if isinstance(balance, str):
-            features["balance"] = Balance(balance)
-        interval = self._int(
-            entry, "health_check_interval_secs", label, "rule.health_check_interval_secs", 1, 3600
-        )
-        if isinstance(interval, int):
-            features["health_check_interval_secs"] = interval
-        is_udp = protocol is Protocol.UDP
-        is_range = listen is not None and len(listen) > 1
-        features.update(self._sni(entry, label, is_udp, is_range))
-        features.update(self._proxy_accept(entry, label, is_udp))
-        limit = self._rate_limit(entry, label)
-        if limit is not None:
-            features["rate_limit"] = limit
-        return features
-
-    def _sni(
-        self, entry: Mapping[str, object], label: str, is_udp: bool, is_range: bool
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        raw = entry.get("sni_pattern", _ABSENT)
-        fallback = self._bool(entry, "sni_fallback", label, "rule.sni_fallback")
-        if not isinstance(raw, _Absent):
-            if not isinstance(raw, str):
-                self.issues.add(
-                    label,
-                    "rule.sni_pattern",
-                    f"must be a string, not {_describe(raw)}; "
-                    'write e.g. sni_pattern = "*.example.com"',
-                )
-            else:
-                try:
-                    out["sni_pattern"] = normalize_sni_pattern(raw)
-                except SniError as e:
-                    self.issues.add(label, "rule.sni_pattern", f"{e.code}: {e.message}")
-        if fallback is True:
-            out["sni_fallback"] = True
-            if "sni_pattern" in out or not isinstance(raw, _Absent):
-                self.issues.add(
-                    label,
-                    "rule.sni_fallback",
-                    "a fallback rule has no sni_pattern; remove one of the two",
-                )
-        if (out or not isinstance(raw, _Absent)) and (is_udp or is_range):
-            self.issues.add(
-                label,
-                "rule.sni_pattern" if "sni_fallback" not in out else "rule.sni_fallback",
-                "validation.sni_on_unsupported_rule: SNI routing needs a single-port TCP rule; "
-                'remove it or use one listen_port with protocol = "tcp"',
-            )
-        return out
-
-    def _proxy_accept(
-        self, entry: Mapping[str, object], label: str, is_udp: bool
-    ) -> dict[str, Any]:
-        accept = self._bool(entry, "accept_proxy_protocol", label, "rule.accept_proxy_protocol")
-        raw = entry.get("trusted_sources", _ABSENT)
-        out: dict[str, Any] = {}
-        if accept is True:
-            out["accept_proxy_protocol"] = True
-            if is_udp:
-                self.issues.add(
-                    label,
-                    "rule.accept_proxy_protocol",
-                    'PROXY protocol is TCP only; remove it or use protocol = "tcp"',
-                )
-            if isinstance(raw, _Absent):
-                self.issues.add(
-                    label,
-                    "rule.trusted_sources",
-                    "is required with accept_proxy_protocol: list the load balancers allowed "
-                    'to send PROXY headers, e.g. trusted_sources = ["10.0.0.0/8"]',
-                )
-        if isinstance(raw, _Absent):
-            return out
-        if accept is not True:
-            self.issues.add(
-                label,
-                "rule.trusted_sources",
-                "only applies with accept_proxy_protocol = true; add that or remove this",
-            )
-            return out
-        if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
-            self.issues.add(
-                label,
-                "rule.trusted_sources",
-                'must be a non-empty list of CIDRs, e.g. ["10.0.0.0/8", "2001:db8::/32"]',
-            )
-            return out
-        try:
-            TrustedSources.parse(raw)
-        except ValueError as e:
-            self.issues.add(label, "rule.trusted_sources", str(e))
-            return out
-        out["trusted_sources"] = tuple(c.strip() for c in raw)
-        return out
-
-    def _rate_limit(self, entry: Mapping[str, object], label: str) -> RateLimit | None:
-        raw = entry.get("rate_limit", _ABSENT)
-        if isinstance(raw, _Absent):
-            return None
-        if not isinstance(raw, dict):
-            self.issues.add(
-                label,
-                "rule.rate_limit",
-                "must be a table; write [rule.rate_limit] under the rule with e.g. "
-                "bandwidth_in_bps = 1_000_000",
-            )
-            return None
-        start = len(self.issues.items)
-        self._strict(raw, _RATE_LIMIT_KEYS, label, "rule.rate_limit", "[rule.rate_limit]")
-        values: dict[str, int] = {}
-        for key in _RATE_LIMIT_KEYS:
-            value = self._int(raw, key, label, f"rule.rate_limit.{key}", 1, 10**12)
-            if isinstance(value, int):
-                values[key] = value
-        if len(self.issues.items) != start:
-            return None
-        if not values:
-            self.issues.add(
-                label,
-                "rule.rate_limit",
-                "is empty; set at least one limit or remove the table",
-            )
-            return None
-        limit = RateLimit(**values)
-        for field, code, message in validate_rate_limit(limit):
-            self.issues.add(label, f"rule.rate_limit.{field}", f"{code}: {message}")
-        return None if len(self.issues.items) != start else limit
-
     def _check_rule_groups(self, rules: Sequence[Rule]) -> None:
         """SNI conflicts between rules sharing a port."""
         for rule_name, field, code, message in sni_rule_conflicts(rules):
@@ -1375,7 +818,7 @@ class _Parser:
                         )
                     continue
                 if any(
-                    _addresses_overlap(a, b)
+                    addresses_overlap(a, b)
                     for a in rule.listen_addresses
                     for b in other.listen_addresses
                 ):
