@@ -93,6 +93,62 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     # Rule lifecycle.
     ErrorCode("rule_not_found", 404, 8, "list the rules to find the right name or id"),
     ErrorCode("rule_exists", 409, 5, "rule names are unique; remove the old rule or rename"),
+    # --- Operator API and CLI (portunus/server/api, portunus/cli, portunus/rulespec.py).
+    # Statuses and exit codes as Portunus (inventory §1.5, §5.3).
+    ErrorCode(
+        "invalid_json", 400, 3, "send a JSON object body with Content-Type: application/json"
+    ),
+    ErrorCode("invalid_name", 400, 3, "use 1 to 64 printable characters"),
+    ErrorCode("invalid_protocol", 400, 3, 'use "tcp" or "udp"'),
+    ErrorCode("invalid_target", 400, 3, "write the target as host:port with a valid host"),
+    ErrorCode("invalid_client_address", 400, 3, "give a bare host name or IP, without a port"),
+    ErrorCode("invalid_enrollment_ttl", 400, 3, "use a ttl from 1 to 86400 seconds"),
+    ErrorCode("range_invalid", 400, 3, "ports are 1..65535, written N or A-B"),
+    ErrorCode("range_inverted", 400, 3, "write the lower port first"),
+    ErrorCode("mismatched_range", 400, 3, "the listen and target ranges must be the same size"),
+    ErrorCode("rule_shape_missing", 400, 3, "give one target: TARGET, --target or --targets-json"),
+    ErrorCode("rule_shape_conflict", 400, 3, "use only one of TARGET, --target and --targets-json"),
+    ErrorCode("targets_empty", 400, 3, "list at least one target"),
+    ErrorCode("targets_too_many", 400, 3, "a rule has at most 8 targets"),
+    ErrorCode(
+        "health_check_interval_out_of_range", 400, 3, "use an interval from 1 to 3600 seconds"
+    ),
+    ErrorCode("validation.rate_limit_cap_zero", 400, 3, "a cap is at least 1; omit it for none"),
+    ErrorCode(
+        "validation.rate_limit_burst_without_rate", 400, 3, "set the rate the burst belongs to"
+    ),
+    ErrorCode("validation.rate_limit_burst_range", 400, 3, "keep the burst near the rate"),
+    ErrorCode("validation.rate_limit_no_caps_provided", 400, 3, "set at least one cap"),
+    ErrorCode(
+        "unauthenticated",
+        401,
+        4,
+        "send Authorization: Bearer <operator_token> (operator_token in server.toml)",
+    ),
+    ErrorCode("not_found", 404, 8, "see docs/api.md for the routes"),
+    ErrorCode("method_not_allowed", 405, 1, "see docs/api.md for the methods of this route"),
+    ErrorCode("client_not_found", 404, 8, "run list-clients to find the right id or name"),
+    ErrorCode(
+        "client_name_ambiguous", 409, 3, "several clients have that name; give the client id"
+    ),
+    ErrorCode("client_already_exists", 409, 2, "pick another name or re-enroll the client"),
+    ErrorCode("client_not_revoked", 409, 5, "revoke the client before deleting it"),
+    ErrorCode(
+        "client_not_connected",
+        422,
+        4,
+        "start portunus-client on the edge (or check its logs) and retry",
+    ),
+    ErrorCode("unsupported_protocol", 422, 3, "this client cannot forward that protocol"),
+    ErrorCode("activation_failed", 422, 6, "the client could not start the rule; see the reason"),
+    ErrorCode(
+        "ack_timeout",
+        504,
+        7,
+        "the client did not confirm in time; the rule stays pending, check list-rules",
+    ),
+    ErrorCode("internal", 500, 1, "see the server log for the correlation id"),
+    # --- end of operator API and CLI codes.
 )
 
 
