@@ -1,0 +1,165 @@
+"""
+The edge's rule keeper: applies what the server pushes to a L{Forwarder}.
+
+It outlives control connections.  Unlike Portunus, which tears every
+listener down when the control stream drops, the agent keeps forwarding its
+rules while the server is unreachable; on reconnect the server replays its
+Active rules and L{EdgeAgent.replay_done} removes whatever the server no
+longer has (server state wins).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from portunus.dataplane.forwarder import Forwarder
+from portunus.errors import PortunusError
+from portunus.model import Rule
+from portunus.rulejson import RuleDecodeError, rule_from_dict
+
+__all__ = ["ACTIVATED", "FAILED", "REMOVED", "EdgeAgent"]
+
+log = Logger()
+
+ACTIVATED = "activated"
+FAILED = "failed"
+REMOVED = "removed"
+
+
+def failure_reason(rule: Rule, error: PortunusError) -> str:
+    """C{port_in_use}, or C{port_in_use:<port>} for a port of a range (Portunus)."""
+    port = error.fields.get("port")
+    if port is not None and len(rule.listen) > 1:
+        return f"{error.code}:{port}"
+    return error.code
+
+
+class EdgeAgent:
+    """Installs, replaces and removes pushed rules; reports their counters."""
+
+    def __init__(self, forwarder: Forwarder, drain_timeout: float = 30.0) -> None:
+        self.forwarder = forwarder
+        self.drain_timeout = drain_timeout
+        self._rules: dict[int, Rule] = {}
+        self._pushed_this_session: set[int] = set()
+        self._removing: dict[int, Deferred[Any]] = {}
+
+    @property
+    def rules(self) -> dict[int, Rule]:
+        return dict(self._rules)
+
+    def begin_session(self) -> None:
+        """A new control session: start tracking what the server replays."""
+        self._pushed_this_session = set()
+
+    def push(self, rule_data: Any) -> tuple[str, str | None]:
+        """Apply one pushed rule; the outcome is what the bind really did."""
+        try:
+            rule = rule_from_dict(rule_data)
+        except RuleDecodeError as e:
+            log.error(
+                "server pushed a rule this client cannot read: {detail}",
+                event="rule.decode_failed",
+                detail=str(e),
+            )
+            return FAILED, "rule_unreadable"
+        self._pushed_this_session.add(rule.id)
+        current = self._rules.get(rule.id)
+        if current == rule:
+            return ACTIVATED, None
+        if current is not None:
+            # A changed rule: make room on its ports, then bind the new one.
+            self._remove(rule.id, "replaced")
+        try:
+            bound = self.forwarder.bind(rule)
+        except PortunusError as e:
+            reason = failure_reason(rule, e)
+            log.error(
+                "rule {rule_id} failed to activate: {reason}",
+                event="rule.failed",
+                rule_id=str(rule.id),
+                rule=rule.name,
+                reason=reason,
+                detail=e.message,
+            )
+            return FAILED, reason
+        self.forwarder.activate(bound)
+        self._rules[rule.id] = rule
+        log.info(
+            "rule {rule_id} active: {protocol} {listen} -> {targets}",
+            event="rule.activated",
+            rule_id=str(rule.id),
+            rule=rule.name,
+            protocol=rule.protocol.value,
+            listen=str(rule.listen),
+            targets=", ".join(t.display() for t in rule.targets),
+        )
+        return ACTIVATED, None
+
+    def remove(self, rule_id: int) -> str:
+        """Stop accepting for C{rule_id} now; in-flight connections drain."""
+        self._pushed_this_session.discard(rule_id)
+        if rule_id in self._rules:
+            self._remove(rule_id, "removed")
+        return REMOVED
+
+    def replay_done(self) -> list[int]:
+        """Remove every rule the server did not replay; return their ids."""
+        stale = sorted(set(self._rules) - self._pushed_this_session)
+        for rule_id in stale:
+            self._remove(rule_id, "not_on_server")
+        return stale
+
+    def stop_all(self, reason: str) -> None:
+        """Stop forwarding everything (the server revoked this client)."""
+        for rule_id in list(self._rules):
+            self._remove(rule_id, reason)
+
+    def _remove(self, rule_id: int, reason: str) -> None:
+        rule = self._rules.pop(rule_id)
+        log.info(
+            "rule {rule_id} removed ({reason}); draining its connections",
+            event="rule.removing",
+            rule_id=str(rule_id),
+            rule=rule.name,
+            reason=reason,
+        )
+        d = self.forwarder.remove(rule_id, self.drain_timeout)
+        self._removing[rule_id] = d
+
+        def drained(cut: int) -> None:
+            if self._removing.get(rule_id) is d:
+                del self._removing[rule_id]
+            if cut:
+                log.info(
+                    "rule {rule_id}: {cut} connection(s) cut after the drain timeout",
+                    event="rule.drain_cut",
+                    rule_id=str(rule_id),
+                    cut=cut,
+                )
+
+        d.addCallback(drained)
+        d.addErrback(lambda f: log.failure("draining rule {rule_id}", f, rule_id=rule_id))
+
+    def stats_entries(self) -> list[dict[str, Any]]:
+        """One JSON-ready entry per rule: cumulative counters, per port."""
+        entries = []
+        for rule_id, stats in self.forwarder.stats().items():
+            if rule_id not in self._rules:
+                continue
+            listen = self._rules[rule_id].listen
+            if len(listen) > 1:
+                for port in listen:  # every port reported, traffic or not
+                    stats.for_port(port)
+            entry: dict[str, Any] = {"rule_id": rule_id}
+            entry.update(stats.snapshot(per_port=len(listen) > 1))
+            entries.append(entry)
+        return entries
+
+    def stop(self) -> Deferred[Any]:
+        """Drain everything (the client process is stopping)."""
+        self._rules.clear()
+        return self.forwarder.stop(self.drain_timeout)
