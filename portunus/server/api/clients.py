@@ -1,0 +1,171 @@
+"""
+C{/v1/clients} and C{/v1/client-enrollments}: enrolling, listing,
+renaming, revoking and deleting edge clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from portunus.errors import PortunusError
+from portunus.rulespec import host_problem, is_int
+from portunus.server.api.app import Answer, ApiContext, read_json, timestamp
+from portunus.server.plane import ClientView, EnrollmentView
+
+__all__ = [
+    "DEFAULT_TTL_SECS",
+    "MAX_NAME_LENGTH",
+    "MAX_TTL_SECS",
+    "client_json",
+    "install",
+    "resolve_client",
+]
+
+DEFAULT_TTL_SECS = 600
+MAX_TTL_SECS = 86400
+MAX_NAME_LENGTH = 64
+
+
+def client_json(view: ClientView) -> dict[str, Any]:
+    """The JSON of one client, as every client route answers it."""
+    return {
+        "client_id": view.client_id,
+        "client_name": view.name,
+        "state": view.state,
+        "connected": view.state == "connected",
+        "remote_addr": view.remote_addr,
+        "connected_at": timestamp(view.connected_at),
+        "created_at": timestamp(view.created_at),
+        "revoked_at": timestamp(view.revoked_at),
+        "client_version": view.client_version,
+        "features": list(view.features),
+    }
+
+
+def enrollment_json(view: EnrollmentView) -> dict[str, Any]:
+    return {
+        "client_id": view.client_id,
+        "client_name": view.client_name,
+        "uri": view.uri,
+        "expires_at": timestamp(view.expires_at),
+        "command": f"portunus-client enroll '{view.uri}'",
+    }
+
+
+def _name(body: dict[str, Any], key: str = "name") -> str:
+    raw = body.get(key)
+    if raw is None:
+        raise PortunusError("invalid_name", f"{key} is missing; give the client a name", field=key)
+    if (
+        not isinstance(raw, str)
+        or not 1 <= len(raw) <= MAX_NAME_LENGTH
+        or not raw.isprintable()
+        or raw != raw.strip()
+    ):
+        raise PortunusError(
+            "invalid_name",
+            f"{key} must be 1 to {MAX_NAME_LENGTH} printable characters without leading "
+            "or trailing spaces",
+            field=key,
+        )
+    return raw
+
+
+def _address(body: dict[str, Any]) -> str | None:
+    raw = body.get("address")
+    if raw is None:
+        return None
+    problem = (
+        host_problem(raw.strip("[]")) if isinstance(raw, str) else "the address is not a string"
+    )
+    if problem is not None:
+        raise PortunusError(
+            "invalid_client_address",
+            f"address: {problem}; give the bare host name or IP the client dials, without a port",
+            field="address",
+        )
+    return raw.strip("[]")
+
+
+def _ttl(body: dict[str, Any]) -> int:
+    raw = body.get("ttl_secs", DEFAULT_TTL_SECS)
+    if not is_int(raw) or not 1 <= raw <= MAX_TTL_SECS:
+        raise PortunusError(
+            "invalid_enrollment_ttl",
+            f"ttl_secs must be a whole number of seconds from 1 to {MAX_TTL_SECS}, got {raw!r}",
+            field="ttl_secs",
+        )
+    assert isinstance(raw, int)
+    return raw
+
+
+async def resolve_client(plane: Any, ref: str) -> ClientView:
+    """
+    The client C{ref} names: its id, else its name.  A name several
+    clients share is C{client_name_ambiguous}: the operator must give the id.
+    """
+    clients: list[ClientView] = await plane.list_clients()
+    for view in clients:
+        if view.client_id == ref:
+            return view
+    named = [view for view in clients if view.name == ref]
+    if len(named) > 1:
+        ids = ", ".join(view.client_id for view in named)
+        raise PortunusError(
+            "client_name_ambiguous",
+            f"{len(named)} clients are called {ref!r} ({ids}); give the client id instead",
+            client=ref,
+            client_ids=[view.client_id for view in named],
+        )
+    if not named:
+        raise PortunusError(
+            "client_not_found",
+            f"no client has the id or name {ref!r}; list-clients shows them",
+            client=ref,
+        )
+    return named[0]
+
+
+def install(ctx: ApiContext) -> None:
+    """Add the client routes to C{ctx.app}."""
+    plane = ctx.plane
+
+    @ctx.route("/v1/clients", "GET")
+    async def list_clients(request: IRequest) -> object:
+        views = await plane.list_clients()
+        return [client_json(view) for view in views]
+
+    @ctx.route("/v1/clients/<client_id>", "GET")
+    async def get_client(request: IRequest, client_id: str) -> object:
+        return client_json(await plane.get_client(client_id))
+
+    @ctx.route("/v1/client-enrollments", "POST")
+    async def enroll(request: IRequest) -> object:
+        body = read_json(request)
+        name, address, ttl = _name(body), _address(body), _ttl(body)
+        view = await plane.enroll_client(name, address, ttl)
+        return Answer(201, enrollment_json(view))
+
+    @ctx.route("/v1/clients/<client_id>/enrollment", "POST")
+    async def reenroll(request: IRequest, client_id: str) -> object:
+        body = read_json(request, required=False)
+        address, ttl = _address(body), _ttl(body)
+        view = await plane.reenroll_client(client_id, address, ttl)
+        return Answer(201, enrollment_json(view))
+
+    @ctx.route("/v1/clients/<client_id>", "PATCH")
+    async def rename(request: IRequest, client_id: str) -> object:
+        name = _name(read_json(request))
+        return client_json(await plane.rename_client(client_id, name))
+
+    @ctx.route("/v1/clients/<client_id>/revoke", "POST")
+    async def revoke(request: IRequest, client_id: str) -> object:
+        await plane.revoke_client(client_id)
+        return Answer(204)
+
+    @ctx.route("/v1/clients/<client_id>", "DELETE")
+    async def delete(request: IRequest, client_id: str) -> object:
+        await plane.delete_client(client_id)
+        return Answer(204)

@@ -1,0 +1,220 @@
+"""
+An in-memory L{IControlPlane} for testing the operator surfaces.
+
+It keeps clients and rules in dicts, answers with already-fired
+Deferreds, records every call, and can be told to fail the next call of a
+method with any exception (a L{PortunusError} to test the envelope, any
+other to test the 500 path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from portunus.errors import PortunusError
+from portunus.model import Rule
+from portunus.server.plane import ClientView, EnrollmentView, IControlPlane, RuleView
+
+PIN = "sha256:" + "ab" * 32
+
+
+@implementer(IControlPlane)
+class FakePlane:
+    def __init__(self) -> None:
+        self.clients: dict[str, ClientView] = {}
+        self.rules: dict[int, RuleView] = {}
+        self.stats: dict[int, dict[str, Any]] = {}
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.failures: dict[str, BaseException] = {}
+        self._next_client = 1
+        self._next_rule = 1
+        self.now = 1_700_000_000.0
+
+    # -- test helpers ------------------------------------------------------
+
+    def add_client(self, name: str, state: str = "connected", **kw: Any) -> ClientView:
+        client_id = f"01HCLIENT{self._next_client:017d}"
+        self._next_client += 1
+        view = ClientView(client_id=client_id, name=name, state=state, created_at=self.now, **kw)
+        self.clients[client_id] = view
+        return view
+
+    def fail_next(self, method: str, error: BaseException) -> None:
+        self.failures[method] = error
+
+    def _call(self, method: str, *args: Any) -> Deferred[Any] | None:
+        self.calls.append((method, args))
+        error = self.failures.pop(method, None)
+        if error is not None:
+            return fail(error)
+        return None
+
+    def _client(self, client_id: str) -> ClientView:
+        try:
+            return self.clients[client_id]
+        except KeyError:
+            raise PortunusError(
+                "client_not_found", f"no client {client_id}", client_id=client_id
+            ) from None
+
+    def _rule(self, rule_id: int) -> RuleView:
+        try:
+            return self.rules[rule_id]
+        except KeyError:
+            raise PortunusError("rule_not_found", f"no rule {rule_id}", rule_id=rule_id) from None
+
+    def _enrollment(self, view: ClientView, address: str | None, ttl: int) -> EnrollmentView:
+        host = address or "control.example.net"
+        return EnrollmentView(
+            client_id=view.client_id,
+            client_name=view.name,
+            uri=f"portunus://{host}:7443/enroll?pin={PIN}&code=c0de{len(self.calls)}",
+            expires_at=self.now + ttl,
+        )
+
+    # -- IControlPlane -------------------------------------------------------
+
+    def list_clients(self) -> Any:
+        return self._call("list_clients") or succeed(
+            sorted(self.clients.values(), key=lambda c: (c.name, c.client_id))
+        )
+
+    def get_client(self, client_id: str) -> Any:
+        d = self._call("get_client", client_id)
+        if d is not None:
+            return d
+        try:
+            return succeed(self._client(client_id))
+        except PortunusError as e:
+            return fail(e)
+
+    def enroll_client(self, name: str, address: str | None, ttl_secs: int) -> Any:
+        d = self._call("enroll_client", name, address, ttl_secs)
+        if d is not None:
+            return d
+        view = self.add_client(name, state="disconnected")
+        return succeed(self._enrollment(view, address, ttl_secs))
+
+    def reenroll_client(self, client_id: str, address: str | None, ttl_secs: int) -> Any:
+        d = self._call("reenroll_client", client_id, address, ttl_secs)
+        if d is not None:
+            return d
+        try:
+            view = self._client(client_id)
+        except PortunusError as e:
+            return fail(e)
+        return succeed(self._enrollment(view, address, ttl_secs))
+
+    def rename_client(self, client_id: str, name: str) -> Any:
+        d = self._call("rename_client", client_id, name)
+        if d is not None:
+            return d
+        try:
+            view = attrs.evolve(self._client(client_id), name=name)
+        except PortunusError as e:
+            return fail(e)
+        self.clients[client_id] = view
+        return succeed(view)
+
+    def revoke_client(self, client_id: str) -> Any:
+        d = self._call("revoke_client", client_id)
+        if d is not None:
+            return d
+        try:
+            view = attrs.evolve(self._client(client_id), state="revoked", revoked_at=self.now)
+        except PortunusError as e:
+            return fail(e)
+        self.clients[client_id] = view
+        return succeed(view)
+
+    def delete_client(self, client_id: str) -> Any:
+        d = self._call("delete_client", client_id)
+        if d is not None:
+            return d
+        try:
+            view = self._client(client_id)
+        except PortunusError as e:
+            return fail(e)
+        if view.state != "revoked":
+            return fail(PortunusError("client_not_revoked", "revoke it first"))
+        del self.clients[client_id]
+        return succeed(None)
+
+    def push_rule(self, client_id: str, rule: Rule, ack_timeout: float) -> Any:
+        d = self._call("push_rule", client_id, rule, ack_timeout)
+        if d is not None:
+            return d
+        try:
+            client = self._client(client_id)
+        except PortunusError as e:
+            return fail(e)
+        rule = attrs.evolve(rule, id=self._next_rule)
+        self._next_rule += 1
+        view = RuleView(
+            rule=rule,
+            client_id=client_id,
+            client_name=client.name,
+            state="active",
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.rules[rule.id] = view
+        return succeed(view)
+
+    def list_rules(self, client_id: str | None) -> Any:
+        d = self._call("list_rules", client_id)
+        if d is not None:
+            return d
+        return succeed(
+            [
+                view
+                for _, view in sorted(self.rules.items())
+                if client_id is None or view.client_id == client_id
+            ]
+        )
+
+    def get_rule(self, rule_id: int) -> Any:
+        d = self._call("get_rule", rule_id)
+        if d is not None:
+            return d
+        try:
+            return succeed(self._rule(rule_id))
+        except PortunusError as e:
+            return fail(e)
+
+    def remove_rule(self, rule_id: int) -> Any:
+        d = self._call("remove_rule", rule_id)
+        if d is not None:
+            return d
+        try:
+            self._rule(rule_id)
+        except PortunusError as e:
+            return fail(e)
+        del self.rules[rule_id]
+        return succeed(None)
+
+    def rule_stats(self, rule_id: int) -> Any:
+        d = self._call("rule_stats", rule_id)
+        if d is not None:
+            return d
+        try:
+            view = self._rule(rule_id)
+        except PortunusError as e:
+            return fail(e)
+        default = {
+            "rule_id": rule_id,
+            "client_id": view.client_id,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "active_connections": 0,
+            "dns_failures": 0,
+            "target_failovers_total": 0,
+            "per_port": [],
+            "per_target": [],
+            "updated_at": None,
+        }
+        return succeed(self.stats.get(rule_id, default))
