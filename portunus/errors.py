@@ -93,6 +93,21 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     # Rule lifecycle.
     ErrorCode("rule_not_found", 404, 8, "list the rules to find the right name or id"),
     ErrorCode("rule_exists", 409, 5, "rule names are unique; remove the old rule or rename"),
+    # Server startup: the data dir (portunus/server/datadir.py).  Exit 1 as
+    # in Portunus; never answered over HTTP, so the status is nominal.
+    ErrorCode(
+        "startup.unsupported_filesystem",
+        500,
+        1,
+        "move --data-dir to a local disk filesystem, or set "
+        "PORTUNUS_ALLOW_UNSUPPORTED_FILESYSTEM=1 at your own risk",
+    ),
+    ErrorCode(
+        "startup.data_dir_invalid",
+        500,
+        1,
+        "point --data-dir at a directory the server user can create and write",
+    ),
     # --- Operator API and CLI (portunus/server/api, portunus/cli, portunus/rulespec.py).
     # Statuses and exit codes as Portunus (inventory §1.5, §5.3).
     ErrorCode(

@@ -1,0 +1,759 @@
+"""
+The server's settings: C{<data-dir>/server.toml}, the environment and the
+command line, merged into one validated L{ServerSettings}.
+
+Precedence, strongest first: command-line flag (applied by the caller
+through L{ServerSettings.with_overrides}), environment variable, the key
+in C{server.toml}, the built-in default.  Only C{operator_http_listen} and
+C{advertised_endpoint} can come from the environment or a flag, as in
+Portunus.
+
+Like the standalone parser, loading reports I{every} problem at once, in
+one C{config_invalid} error whose message has one line per problem::
+
+    server.toml: metrics_listen: 0.0.0.0 is not a loopback address; ...
+    PORTUNUS_OPERATOR_HTTP_LISTEN: '7080' is not host:port; ...
+
+Parsing is sans-IO (L{parse_server_settings} takes text);
+L{load_server_settings} is the thin file-reading shell around it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import attrs
+
+from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
+from portunus.errors import PortunusError
+from portunus.tomltext import describe_value as _describe
+from portunus.tomltext import printable as _safe
+
+__all__ = [
+    "ADVERTISED_ENDPOINT_ENV",
+    "OPERATOR_HTTP_LISTEN_ENV",
+    "SERVER_TOML",
+    "SERVER_TOML_KEYS",
+    "AdvertisedEndpoint",
+    "ListenAddress",
+    "ListenerKind",
+    "ServerConfigError",
+    "ServerSettings",
+    "SettingsIssue",
+    "load_server_settings",
+    "parse_advertised_endpoint",
+    "parse_listen_address",
+    "parse_server_settings",
+]
+
+#: The settings file's name inside the data dir.
+SERVER_TOML = "server.toml"
+#: Overrides C{operator_http_listen} (a C{--operator-http-listen} flag wins).
+OPERATOR_HTTP_LISTEN_ENV = "PORTUNUS_OPERATOR_HTTP_LISTEN"
+#: Overrides C{advertised_endpoint} (a C{--advertised-endpoint} flag wins).
+ADVERTISED_ENDPOINT_ENV = "PORTUNUS_ADVERTISED_ENDPOINT"
+
+#: Every key C{server.toml} accepts, in documentation order.
+SERVER_TOML_KEYS: tuple[str, ...] = (
+    "control_listen",
+    "operator_http_listen",
+    "metrics_listen",
+    "tls_cert_path",
+    "tls_key_path",
+    "advertised_endpoint",
+    "range_rule_max_ports",
+    "udp_flow_idle_secs",
+    "udp_max_flows_per_rule",
+    "operator_token",
+    "shutdown_drain_timeout_secs",
+    "ack_timeout_secs",
+    "resolver",
+)
+
+# Keys Portunus's server.toml has that this server does not take: each gets
+# a message saying so instead of a bare "unknown key".
+_NOT_SUPPORTED: Mapping[str, str] = {
+    "log_format": "is not used: portunus-server always logs JSON lines; remove the line",
+    "token_store_path": "is a legacy key that nothing reads any more; remove the line",
+    "operator_store_path": "is a legacy key that nothing reads any more; remove the line",
+    "operator_http_public_origin": (
+        "is not supported yet, and ignoring a CSRF setting silently would be unsafe; "
+        "remove the line"
+    ),
+}
+
+#: Which listener L{ServerSettings.endpoint_description} describes.
+ListenerKind = Literal["control", "operator_http", "metrics"]
+
+_MAX_TOKEN_BYTES = 256
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+_LISTEN_EXAMPLE = "write it as host:port, e.g. 127.0.0.1:7080 or [::1]:7080"
+
+
+# ---------------------------------------------------------------------------
+# Values
+
+
+@attrs.frozen
+class ListenAddress:
+    """
+    An IP address and TCP port to listen on.
+
+    @ivar host: an IP literal, IPv6 without brackets.
+    """
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{_bracket(self.host)}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether only this machine can connect."""
+        return ipaddress.ip_address(self.host).is_loopback
+
+    def endpoint_description(self) -> str:
+        """
+        This address as a Twisted server endpoint string, for
+        L{twisted.internet.endpoints.serverFromString}: C{tcp:7443:interface=0.0.0.0},
+        or C{tcp6:7081:interface=\\:\\:1} (colons escaped, as the endpoint
+        parser requires).
+        """
+        kind = "tcp6" if ipaddress.ip_address(self.host).version == 6 else "tcp"
+        return f"{kind}:{self.port}:interface={self.host.replace(':', chr(92) + ':')}"
+
+
+@attrs.frozen
+class AdvertisedEndpoint:
+    """
+    The address clients are told to dial (C{host:port} or a bare host).
+
+    @ivar host: a DNS name or IP literal, IPv6 without brackets.
+    @ivar port: C{None} for a bare host: the control port is used.
+    """
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        if self.port is None:
+            return _bracket(self.host)
+        return f"{_bracket(self.host)}:{self.port}"
+
+    def with_port(self, default_port: int) -> str:
+        """C{host:port} to hand to clients, C{default_port} filling a bare host."""
+        port = self.port if self.port is not None else default_port
+        return f"{_bracket(self.host)}:{port}"
+
+
+def _redacted(value: str | None) -> str:
+    return "None" if value is None else "'<redacted>'"
+
+
+def _default_cert(settings: ServerSettings) -> str:
+    return os.path.join(settings.data_dir, "server.crt")
+
+
+def _default_key(settings: ServerSettings) -> str:
+    return os.path.join(settings.data_dir, "server.key")
+
+
+@attrs.frozen(kw_only=True)
+class ServerSettings:
+    """
+    Validated server settings.  Build them with L{load_server_settings}
+    (which checks everything); the constructor trusts its arguments.
+
+    @ivar data_dir: absolute path of the data dir.
+    @ivar tls_cert_path: absolute; a relative C{server.toml} value is taken
+        from the data dir.
+    @ivar operator_token: legacy bootstrap bearer; never in C{repr}.
+    @ivar ack_timeout_secs: how long a push waits for the client's answer
+        by default (Portunus's C{--ack-timeout}; a C{server.toml} key here).
+    @ivar shutdown_drain_timeout_secs: accepted for Portunus compatibility.
+    """
+
+    data_dir: str
+    control_listen: ListenAddress = ListenAddress("0.0.0.0", 7443)
+    operator_http_listen: ListenAddress = ListenAddress("127.0.0.1", 7080)
+    metrics_listen: ListenAddress = ListenAddress("127.0.0.1", 7081)
+    tls_cert_path: str = attrs.field(
+        default=attrs.Factory(_default_cert, takes_self=True),
+    )
+    tls_key_path: str = attrs.field(
+        default=attrs.Factory(_default_key, takes_self=True),
+    )
+    advertised_endpoint: AdvertisedEndpoint | None = None
+    range_rule_max_ports: int = 1024
+    udp_flow_idle_secs: int = 60
+    udp_max_flows_per_rule: int = 1024
+    operator_token: str | None = attrs.field(default=None, repr=_redacted)
+    shutdown_drain_timeout_secs: float = 30.0
+    ack_timeout_secs: float = 2.0
+    resolver: ResolverSettings = attrs.field(factory=ResolverSettings)
+
+    def endpoint_description(self, kind: ListenerKind) -> str:
+        """The Twisted server endpoint string for one of the three listeners."""
+        listeners: Mapping[str, ListenAddress] = {
+            "control": self.control_listen,
+            "operator_http": self.operator_http_listen,
+            "metrics": self.metrics_listen,
+        }
+        return listeners[kind].endpoint_description()
+
+    def with_overrides(
+        self,
+        *,
+        operator_http_listen: str | None = None,
+        advertised_endpoint: str | None = None,
+    ) -> ServerSettings:
+        """
+        Apply command-line flags, which beat the environment and the file.
+
+        C{None} means the flag was not given.  A given value is checked as
+        strictly as the file's: a host-less C{--advertised-endpoint} is an
+        error here, not silently dropped as in the environment.
+
+        @raise ServerConfigError: naming the flag.
+        """
+        issues: list[SettingsIssue] = []
+        changes: dict[str, object] = {}
+        if operator_http_listen is not None:
+            flag = "--operator-http-listen"
+            try:
+                address = parse_listen_address(operator_http_listen)
+            except ValueError as e:
+                issues.append(SettingsIssue(flag, None, str(e)))
+            else:
+                changes["operator_http_listen"] = address
+                for other in ("control_listen", "metrics_listen"):
+                    theirs: ListenAddress = getattr(self, other)
+                    if _overlap(address, theirs):
+                        issues.append(SettingsIssue(flag, None, _collision(address, other, theirs)))
+        if advertised_endpoint is not None:
+            try:
+                changes["advertised_endpoint"] = parse_advertised_endpoint(advertised_endpoint)
+            except ValueError as e:
+                issues.append(SettingsIssue("--advertised-endpoint", None, str(e)))
+        if issues:
+            raise ServerConfigError(issues)
+        return attrs.evolve(self, **changes)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class SettingsIssue:
+    """
+    One problem, located: C{source} is C{server.toml}, an environment
+    variable or a flag; C{field} the key (C{None} for the source as a whole).
+    """
+
+    source: str
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        if self.field:
+            return f"{self.source}: {self.field}: {self.message}"
+        return f"{self.source}: {self.message}"
+
+    def to_json(self) -> dict[str, str | None]:
+        """The issue as plain data, for JSON logs."""
+        return {"source": self.source, "field": self.field, "message": self.message}
+
+
+class ServerConfigError(PortunusError):
+    """
+    The settings cannot be used: a C{config_invalid} error carrying every
+    issue, one line each in the message.
+    """
+
+    def __init__(self, issues: Iterable[SettingsIssue], path: str | None = None) -> None:
+        self.issues: tuple[SettingsIssue, ...] = tuple(issues)
+        if not self.issues:
+            raise ValueError("ServerConfigError needs at least one issue")
+        fields: dict[str, object] = {"issues": [i.to_json() for i in self.issues]}
+        if path is not None:
+            fields["path"] = path
+        super().__init__("config_invalid", "\n".join(str(i) for i in self.issues), **fields)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# ---------------------------------------------------------------------------
+# Address grammar
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _port(text: str) -> int:
+    if not _PORT.fullmatch(text):
+        raise ValueError(f"the port '{_safe(text)}' is not a number from 1 to 65535")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"the port {port} is out of range; use 1 to 65535")
+    return port
+
+
+def _split_host_port(text: str, example: str) -> tuple[str, str | None, bool]:
+    """
+    C{(host, port or None, bracketed)}; the host is unbracketed.
+
+    @raise ValueError: brackets that do not pair up, or an IPv6 address
+        written without them.
+    """
+    if text.startswith("["):
+        close = text.find("]")
+        if close == -1:
+            raise ValueError(f"'{_safe(text)}' has '[' without ']'; {example}")
+        host, rest = text[1:close], text[close + 1 :]
+        if not rest:
+            return host, None, True
+        if not rest.startswith(":"):
+            raise ValueError(f"'{_safe(text)}' has text after ']' that is not :port; {example}")
+        return host, rest[1:], True
+    if text.count(":") > 1:
+        raise ValueError(
+            f"'{_safe(text)}' looks like an IPv6 address without brackets; "
+            f"write it as [address]:port; {example}"
+        )
+    host, sep, port = text.partition(":")
+    return host, (port if sep else None), False
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """
+    Read C{host:port} where C{host} is an IP literal (IPv6 in brackets) and
+    the port is 1..65535.
+
+    @raise ValueError: with a message saying what is wrong and what to write.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError(f"is empty; {_LISTEN_EXAMPLE}")
+    host, port, bracketed = _split_host_port(text, _LISTEN_EXAMPLE)
+    if port is None:
+        raise ValueError(f"'{_safe(text)}' has no port; {_LISTEN_EXAMPLE}")
+    if not host:
+        raise ValueError(
+            f"'{_safe(text)}' has no address; use 0.0.0.0 (every IPv4 address), "
+            f"[::] (every address) or one address of this machine; {_LISTEN_EXAMPLE}"
+        )
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"'{_safe(host)}' is not an IP address (host names are not accepted for "
+            f"listening); {_LISTEN_EXAMPLE}"
+        ) from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        raise ValueError(f"'{_safe(host)}' has a zone index, which is not supported")
+    if bracketed and ip.version != 6:
+        raise ValueError(
+            f"'{_safe(text)}': brackets are only for IPv6 addresses; {_LISTEN_EXAMPLE}"
+        )
+    return ListenAddress(ip.compressed, _port(port))
+
+
+def _valid_hostname(host: str) -> bool:
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return False
+    # "999.1.1.1" parses as a host name but is always a mistyped address.
+    return not all(label.isdigit() for label in labels)
+
+
+def _host_less(text: str) -> bool:
+    """Railway and friends set C{""}, C{":"} or C{":7443"} before a host exists."""
+    stripped = text.strip()
+    return not stripped or stripped.startswith(":")
+
+
+def parse_advertised_endpoint(text: str) -> AdvertisedEndpoint:
+    """
+    Read C{host:port} or a bare C{host}: a DNS name or an IP literal (IPv6
+    in brackets), no scheme, no path.
+
+    @raise ValueError: with a message saying what is wrong and what to write.
+    """
+    example = "write it as host:port or host, e.g. edge.example.com:7443 or [2001:db8::1]:7443"
+    text = text.strip()
+    if not text:
+        raise ValueError(f"is empty; {example}")
+    if "://" in text:
+        raise ValueError(f"'{_safe(text)}' has a scheme; drop it; {example}")
+    if any(c in text for c in "/?#@") or any(c.isspace() for c in text):
+        raise ValueError(
+            f"'{_safe(text)}' is not a bare host:port (no path, query, user or spaces); {example}"
+        )
+    host, port, bracketed = _split_host_port(text, example)
+    if not host:
+        raise ValueError(f"'{_safe(text)}' has no host; {example}")
+    parsed_port = _port(port) if port is not None else None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if bracketed:
+            raise ValueError(
+                f"'{_safe(host)}' is in brackets but is not an IPv6 address; {example}"
+            ) from None
+        if not _valid_hostname(host):
+            raise ValueError(
+                f"'{_safe(host)}' is neither an IP address nor a valid host name (letters, "
+                f"digits and hyphens in dot-separated labels); {example}"
+            ) from None
+        return AdvertisedEndpoint(host.lower(), parsed_port)
+    if bracketed and ip.version != 6:
+        raise ValueError(f"'{_safe(text)}': brackets are only for IPv6 addresses; {example}")
+    return AdvertisedEndpoint(ip.compressed, parsed_port)
+
+
+def _overlap(a: ListenAddress, b: ListenAddress) -> bool:
+    """Whether two listeners would fight over the same port."""
+    if a.port != b.port:
+        return False
+    ia, ib = ipaddress.ip_address(a.host), ipaddress.ip_address(b.host)
+    if ia == ib:
+        return True
+    # "::" is dual-stack on Linux by default: it also takes every IPv4 address.
+    for x, y in ((ia, ib), (ib, ia)):
+        if x.is_unspecified and (x.version == y.version or x.version == 6):
+            return True
+    return False
+
+
+def _collision(address: ListenAddress, other: str, theirs: ListenAddress) -> str:
+    return f"{address} collides with {other} ({theirs}); give each listener its own port"
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def load_server_settings(data_dir: str, environ: Mapping[str, str]) -> ServerSettings:
+    """
+    Read C{<data_dir>/server.toml} (a missing file means all defaults) and
+    the environment overrides.
+
+    @param data_dir: the absolute data dir (see
+        L{portunus.server.datadir.resolve_data_dir}).
+    @raise ServerConfigError: listing every problem found.
+    """
+    path = os.path.join(data_dir, SERVER_TOML)
+    text: str | None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        text = None
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ServerConfigError(
+            [
+                SettingsIssue(
+                    SERVER_TOML,
+                    None,
+                    f"cannot read {path} ({reason}); check that it is a file the "
+                    "server user can read, or remove it to use the defaults",
+                )
+            ],
+            path,
+        ) from e
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ServerConfigError(
+                [
+                    SettingsIssue(
+                        SERVER_TOML,
+                        None,
+                        f"{path} is not valid UTF-8 (bad byte at offset {e.start}); "
+                        "save it as UTF-8",
+                    )
+                ],
+                path,
+            ) from e
+    return parse_server_settings(text, data_dir, environ)
+
+
+def parse_server_settings(
+    text: str | None, data_dir: str, environ: Mapping[str, str]
+) -> ServerSettings:
+    """
+    Validate C{server.toml} text (C{None}: no file) and the environment.
+
+    @raise ServerConfigError: listing every problem; never anything else.
+    """
+    path = os.path.join(data_dir, SERVER_TOML)
+    document: Mapping[str, object] = {}
+    if text is not None:
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ServerConfigError(
+                [
+                    SettingsIssue(
+                        SERVER_TOML, None, f"TOML syntax error: {e}; fix {path} at that position"
+                    )
+                ],
+                path,
+            ) from None
+        except (ValueError, RecursionError) as e:
+            raise ServerConfigError(
+                [SettingsIssue(SERVER_TOML, None, f"TOML value cannot be read ({e}); fix {path}")],
+                path,
+            ) from None
+    return _Parser(data_dir, environ).settings(document, path)
+
+
+class _Parser:
+    """One validation pass over a decoded document plus the environment."""
+
+    def __init__(self, data_dir: str, environ: Mapping[str, str]) -> None:
+        self.data_dir = data_dir
+        self.environ = environ
+        self.issues: list[SettingsIssue] = []
+
+    def add(self, field: str | None, message: str, source: str = SERVER_TOML) -> None:
+        self.issues.append(SettingsIssue(source, field, message))
+
+    def settings(self, document: Mapping[str, object], path: str) -> ServerSettings:
+        for key in document:
+            if key in SERVER_TOML_KEYS:
+                continue
+            if key in _NOT_SUPPORTED:
+                self.add(key, _NOT_SUPPORTED[key])
+                continue
+            close = difflib.get_close_matches(key, SERVER_TOML_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            self.add(
+                _safe(key),
+                f"unknown key '{_safe(key)}'; {hint}allowed keys: {', '.join(SERVER_TOML_KEYS)}",
+            )
+
+        values: dict[str, object] = {}
+        origins: dict[str, str] = {}
+        for key in ("control_listen", "operator_http_listen", "metrics_listen"):
+            address = self._listen(document, key)
+            if address is not None:
+                values[key] = address
+                origins[key] = SERVER_TOML
+
+        env_listen = self.environ.get(OPERATOR_HTTP_LISTEN_ENV, "").strip()
+        if env_listen:
+            try:
+                values["operator_http_listen"] = parse_listen_address(env_listen)
+                origins["operator_http_listen"] = OPERATOR_HTTP_LISTEN_ENV
+            except ValueError as e:
+                self.add(None, str(e), OPERATOR_HTTP_LISTEN_ENV)
+
+        metrics = values.get("metrics_listen")
+        if isinstance(metrics, ListenAddress) and not metrics.is_loopback:
+            self.add(
+                "metrics_listen",
+                f"{metrics.host} is not a loopback address; metrics are unauthenticated, "
+                "so they listen on this machine only: use 127.0.0.1:<port> or [::1]:<port> "
+                "and scrape through a proxy or the authenticated /v1/metrics",
+            )
+
+        for key in ("tls_cert_path", "tls_key_path"):
+            tls_path = self._path(document, key)
+            if tls_path is not None:
+                values[key] = tls_path
+
+        advertised = self._advertised(document)
+        if advertised is not None:
+            values["advertised_endpoint"] = advertised
+
+        for key, low, high in (
+            ("range_rule_max_ports", 1, 65535),
+            ("udp_flow_idle_secs", 30, 300),
+            ("udp_max_flows_per_rule", 1, 65535),
+        ):
+            number = self._int(document, key, low, high)
+            if number is not None:
+                values[key] = number
+
+        for key, flow, fhigh in (
+            ("shutdown_drain_timeout_secs", 0.0, 3600.0),
+            ("ack_timeout_secs", 0.1, 60.0),
+        ):
+            seconds = self._seconds(document, key, flow, fhigh)
+            if seconds is not None:
+                values[key] = seconds
+
+        token = self._token(document)
+        if token is not None:
+            values["operator_token"] = token
+
+        if "resolver" in document:
+            table = document["resolver"]
+            if not isinstance(table, dict):
+                self.add(
+                    "resolver",
+                    f"must be a table, not {_describe(table)}; write it as a [resolver] section",
+                )
+            else:
+                resolver, resolver_issues = resolver_settings_from_table(table)
+                for field, message in resolver_issues:
+                    self.add(field, message)
+                values["resolver"] = resolver
+
+        settings = ServerSettings(data_dir=self.data_dir, **values)  # type: ignore[arg-type]
+        self._check_collisions(settings, origins)
+        if settings.tls_cert_path == settings.tls_key_path:
+            self.add(
+                "tls_key_path",
+                f"is the same file as tls_cert_path ({settings.tls_key_path}); "
+                "the private key and the certificate are two files",
+            )
+        if self.issues:
+            raise ServerConfigError(self.issues, path)
+        return settings
+
+    # -- keys ---------------------------------------------------------------
+
+    def _listen(self, document: Mapping[str, object], key: str) -> ListenAddress | None:
+        if key not in document:
+            return None
+        raw = document[key]
+        if not isinstance(raw, str):
+            self.add(key, f"must be a string, not {_describe(raw)}; {_LISTEN_EXAMPLE} in quotes")
+            return None
+        try:
+            return parse_listen_address(raw)
+        except ValueError as e:
+            self.add(key, str(e))
+            return None
+
+    def _path(self, document: Mapping[str, object], key: str) -> str | None:
+        if key not in document:
+            return None
+        raw = document[key]
+        if not isinstance(raw, str):
+            self.add(key, f"must be a string file path, not {_describe(raw)}")
+            return None
+        if not raw.strip():
+            self.add(key, "is empty; give a file path, or leave the key out for the default")
+            return None
+        if "\x00" in raw:
+            self.add(key, "contains a NUL character, which no file path can hold")
+            return None
+        return os.path.normpath(os.path.join(self.data_dir, raw))
+
+    def _advertised(self, document: Mapping[str, object]) -> AdvertisedEndpoint | None:
+        result: AdvertisedEndpoint | None = None
+        if "advertised_endpoint" in document:
+            raw = document["advertised_endpoint"]
+            if not isinstance(raw, str):
+                self.add(
+                    "advertised_endpoint",
+                    f"must be a string, not {_describe(raw)}; e.g. "
+                    'advertised_endpoint = "edge.example.com:7443"',
+                )
+            else:
+                try:
+                    result = parse_advertised_endpoint(raw)
+                except ValueError as e:
+                    self.add("advertised_endpoint", str(e))
+        env = self.environ.get(ADVERTISED_ENDPOINT_ENV)
+        if env is not None and not _host_less(env):
+            try:
+                result = parse_advertised_endpoint(env)
+            except ValueError as e:
+                self.add(None, str(e), ADVERTISED_ENDPOINT_ENV)
+        return result
+
+    def _int(self, document: Mapping[str, object], key: str, low: int, high: int) -> int | None:
+        if key not in document:
+            return None
+        raw = document[key]
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            self.add(
+                key,
+                f"must be an integer, not {_describe(raw)}; write a number from "
+                f"{low} to {high} without quotes or decimals",
+            )
+            return None
+        if not low <= raw <= high:
+            self.add(key, f"{raw} is out of range; use a value from {low} to {high}")
+            return None
+        return raw
+
+    def _seconds(
+        self, document: Mapping[str, object], key: str, low: float, high: float
+    ) -> float | None:
+        if key not in document:
+            return None
+        raw = document[key]
+        if not isinstance(raw, int | float) or isinstance(raw, bool):
+            self.add(
+                key,
+                f"must be a number of seconds, not {_describe(raw)}; write a number from "
+                f"{low:g} to {high:g} without quotes",
+            )
+            return None
+        # NaN and infinities fail the comparison too.
+        if not low <= raw <= high:
+            self.add(key, f"{raw} is out of range; use a value from {low:g} to {high:g} seconds")
+            return None
+        return float(raw)
+
+    def _token(self, document: Mapping[str, object]) -> str | None:
+        # Messages never echo the value: it is a credential.
+        if "operator_token" not in document:
+            return None
+        raw = document["operator_token"]
+        if not isinstance(raw, str):
+            self.add("operator_token", f"must be a string, not {_describe(raw)}")
+            return None
+        size = len(raw.encode("utf-8", "surrogatepass"))
+        if not 1 <= size <= _MAX_TOKEN_BYTES:
+            self.add(
+                "operator_token",
+                f"is {size} bytes long; use 1 to {_MAX_TOKEN_BYTES} bytes "
+                "(portunus-server gen-token makes a good one)",
+            )
+            return None
+        if not all("\x21" <= c <= "\x7e" for c in raw):
+            self.add(
+                "operator_token",
+                "contains spaces, control or non-ASCII characters, which cannot be sent "
+                "in an Authorization header; use printable ASCII only",
+            )
+            return None
+        return raw
+
+    def _check_collisions(self, settings: ServerSettings, origins: Mapping[str, str]) -> None:
+        rank = {SERVER_TOML: 1, OPERATOR_HTTP_LISTEN_ENV: 2}
+        keys: Sequence[str] = ("control_listen", "operator_http_listen", "metrics_listen")
+        for i, first in enumerate(keys):
+            for second in keys[i + 1 :]:
+                a: ListenAddress = getattr(settings, first)
+                b: ListenAddress = getattr(settings, second)
+                if not _overlap(a, b):
+                    continue
+                # Blame the value the operator set most explicitly.
+                first_rank = rank.get(origins.get(first, ""), 0)
+                second_rank = rank.get(origins.get(second, ""), 0)
+                if first_rank > second_rank:
+                    blamed, mine, other, theirs = first, a, second, b
+                else:
+                    blamed, mine, other, theirs = second, b, first, a
+                source = origins.get(blamed, SERVER_TOML)
+                field = blamed if source == SERVER_TOML else None
+                self.add(field, _collision(mine, other, theirs), source)
