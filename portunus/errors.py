@@ -164,6 +164,48 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     ),
     ErrorCode("internal", 500, 1, "see the server log for the correlation id"),
     # --- end of operator API and CLI codes.
+    # --- Store (portunus/server/store): opening state.db, enrollment,
+    # offline backup/restore/reset.  Exit codes as the design and Portunus
+    # (inventory §1.5); startup codes are never answered over HTTP.
+    ErrorCode(
+        "startup.store_in_use",
+        503,
+        75,
+        "another server (or offline command) holds the data dir; stop it or use another --data-dir",
+    ),
+    ErrorCode(
+        "startup.schema_version_too_new",
+        500,
+        78,
+        "the database was written by a newer server: upgrade the server or restore a backup",
+    ),
+    ErrorCode(
+        "startup.store_open_failed",
+        500,
+        1,
+        "check the disk and state.db's permissions, or restore a backup if the file is damaged",
+    ),
+    ErrorCode("client_revoked", 409, 5, "a revoked client stays revoked; enroll a new client"),
+    ErrorCode("enrollment_invalid", 401, 1, "ask the operator for a new enrollment command"),
+    ErrorCode("enrollment_used", 401, 1, "a code works once; ask the operator to re-enroll"),
+    ErrorCode("enrollment_expired", 401, 1, "ask the operator for a new code (or a longer ttl)"),
+    ErrorCode("backup_source_missing", 404, 5, "point --data-dir at the server's data dir"),
+    ErrorCode("backup_destination_exists", 409, 6, "choose another --out or remove the file"),
+    ErrorCode("backup_failed", 500, 1, "check the disk and permissions of both paths"),
+    ErrorCode("restore_source_missing", 404, 5, "give --in the path of a backup file"),
+    ErrorCode("restore_not_sqlite", 400, 7, "give --in a file written by 'backup'"),
+    ErrorCode("restore_not_portunus", 400, 7, "give --in a file written by 'backup'"),
+    ErrorCode(
+        "restore_destination_exists",
+        409,
+        6,
+        "pass --force to replace the current state (back it up first)",
+    ),
+    ErrorCode(
+        "restore_migration_failed", 500, 70, "the current state is untouched; report the error"
+    ),
+    ErrorCode("reset_not_sqlite", 400, 7, "state.db is not an SQLite file; check --data-dir"),
+    # --- end of store codes.
 )
 
 
