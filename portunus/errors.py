@@ -206,6 +206,34 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     ),
     ErrorCode("reset_not_sqlite", 400, 7, "state.db is not an SQLite file; check --data-dir"),
     # --- end of store codes.
+    # --- Control TLS and enrollment (portunus/control/tls.py, enrollment.py).
+    # Startup codes exit 78 (EX_CONFIG); client-side codes exit 1 as
+    # portunus-client does for any bundle or enroll failure (inventory §1.6).
+    ErrorCode(
+        "startup.tls_key_permissions",
+        500,
+        78,
+        "the TLS key must be readable by its owner only: chmod 600 it and start again",
+    ),
+    ErrorCode(
+        "startup.tls_material_invalid",
+        500,
+        78,
+        "put a matching PEM certificate and unencrypted key in place, or remove both to regenerate",
+    ),
+    ErrorCode(
+        "client.enroll_uri_invalid",
+        400,
+        1,
+        "paste the whole portunus://HOST:PORT/enroll?pin=sha256:...&code=... the server printed",
+    ),
+    ErrorCode(
+        "client.bundle_invalid",
+        400,
+        1,
+        "fix the named field, or enroll again to write a fresh bundle",
+    ),
+    # --- end of control TLS and enrollment codes.
 )
 
 
