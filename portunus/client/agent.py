@@ -88,15 +88,6 @@ class EdgeAgent:
             return FAILED, reason
         self.forwarder.activate(bound)
         self._rules[rule.id] = rule
-        log.info(
-            "rule {rule_id} active: {protocol} {listen} -> {targets}",
-            event="rule.activated",
-            rule_id=str(rule.id),
-            rule=rule.name,
-            protocol=rule.protocol.value,
-            listen=str(rule.listen),
-            targets=", ".join(t.display() for t in rule.targets),
-        )
         return ACTIVATED, None
 
     def remove(self, rule_id: int) -> str:

@@ -1,26 +1,218 @@
 """
-C{twistd portunus-client}: listed so operators and packagers can find it.
+C{twistd -n portunus-client --bundle PATH}: an edge that forwards what its
+server pushes.
 
-The client is built by its own issue; until it lands, starting it says so
-and exits rather than pretending to run.
+Without C{--bundle} the bundle is looked up as Portunus does
+(C{$PORTUNUS_CLIENT_BUNDLE}, then C{$XDG_CONFIG_HOME/portunus/...},
+C{~/.config/portunus/...}, C{./client.bundle.json}).  When none exists and
+C{PORTUNUS_ENROLL_URI} is set, the client enrolls first and writes the
+bundle there (a container's first boot).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python import usage
+
+from portunus.client.enroll import enroll
+from portunus.client.service import EdgeClientService
+from portunus.control.enrollment import (
+    default_bundle_paths,
+    default_enroll_out,
+    parse_enroll_uri,
+    read_bundle,
+    write_bundle,
+)
+from portunus.dataplane.forwarder import Forwarder
+from portunus.dataplane.resolver import ResolverSettings, TargetResolver
+from portunus.errors import PortunusError
+from portunus.exitcode import stop_with_status
+from portunus.logging import LOG_FORMATS, make_observer, parse_log_level
 
 __all__ = ["Options", "makeService"]
 
+log = Logger()
+
+ENROLL_URI_ENV = "PORTUNUS_ENROLL_URI"
+
+
+def _positive(kind: type, name: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a number, not {text!r}") from None
+        if value <= 0:
+            raise usage.UsageError(f"--{name} must be greater than 0")
+        return value
+
+    return parse
+
 
 class Options(usage.Options):
-    synopsis = ""
-    longdesc = "The Portunus client is not implemented yet; use portunus-standalone."
-
-
-def makeService(options: Options, reactor: Any = None) -> Any:
-    raise SystemExit(
-        "portunus-client is not implemented yet in this release; "
-        "use 'twistd -n portunus-standalone --config portunus.toml' to forward ports"
+    synopsis = "[--bundle PATH] [options]"
+    longdesc = (
+        "Run a Portunus edge: connect to the server named in the bundle (pinned TLS), "
+        "apply the rules it pushes, report stats.  Create the bundle with "
+        "'portunus-client enroll URI'."
     )
+    optParameters = [
+        ["bundle", "b", None, "Credential bundle (default: Portunus' lookup order)."],
+        [
+            "reconnect-initial-delay-ms",
+            None,
+            500,
+            "First reconnect delay ceiling, ms.",
+            _positive(int, "reconnect-initial-delay-ms"),
+        ],
+        [
+            "reconnect-max-delay-secs",
+            None,
+            30,
+            "Largest reconnect delay, s.",
+            _positive(float, "reconnect-max-delay-secs"),
+        ],
+        [
+            "shutdown-drain-timeout-secs",
+            None,
+            30,
+            "How long removed rules and shutdown wait for connections, s.",
+            _positive(float, "shutdown-drain-timeout-secs"),
+        ],
+        [
+            "stats-report-interval-secs",
+            None,
+            5,
+            "Seconds between stats reports to the server.",
+            _positive(float, "stats-report-interval-secs"),
+        ],
+        ["log-level", None, "info", "debug, info, warn, error or critical."],
+        ["log-format", None, "json", "json or pretty."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self.level = parse_log_level(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+
+
+class _EnrollFirst(Service):
+    """Enrolls from C{PORTUNUS_ENROLL_URI}, then starts the edge."""
+
+    def __init__(self, parent: MultiService, reactor: Any, uri: str, path: str, build: Any):
+        self._parent = parent
+        self._reactor = reactor
+        self._uri = uri
+        self._path = path
+        self._build = build
+
+    def startService(self) -> None:
+        super().startService()
+        d: Deferred[Any] = Deferred()
+        d.callback(None)
+        d.addCallback(lambda _: enroll(self._reactor, parse_enroll_uri(self._uri)))
+        d.addCallback(self._enrolled)
+        d.addErrback(self._failed)
+
+    def _enrolled(self, bundle: Any) -> None:
+        write_bundle(bundle, self._path)
+        log.info(
+            "enrolled as {client_name}; bundle written to {path}",
+            event="client.enrolled",
+            client_name=bundle.client_name,
+            path=self._path,
+        )
+        self._build(bundle).setServiceParent(self._parent)
+
+    def _failed(self, failure: Any) -> None:
+        error = failure.value
+        log.critical(
+            "self-enrollment from {env} failed: {why}",
+            event="client.enrollment_failed",
+            env=ENROLL_URI_ENV,
+            why=getattr(error, "message", str(error)),
+        )
+        stop_with_status(self._reactor, 1)
+
+
+def _find_bundle(options: Options, environ: dict[str, str]) -> tuple[str | None, list[str]]:
+    if options["bundle"]:
+        return options["bundle"], [options["bundle"]]
+    tried = default_bundle_paths(environ)
+    for path in tried:
+        if os.path.isfile(path):
+            return path, tried
+    return None, tried
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    environ = dict(os.environ)
+    observer = make_observer(options["log-format"], options.level, sys.stderr)
+    root = _Root(observer)
+
+    def build(bundle: Any) -> EdgeClientService:
+        forwarder = Forwarder(reactor, resolver=TargetResolver(reactor, ResolverSettings()))
+        return EdgeClientService(
+            bundle,
+            reactor,
+            forwarder,
+            initial_delay=options["reconnect-initial-delay-ms"] / 1000.0,
+            max_delay=options["reconnect-max-delay-secs"],
+            drain_timeout=options["shutdown-drain-timeout-secs"],
+            stats_interval=options["stats-report-interval-secs"],
+        )
+
+    path, tried = _find_bundle(options, environ)
+    enroll_uri = environ.get(ENROLL_URI_ENV, "").strip()
+    if path is None or (not os.path.isfile(path) and enroll_uri):
+        if not enroll_uri:
+            sys.stderr.write(
+                "error: no client bundle found; tried:\n"
+                + "".join(f"  - {p}\n" for p in tried)
+                + "enroll first: portunus-client enroll 'portunus://...'\n"
+            )
+            raise SystemExit(1)
+        try:
+            parse_enroll_uri(enroll_uri)
+        except PortunusError as e:
+            sys.stderr.write(f"error: {ENROLL_URI_ENV}: {e.message}\n")
+            raise SystemExit(1) from None
+        target = path or default_enroll_out(environ)
+        _EnrollFirst(root, reactor, enroll_uri, target, build).setServiceParent(root)
+        return root
+    try:
+        bundle = read_bundle(path)
+    except PortunusError as e:
+        sys.stderr.write(f"error: {e.message}\n")
+        raise SystemExit(1) from None
+    build(bundle).setServiceParent(root)
+    return root
+
+
+class _Root(MultiService):
+    """Installs the chosen log observer on the twistd application."""
+
+    def __init__(self, observer: Any) -> None:
+        super().__init__()
+        self._observer = observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        from twisted.logger import ILogObserver
+        from twisted.python.components import Componentized
+
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, self._observer)
+        super().setServiceParent(parent)

@@ -1,26 +1,218 @@
 """
-C{twistd portunus-server}: listed so operators and packagers can find it.
+C{twistd -n portunus-server --data-dir DIR}: the control plane.
 
-The server is built by its own issue; until it lands, starting it says so
-and exits rather than pretending to run.
+The composition root: resolve and check the data dir, load C{server.toml},
+make or load the TLS certificate, open the store, then serve the control
+listener (AMP over TLS) and the operator HTTP API.  Startup refusals exit
+before anything is bound, with Portunus' exit codes: 75 for a store held by
+another server, 78 for a schema newer than this code, 1 otherwise.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.logger import ILogObserver, Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.python.components import Componentized
+from twisted.web.server import Site
 
-__all__ = ["Options", "makeService"]
+from portunus import __version__
+from portunus.control.enrollment import new_secret
+from portunus.control.tls import (
+    ensure_server_certificate,
+    server_tls_options,
+    write_file_atomically,
+)
+from portunus.errors import PortunusError
+from portunus.logging import LOG_FORMATS, make_observer, parse_log_level
+from portunus.server.api.app import make_api
+from portunus.server.controlplane import ControlPlane, PlaneSettings
+from portunus.server.datadir import prepare_data_dir, resolve_data_dir
+from portunus.server.sessions import ServerSession
+from portunus.server.settings import ServerSettings, load_server_settings, parse_listen_address
+from portunus.server.store import open_store
+
+__all__ = ["OPERATOR_TOKEN_FILE", "Options", "makeService"]
+
+log = Logger()
+
+#: Where the generated operator token lives when server.toml sets none.
+OPERATOR_TOKEN_FILE = "operator.token"
+
+#: Exit codes of startup refusals (Portunus §1.5; 75/78 as sysexits).
+_STARTUP_EXIT = {"startup.store_in_use": 75, "startup.schema_version_too_new": 78}
 
 
 class Options(usage.Options):
-    synopsis = ""
-    longdesc = "The Portunus server is not implemented yet; use portunus-standalone."
-
-
-def makeService(options: Options, reactor: Any = None) -> Any:
-    raise SystemExit(
-        "portunus-server is not implemented yet in this release; "
-        "use 'twistd -n portunus-standalone --config portunus.toml' to forward ports"
+    synopsis = "[--data-dir DIR] [options]"
+    longdesc = (
+        "Run the Portunus control plane: the control listener edges connect to "
+        "(AMP over pinned TLS) and the operator HTTP API."
     )
+    optParameters = [
+        [
+            "data-dir",
+            "d",
+            None,
+            "State directory (default: $STATE_DIRECTORY, $XDG_STATE_HOME/portunus, ...).",
+        ],
+        ["advertised-endpoint", None, None, "HOST[:PORT] edges dial (goes into enroll URIs)."],
+        ["operator-http-listen", None, None, "ADDR:PORT of the operator HTTP API."],
+        ["control-listen", None, None, "ADDR:PORT of the control listener."],
+        ["log-level", None, "info", "debug, info, warn, error or critical."],
+        ["log-format", None, "json", "json or pretty."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self.level = parse_log_level(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+
+
+def _fail(error: PortunusError) -> SystemExit:
+    sys.stderr.write(f"error: {error.code}: {error.message}\n")
+    sys.stderr.flush()
+    return SystemExit(_STARTUP_EXIT.get(error.code, 1))
+
+
+def operator_token(settings: ServerSettings) -> tuple[str, str | None]:
+    """
+    The operator bearer token: C{server.toml}'s C{operator_token}, else the
+    one in C{<data_dir>/operator.token}, generated (0600) on first start.
+    Returns the token and the file it came from (None: server.toml).
+    """
+    if settings.operator_token:
+        return settings.operator_token, None
+    path = os.path.join(settings.data_dir, OPERATOR_TOKEN_FILE)
+    try:
+        with open(path, encoding="ascii") as f:
+            token = f.read().strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        token = new_secret()
+        write_file_atomically(path, (token + "\n").encode("ascii"), 0o600)
+    return token, path
+
+
+def load_settings(options: Options, environ: dict[str, str]) -> ServerSettings:
+    data_dir = resolve_data_dir(options["data-dir"], environ, os.getcwd())
+    prepare_data_dir(data_dir, environ)
+    settings = load_server_settings(data_dir, environ).with_overrides(
+        operator_http_listen=options["operator-http-listen"],
+        advertised_endpoint=options["advertised-endpoint"],
+    )
+    if options["control-listen"]:
+        import attrs
+
+        try:
+            address = parse_listen_address(options["control-listen"])
+        except ValueError as e:
+            raise PortunusError("config_invalid", f"--control-listen: {e}") from None
+        settings = attrs.evolve(settings, control_listen=address)
+    return settings
+
+
+class ServerService(MultiService):
+    """The control plane's listeners, and a clean stop of sessions and store."""
+
+    def __init__(self, plane: ControlPlane, store: Any, observer: ILogObserver) -> None:
+        super().__init__()
+        self.plane = plane
+        self.store = store
+        self._observer = observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
+            parent.setComponent(ILogObserver, self._observer)
+        super().setServiceParent(parent)
+
+    def stopService(self) -> Any:
+        self.plane.stop()
+        d = super().stopService()
+        if d is None:
+            return self.store.close()
+        return d.addCallback(lambda _: self.store.close())
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    environ = dict(os.environ)
+    observer = make_observer(options["log-format"], options.level, sys.stderr)
+    try:
+        settings = load_settings(options, environ)
+        advertised = settings.advertised_endpoint
+        extra = [advertised.host] if advertised is not None else []
+        cert = ensure_server_certificate(
+            settings.tls_cert_path, settings.tls_key_path, socket.gethostname(), extra
+        )
+        store = open_store(settings.data_dir, reactor)
+    except PortunusError as e:
+        raise _fail(e) from None
+    token, token_file = operator_token(settings)
+    control_port = settings.control_listen.port
+    endpoint = (
+        advertised.with_port(control_port)
+        if advertised is not None
+        else f"127.0.0.1:{control_port}"
+    )
+    plane = ControlPlane(
+        store,
+        PlaneSettings(
+            advertised_endpoint=endpoint,
+            cert_fingerprint=cert.fingerprint,
+            control_port=control_port,
+            udp_flow_idle_secs=settings.udp_flow_idle_secs,
+            udp_max_flows_per_rule=settings.udp_max_flows_per_rule,
+            range_rule_max_ports=settings.range_rule_max_ports,
+            ack_timeout_secs=settings.ack_timeout_secs,
+        ),
+        reactor,
+    )
+    service = ServerService(plane, store, observer)
+
+    sessions = Factory.forProtocol(lambda: ServerSession(plane, reactor))
+    control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)
+    StreamServerEndpointService(
+        serverFromString(reactor, settings.endpoint_description("control")), control
+    ).setServiceParent(service)
+
+    api = make_api(plane, token, reactor)
+    site = Site(api.resource())
+    site.noisy = False
+    StreamServerEndpointService(
+        serverFromString(reactor, settings.endpoint_description("operator_http")), site
+    ).setServiceParent(service)
+
+    reactor.callWhenRunning(
+        lambda: log.info(
+            "portunus-server {version} serving: control {control} (TLS, pin sha256:"
+            "{fingerprint}), operator API http://{http}; data dir {data_dir}; "
+            "operator bearer {bearer_source}",
+            event="server.started",
+            version=__version__,
+            control=str(settings.control_listen),
+            fingerprint=cert.fingerprint,
+            http=str(settings.operator_http_listen),
+            data_dir=settings.data_dir,
+            advertised_endpoint=endpoint,
+            bearer_source=f"in {token_file}" if token_file else "from server.toml",
+            cert_generated=cert.generated,
+        )
+    )
+    return service

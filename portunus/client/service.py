@@ -1,0 +1,176 @@
+"""
+The edge client as a Twisted service: one control link to the server, kept
+up with jittered exponential backoff, feeding an L{EdgeAgent}.
+
+- Backoff: full jitter, C{uniform(0, min(initial * 2**attempt, max))},
+  500 ms .. 30 s by default; the attempt count resets on every connect.
+- A server whose certificate does not match the bundle's pin is never sent
+  the token: C{control.tls_pinned_mismatch} (expected, got) is logged and
+  the process exits 1.
+- A refused token (C{token_not_found}, C{token_revoked}) is terminal:
+  C{auth.failure} is logged, retrying stops and the edge stops forwarding.
+- A lost link is not: the edge keeps forwarding its rules while it
+  reconnects, and the server's replay reconciles them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from portunus.client.agent import EdgeAgent
+from portunus.client.session import ClientSession
+from portunus.control.enrollment import Bundle
+from portunus.control.tls import PinMismatch, PinnedClientTLS
+from portunus.dataplane.forwarder import Forwarder
+from portunus.exitcode import stop_with_status
+
+__all__ = ["EdgeClientService", "full_jitter_backoff"]
+
+log = Logger()
+
+#: TCP connect timeout of the control link, seconds.
+CONNECT_TIMEOUT = 10
+
+
+def full_jitter_backoff(
+    initial: float, maximum: float, rng: Callable[[], float] = random.random
+) -> Callable[[int], float]:
+    """A ClientService retry policy: uniform(0, min(initial * 2**attempt, maximum))."""
+
+    def policy(attempt: int) -> float:
+        ceiling = min(initial * (2 ** min(attempt, 32)), maximum)
+        return rng() * ceiling
+
+    return policy
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class EdgeClientService(MultiService):
+    """Keeps the control link up and the agent in step with the server."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        reactor: Any,
+        forwarder: Forwarder,
+        *,
+        initial_delay: float = 0.5,
+        max_delay: float = 30.0,
+        drain_timeout: float = 30.0,
+        stats_interval: float = 5.0,
+        endpoint: Any = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__()
+        self.bundle = bundle
+        self._reactor = reactor
+        self.agent = EdgeAgent(forwarder, drain_timeout)
+        self._stats_interval = stats_interval
+        self.session: ClientSession | None = None
+        self.terminal_reason: str | None = None
+        self._tls = PinnedClientTLS(bundle.server_cert_sha256)
+        if endpoint is None:
+            host, port = split_endpoint(bundle.server_endpoint)
+            endpoint = wrapClientTLS(
+                self._tls, HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+            )
+        self.connector = ClientService(
+            endpoint,
+            Factory.forProtocol(self._build_session),
+            retryPolicy=full_jitter_backoff(initial_delay, max_delay, rng),
+            clock=reactor,
+        )
+        self.connector.setServiceParent(self)
+
+    def _build_session(self) -> ClientSession:
+        return ClientSession(
+            self.agent, self.bundle.token, self._reactor, self, self._stats_interval
+        )
+
+    def startService(self) -> None:
+        log.info(
+            "edge {client_name} connecting to {endpoint}",
+            event="client.starting",
+            client_name=self.bundle.client_name,
+            client_id=self.bundle.client_id,
+            endpoint=self.bundle.server_endpoint,
+        )
+        super().startService()
+
+    # -- session events --------------------------------------------------
+
+    def session_welcomed(self, session: ClientSession, welcome: dict[str, Any]) -> None:
+        self.session = session
+        log.info(
+            "connected to server {endpoint} (version {server_version}) as {client_name}",
+            event="control.connected",
+            endpoint=self.bundle.server_endpoint,
+            server_version=welcome.get("server_version"),
+            client_name=welcome.get("client_name"),
+            client_id=welcome.get("client_id"),
+        )
+
+    def session_refused(self, session: ClientSession, reason: str) -> None:
+        self.terminal_reason = reason
+        log.error(
+            "the server refused this client's token ({reason}); not retrying. "
+            "Re-enroll the edge: portunus-server enroll-client, then portunus-client enroll",
+            event="auth.failure",
+            reason=reason,
+        )
+        self.agent.stop_all(reason)
+        self.connector.stopService()
+
+    def session_lost(self, session: ClientSession, reason: Failure) -> None:
+        if session is self.session:
+            self.session = None
+        mismatch = reason.value
+        if isinstance(mismatch, PinMismatch):
+            log.critical(
+                "the server at {endpoint} presented certificate {got}, not the pinned "
+                "{expected}; refusing to send the token. If the server's certificate "
+                "was replaced on purpose, re-enroll this edge",
+                event="control.tls_pinned_mismatch",
+                endpoint=self.bundle.server_endpoint,
+                expected=mismatch.expected,
+                got=mismatch.got,
+            )
+            self.terminal_reason = "tls_pinned_mismatch"
+            self.connector.stopService()
+            stop_with_status(self._reactor, 1)
+            return
+        if self.terminal_reason is None and session.welcome is not None:
+            log.warn(
+                "control link to {endpoint} lost ({why}); still forwarding "
+                "{count} rule(s) while reconnecting",
+                event="control.disconnected",
+                endpoint=self.bundle.server_endpoint,
+                why=reason.getErrorMessage(),
+                count=len(self.agent.rules),
+            )
+
+    def stopService(self) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        stopped = super().stopService()
+
+        def drain(_: object) -> Deferred[Any]:
+            return self.agent.stop()
+
+        if stopped is None:
+            return self.agent.stop()
+        stopped.addCallback(drain).chainDeferred(d)
+        return d

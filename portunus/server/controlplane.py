@@ -1,0 +1,597 @@
+"""
+The server's control plane: enrollment, client identity, the rule lifecycle
+and the sessions that carry rules to clients.
+
+It provides L{IControlPlane} to the operator surfaces and L{ISessionHost} to
+the control connections.  A rule push follows Portunus (reference §3.4):
+
+    validate -> client known -> connected? -> capability gate -> overlap
+    -> persist Pending -> PushRule -> wait ack_timeout
+       activated -> Active (answer)   failed -> Failed(reason) (activation_failed)
+       no answer -> stays Pending (ack_timeout); a late answer still lands
+
+On (re)connect: Welcome, then every Active rule replayed in id order, then
+ReplayDone so the client drops what the server no longer has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from portunus import __version__
+from portunus.control.commands import AuthFailed, EnrollmentRefused
+from portunus.control.enrollment import format_enroll_uri, hash_secret, new_secret
+from portunus.errors import PortunusError
+from portunus.model import Protocol, Rule
+from portunus.server.plane import ClientView, EnrollmentView, IControlPlane, RuleView
+from portunus.server.sessions import ISessionHost, ServerSession, SessionRegistry
+from portunus.server.store import RuleState
+
+__all__ = ["ControlPlane", "PlaneSettings"]
+
+log = Logger()
+
+MAX_NAME_LENGTH = 64
+MAX_TTL_SECS = 86_400
+
+#: Feature a client must declare in Hello for a rule that uses it.
+_GATES: tuple[tuple[str, Callable[[Rule], bool], str], ...] = (
+    ("udp", lambda r: r.protocol is Protocol.UDP, "unsupported_protocol"),
+    ("multi_target", lambda r: len(r.targets) > 1, "multi_target_unsupported_by_client"),
+    ("sni", lambda r: r.sni_pattern is not None or r.sni_fallback, "sni_unsupported_by_client"),
+    (
+        "proxy_protocol",
+        lambda r: any(t.proxy_protocol is not None for t in r.targets),
+        "proxy_protocol_unsupported_by_client",
+    ),
+    ("rate_limit", lambda r: r.rate_limit is not None, "rate_limit_unsupported_by_client"),
+)
+
+
+@attrs.frozen
+class PlaneSettings:
+    """What the control plane needs from the server's configuration."""
+
+    #: C{host:port} clients dial when an enrollment names no address.
+    advertised_endpoint: str
+    #: SHA-256 of the server certificate, lowercase hex.
+    cert_fingerprint: str
+    control_port: int
+    udp_flow_idle_secs: int = 60
+    udp_max_flows_per_rule: int = 1024
+    range_rule_max_ports: int = 1024
+    #: Default wait for a client's answer to a push (API callers may override).
+    ack_timeout_secs: float = 2.0
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable() or name != name.strip():
+        raise PortunusError(
+            "invalid_name",
+            f"client name must be 1..{MAX_NAME_LENGTH} printable characters without "
+            "leading or trailing spaces",
+            field="name",
+        )
+
+
+def _check_ttl(ttl_secs: int) -> None:
+    if not 1 <= ttl_secs <= MAX_TTL_SECS:
+        raise PortunusError(
+            "invalid_enrollment_ttl",
+            f"ttl_secs must be 1..{MAX_TTL_SECS} seconds, got {ttl_secs}",
+            field="ttl_secs",
+        )
+
+
+def _check_address(address: str) -> None:
+    bad = not address or any(c in address for c in "/@?# \t") or address.count(":") == 1
+    if bad:
+        raise PortunusError(
+            "invalid_client_address",
+            f"address {address!r} must be a bare host name or IP address the client "
+            "can dial (no port, scheme or path)",
+            field="address",
+        )
+
+
+def _is_sni(rule: Rule) -> bool:
+    return rule.sni_pattern is not None or rule.sni_fallback
+
+
+def refuse_overlaps(rule: Rule, others: list[Any]) -> None:
+    """
+    Refuse C{rule} if it shares a port with one of C{others} (the client's
+    rules of the same protocol overlapping its ports): C{port_in_use}, or
+    for SNI-routed ports the SNI conflict codes.  Distinct SNI routes (and
+    one fallback) on the same single port may coexist.
+    """
+    for other in others:
+        theirs: Rule = other.rule
+        if _is_sni(rule) and _is_sni(theirs) and rule.listen == theirs.listen:
+            if rule.sni_fallback and theirs.sni_fallback:
+                raise PortunusError(
+                    "conflict.sni_fallback_duplicate",
+                    f"rule {other.rule_id} is already the SNI fallback of port {rule.listen}",
+                    rule_id=other.rule_id,
+                )
+            if rule.sni_pattern is not None and rule.sni_pattern == theirs.sni_pattern:
+                raise PortunusError(
+                    "conflict.sni_route_duplicate",
+                    f"rule {other.rule_id} already routes {rule.sni_pattern} on port {rule.listen}",
+                    rule_id=other.rule_id,
+                )
+            continue
+        if _is_sni(rule) != _is_sni(theirs):
+            raise PortunusError(
+                "conflict.legacy_to_sni_unsupported",
+                f"port {rule.listen} is used by rule {other.rule_id}; a port is either "
+                "SNI-routed or plain",
+                rule_id=other.rule_id,
+            )
+        raise PortunusError(
+            "port_in_use",
+            f"{rule.protocol.value} port(s) {rule.listen} overlap rule {other.rule_id} "
+            f"({theirs.protocol.value} {theirs.listen}, {other.state}) on this client; "
+            "remove that rule or pick other ports",
+            port=rule.listen.start,
+            rule_id=other.rule_id,
+        )
+
+
+@implementer(IControlPlane, ISessionHost)
+class ControlPlane:
+    """The one owner of clients, enrollments, rules and live sessions."""
+
+    def __init__(self, store: Any, settings: PlaneSettings, clock: Any) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.sessions = SessionRegistry()
+        #: rule id -> last stats entry from its client, with C{updated_at}.
+        self._stats: dict[int, dict[str, Any]] = {}
+        #: rule id -> client id, for the rules sent to a client this run:
+        #: a client's stats are believed only for its own rules.
+        self._owners: dict[int, str] = {}
+
+    # -- clients ---------------------------------------------------------
+
+    def _client_view(self, record: Any) -> ClientView:
+        session = self.sessions.get(record.client_id)
+        if record.revoked_at is not None:
+            state = "revoked"
+        elif session is not None:
+            state = "connected"
+        else:
+            state = "disconnected"
+        return ClientView(
+            client_id=record.client_id,
+            name=record.name,
+            state=state,
+            remote_addr=session.remote_addr if session else None,
+            connected_at=session.connected_at if session else None,
+            created_at=record.created_at,
+            revoked_at=record.revoked_at,
+            client_version=session.client_version if session else None,
+            features=tuple(sorted(session.features)) if session else (),
+        )
+
+    @inlineCallbacks
+    def list_clients(self) -> Any:
+        records = yield self.store.list_clients()
+        views = [self._client_view(r) for r in records]
+        return sorted(views, key=lambda v: (v.name, v.client_id))
+
+    @inlineCallbacks
+    def get_client(self, client_id: str) -> Any:
+        record = yield self.store.get_client(client_id)
+        return self._client_view(record)
+
+    def _endpoint_for(self, address: str | None) -> str:
+        if address is None:
+            return self.settings.advertised_endpoint
+        host = f"[{address}]" if ":" in address else address
+        return f"{host}:{self.settings.control_port}"
+
+    @inlineCallbacks
+    def _new_enrollment(self, record: Any, address: str | None, ttl_secs: int) -> Any:
+        endpoint = self._endpoint_for(address)
+        code = new_secret()
+        now = self.clock.seconds()
+        yield self.store.create_enrollment(
+            client_id=record.client_id,
+            code_hash=hash_secret(code),
+            issued_at=now,
+            expires_at=now + ttl_secs,
+            advertised_endpoint=endpoint,
+            address=address,
+        )
+        host, port = _host_port(endpoint)
+        uri = format_enroll_uri(host, port, self.settings.cert_fingerprint, code)
+        log.info(
+            "enrollment code issued for client {client_name} ({client_id}), "
+            "valid {ttl_secs}s, dialing {endpoint}",
+            event="client.enrollment_issued",
+            client_id=record.client_id,
+            client_name=record.name,
+            ttl_secs=ttl_secs,
+            endpoint=endpoint,
+        )
+        return EnrollmentView(
+            client_id=record.client_id,
+            client_name=record.name,
+            uri=uri,
+            expires_at=now + ttl_secs,
+        )
+
+    @inlineCallbacks
+    def enroll_client(self, name: str, address: str | None, ttl_secs: int) -> Any:
+        _check_name(name)
+        _check_ttl(ttl_secs)
+        if address is not None:
+            _check_address(address)
+        record = yield self.store.create_client(name, address, self.clock.seconds())
+        view = yield self._new_enrollment(record, address, ttl_secs)
+        return view
+
+    @inlineCallbacks
+    def reenroll_client(self, client_id: str, address: str | None, ttl_secs: int) -> Any:
+        _check_ttl(ttl_secs)
+        if address is not None:
+            _check_address(address)
+        record = yield self.store.get_client(client_id)
+        view = yield self._new_enrollment(record, address, ttl_secs)
+        return view
+
+    @inlineCallbacks
+    def rename_client(self, client_id: str, name: str) -> Any:
+        _check_name(name)
+        record = yield self.store.rename_client(client_id, name)
+        return self._client_view(record)
+
+    @inlineCallbacks
+    def revoke_client(self, client_id: str) -> Any:
+        record = yield self.store.revoke_client(client_id, self.clock.seconds())
+        if self.sessions.disconnect(client_id, "token_revoked"):
+            log.info(
+                "client {client_id} revoked; its session was closed",
+                event="client.revoked",
+                client_id=client_id,
+            )
+        return self._client_view(record)
+
+    @inlineCallbacks
+    def delete_client(self, client_id: str) -> Any:
+        rules = yield self.store.list_rules(client_id)
+        yield self.store.delete_client(client_id)
+        for record in rules:
+            self._stats.pop(record.rule_id, None)
+        self.sessions.disconnect(client_id, "client_deleted")
+        log.info("client {client_id} deleted", event="client.deleted", client_id=client_id)
+        return None
+
+    # -- rules -----------------------------------------------------------
+
+    def _rule_view(self, record: Any) -> RuleView:
+        return RuleView(
+            rule=record.rule,
+            client_id=record.client_id,
+            client_name=record.client_name,
+            state=str(record.state),
+            state_reason=record.state_reason,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+    def _gate(self, session: ServerSession, rule: Rule) -> None:
+        for feature, applies, code in _GATES:
+            if applies(rule) and feature not in session.features:
+                raise PortunusError(
+                    code,
+                    f"client {session.client_name} (version {session.client_version}) "
+                    f"cannot apply this rule: it lacks '{feature}'; upgrade the client",
+                    feature=feature,
+                )
+
+    def _fill_defaults(self, rule: Rule) -> Rule:
+        if rule.protocol is Protocol.UDP:
+            changes: dict[str, Any] = {}
+            if rule.udp_flow_idle_secs == 60:
+                changes["udp_flow_idle_secs"] = self.settings.udp_flow_idle_secs
+            if rule.udp_max_flows == 1024:
+                changes["udp_max_flows"] = self.settings.udp_max_flows_per_rule
+            rule = attrs.evolve(rule, **changes)
+        return rule
+
+    @inlineCallbacks
+    def push_rule(self, client_id: str, rule: Rule, ack_timeout: float) -> Any:
+        if len(rule.listen) > self.settings.range_rule_max_ports:
+            raise PortunusError(
+                "exceeds_cap",
+                f"a rule may span at most {self.settings.range_rule_max_ports} ports "
+                f"(range_rule_max_ports); this one spans {len(rule.listen)}",
+                field="listen",
+            )
+        client = yield self.store.get_client(client_id)
+        if client.revoked_at is not None:
+            raise PortunusError(
+                "client_not_connected",
+                f"client {client.name} is revoked; re-enroll it first",
+                client_id=client_id,
+            )
+        session = self.sessions.get(client_id)
+        if session is None:
+            raise PortunusError(
+                "client_not_connected",
+                f"client {client.name} ({client_id}) is not connected; start "
+                "portunus-client on the edge and retry",
+                client_id=client_id,
+            )
+        self._gate(session, rule)
+        rule = self._fill_defaults(rule)
+        record = yield self.store.insert_rule(
+            client_id,
+            rule,
+            self.clock.seconds(),
+            check=lambda others: refuse_overlaps(rule, others),
+        )
+        log.info(
+            "rule {rule_id} pushed to client {client_name}",
+            event="rule.pushed",
+            rule_id=str(record.rule_id),
+            client_id=client_id,
+            client_name=client.name,
+        )
+        self._owners[record.rule_id] = client_id
+        outcome = yield self._push_and_wait(session, record.rule, ack_timeout)
+        if outcome is None:
+            raise PortunusError(
+                "ack_timeout",
+                f"client {client.name} did not confirm rule {record.rule_id} within "
+                f"{ack_timeout:g}s; it stays pending (list-rules shows when it lands)",
+                rule_id=record.rule_id,
+            )
+        state, reason = outcome
+        if state != "activated":
+            raise PortunusError(
+                "activation_failed",
+                f"client {client.name} could not activate rule {record.rule_id}: {reason}; "
+                "remove the rule, free the port or pick another, and push again",
+                rule_id=record.rule_id,
+                reason=reason,
+            )
+        updated = yield self.store.get_rule(record.rule_id)
+        return self._rule_view(updated)
+
+    def _push_and_wait(
+        self, session: ServerSession, rule: Rule, ack_timeout: float
+    ) -> Deferred[tuple[str, str | None] | None]:
+        """
+        Push and record the outcome whenever it comes; fire with it, or
+        with C{None} if C{ack_timeout} passes first.
+        """
+        waiter: Deferred[tuple[str, str | None] | None] = Deferred()
+        pushed = session.push_rule(rule)
+        pushed.addCallback(self._record_outcome, rule.id)
+
+        def answered(outcome: tuple[str, str | None]) -> tuple[str, str | None]:
+            if not waiter.called:
+                timer.cancel()
+                waiter.callback(outcome)
+            return outcome
+
+        def lost(failure: Any) -> None:
+            log.warn(
+                "rule {rule_id}: no answer from the client ({why})",
+                event="rule.push_unanswered",
+                rule_id=str(rule.id),
+                why=failure.getErrorMessage(),
+            )
+            if not waiter.called:
+                timer.cancel()
+                waiter.callback(None)
+
+        def timed_out() -> None:
+            if not waiter.called:
+                waiter.callback(None)
+
+        timer = self.clock.callLater(ack_timeout, timed_out)
+        pushed.addCallbacks(answered, lost)
+        return waiter
+
+    @inlineCallbacks
+    def _record_outcome(self, outcome: tuple[str, str | None], rule_id: int) -> Any:
+        state, reason = outcome
+        kind = "active" if state == "activated" else "failed"
+        try:
+            yield self.store.set_rule_state(rule_id, kind, reason, self.clock.seconds())
+        except PortunusError:
+            pass  # removed meanwhile
+        else:
+            log.info(
+                "rule {rule_id} is {kind}{why}",
+                event="rule.state_changed",
+                rule_id=str(rule_id),
+                kind=kind,
+                reason=reason,
+                why=f" ({reason})" if reason else "",
+            )
+        return outcome
+
+    @inlineCallbacks
+    def list_rules(self, client_id: str | None) -> Any:
+        if client_id is not None:
+            yield self.store.get_client(client_id)
+        records = yield self.store.list_rules(client_id)
+        return [self._rule_view(r) for r in records]
+
+    @inlineCallbacks
+    def get_rule(self, rule_id: int) -> Any:
+        record = yield self.store.get_rule(rule_id)
+        return self._rule_view(record)
+
+    @inlineCallbacks
+    def remove_rule(self, rule_id: int) -> Any:
+        record = yield self.store.get_rule(rule_id)
+        yield self.store.delete_rule(rule_id)
+        self._stats.pop(rule_id, None)
+        self._owners.pop(rule_id, None)
+        log.info("rule {rule_id} removed", event="rule.removed", rule_id=str(rule_id))
+        session = self.sessions.get(record.client_id)
+        if session is not None:
+            session.remove_rule(rule_id).addErrback(
+                lambda f: log.warn(
+                    "client did not confirm removal of rule {rule_id}: {why}",
+                    event="rule.remove_unanswered",
+                    rule_id=str(rule_id),
+                    why=f.getErrorMessage(),
+                )
+            )
+        return None
+
+    @inlineCallbacks
+    def rule_stats(self, rule_id: int) -> Any:
+        record = yield self.store.get_rule(rule_id)
+        entry = self._stats.get(rule_id)
+        if entry is None:
+            return {"rule_id": rule_id, "client_id": record.client_id, "updated_at": None}
+        return dict(entry, client_id=record.client_id)
+
+    # -- sessions --------------------------------------------------------
+
+    @inlineCallbacks
+    def redeem_enrollment(self, code: str) -> Any:
+        token = new_secret()
+        try:
+            redemption = yield self.store.redeem_enrollment(
+                hash_secret(code), self.clock.seconds(), hash_secret(token)
+            )
+        except PortunusError as e:
+            log.warn(
+                "enrollment refused: {reason}", event="client.enrollment_refused", reason=e.code
+            )
+            raise EnrollmentRefused(e.code) from None
+        client = redemption.client
+        endpoint = redemption.enrollment.advertised_endpoint
+        if self.sessions.disconnect(client.client_id, "enrollment_rotated"):
+            log.info(
+                "client {client_id} re-enrolled; its old session was closed",
+                event="client.enrollment_rotated",
+                client_id=client.client_id,
+            )
+        log.info(
+            "client {client_name} ({client_id}) enrolled",
+            event="client.enrolled",
+            client_id=client.client_id,
+            client_name=client.name,
+        )
+        return {
+            "client_id": client.client_id,
+            "client_name": client.name,
+            "server_endpoint": endpoint or self.settings.advertised_endpoint,
+            "token": token,
+        }
+
+    @inlineCallbacks
+    def authenticate(self, token: str) -> Any:
+        reason = None
+        if not token:
+            reason = "missing_token"
+        else:
+            record = yield self.store.client_for_token_hash(
+                hash_secret(token), include_revoked=True
+            )
+            if record is None:
+                reason = "token_not_found"
+            elif record.revoked_at is not None:
+                reason = "token_revoked"
+        if reason is not None:
+            log.warn("control connection refused: {reason}", event="auth.failure", reason=reason)
+            raise AuthFailed(reason)
+        return record.client_id, record.name
+
+    def welcome_values(self) -> dict[str, Any]:
+        return {
+            "server_version": __version__,
+            "server_time_ms": int(self.clock.seconds() * 1000),
+            "udp_flow_idle_secs": self.settings.udp_flow_idle_secs,
+            "udp_max_flows_per_rule": self.settings.udp_max_flows_per_rule,
+        }
+
+    def session_started(self, session: ServerSession) -> None:
+        self.sessions.register(session)
+
+        def replay() -> None:
+            # Runs after the Welcome (the Hello answer) has been written.
+            if session.lost or self.sessions.get(session.client_id or "") is not session:
+                return
+            self.replay(session).addErrback(
+                lambda f: log.failure(
+                    "replay to {client_id} failed", f, client_id=session.client_id
+                )
+            )
+
+        self.clock.callLater(0, replay)
+
+    @inlineCallbacks
+    def replay(self, session: ServerSession) -> Any:
+        """Push every Active rule of the session's client, then ReplayDone."""
+        assert session.client_id is not None
+        records = yield self.store.list_rules(session.client_id)
+        active = [r for r in records if r.state == RuleState.ACTIVE]
+        for record in active:
+            try:
+                self._gate(session, record.rule)
+            except PortunusError as e:
+                yield self.store.set_rule_state(
+                    record.rule_id, "failed", e.code, self.clock.seconds()
+                )
+                continue
+            self._owners[record.rule_id] = session.client_id
+            outcome = yield session.push_rule(record.rule, replay=True)
+            yield self._record_outcome(outcome, record.rule_id)
+        removed = yield session.replay_done(len(active))
+        log.info(
+            "replayed {count} active rule(s) to {client_name}",
+            event="client.replayed",
+            client_id=session.client_id,
+            client_name=session.client_name,
+            count=len(active),
+            removed_on_client=removed,
+        )
+        return len(active)
+
+    def session_ended(self, session: ServerSession, reason: str) -> None:
+        if self.sessions.unregister(session):
+            log.info(
+                "client {client_name} ({client_id}) disconnected: {reason}",
+                event="client.disconnected",
+                client_id=session.client_id,
+                client_name=session.client_name,
+                reason=reason,
+            )
+
+    def stats_received(self, session: ServerSession, sent_at_ms: int, stats: Any) -> None:
+        updated_at = self.clock.seconds()
+        for entry in stats if isinstance(stats, list) else ():
+            if not isinstance(entry, dict) or not isinstance(entry.get("rule_id"), int):
+                continue
+            if self._owners.get(entry["rule_id"]) != session.client_id:
+                continue
+            self._stats[entry["rule_id"]] = dict(
+                entry, updated_at=updated_at, sent_at_ms=sent_at_ms
+            )
+
+    def stop(self) -> None:
+        for session in self.sessions.all():
+            session.close("server_stopping")
