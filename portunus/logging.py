@@ -424,7 +424,10 @@ class _LevelFilteredObserver:
         #: Events below this level are dropped; may be changed at runtime.
         self.level = level
         self._clock: Callable[[], float] = time.time if clock is None else clock
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler (twistd logs "Received SIGTERM") runs
+        # on this thread between bytecodes, possibly inside our own write;
+        # a plain Lock deadlocked the process right there.
+        self._lock = threading.RLock()
 
     def __call__(self, event: LogEvent) -> None:
         if _LEVEL_ORDER[_level_of(event)] < _LEVEL_ORDER.get(self.level, 0):

@@ -791,6 +791,7 @@ API_RULE_KEYS: tuple[str, ...] = (
     "trusted_sources",
     "rate_limit",
     "ack_timeout_secs",
+    "listen_addresses",
 )
 #: Keys of one entry of its C{targets}.
 API_TARGET_KEYS: tuple[str, ...] = ("host", "port", "priority", "proxy_protocol", "weight")
@@ -881,6 +882,7 @@ def parse_rule_body(body: object) -> RuleRequest | list[FieldIssue]:
             raw_targets, None, "targets", listen, protocol, API_TARGET_KEYS, port_ranges=True
         )
 
+    addresses = check.listen_addresses(body, None, "listen_addresses")
     prefer = check.boolean(body, "prefer_ipv6", None, "prefer_ipv6")
     flows = check.integer(body, "udp_max_flows", None, "udp_max_flows", 1, 65535)
     idle = check.integer(body, "udp_flow_idle_secs", None, "udp_flow_idle_secs", 30, 300)
@@ -906,6 +908,8 @@ def parse_rule_body(body: object) -> RuleRequest | list[FieldIssue]:
     assert listen is not None and targets is not None
     tuples: dict[str, Any] = {"targets": targets}
     optional: dict[str, Any] = {}
+    if isinstance(addresses, tuple):
+        optional["listen_addresses"] = addresses
     if isinstance(prefer, bool):
         optional["prefer_ipv6"] = prefer
     if isinstance(flows, int):

@@ -622,3 +622,29 @@ class MakeObserverTests(SynchronousTestCase):
         for name in LOG_FORMATS:
             self.assertIn(name, str(error))
         self.assertIn("'xml'", str(error))
+
+
+class ReentrantWriteTests(SynchronousTestCase):
+    """
+    A signal handler runs on the main thread between bytecodes, so it can
+    log while the observer is inside its own write (twistd logs "Received
+    SIGTERM" from the handler).  That must not deadlock.
+    """
+
+    def test_log_from_inside_a_write_completes(self) -> None:
+        observer: JSONLinesObserver
+
+        class InterruptedStream(io.StringIO):
+            interrupted = False
+
+            def write(self, text: str) -> int:
+                if not self.interrupted:
+                    self.interrupted = True
+                    observer({"log_format": "signal", "log_level": LogLevel.info})
+                return super().write(text)
+
+        stream = InterruptedStream()
+        observer = JSONLinesObserver(stream, LogLevel.debug)
+        observer({"log_format": "first", "log_level": LogLevel.info})
+        messages = [line["msg"] for line in json_lines(stream)]
+        self.assertEqual(sorted(messages), ["first", "signal"])

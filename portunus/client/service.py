@@ -133,7 +133,12 @@ class EdgeClientService(MultiService):
             reason=reason,
         )
         self.agent.stop_all(reason)
-        self.connector.stopService()
+        self._stop_connecting()
+
+    def _stop_connecting(self) -> None:
+        """No more connection attempts; detached, so shutdown does not stop it twice."""
+        if self.connector.parent is self:
+            self.removeService(self.connector)
 
     def session_lost(self, session: ClientSession, reason: Failure) -> None:
         if session is self.session:
@@ -150,7 +155,7 @@ class EdgeClientService(MultiService):
                 got=mismatch.got,
             )
             self.terminal_reason = "tls_pinned_mismatch"
-            self.connector.stopService()
+            self._stop_connecting()
             stop_with_status(self._reactor, 1)
             return
         if self.terminal_reason is None and session.welcome is not None:
@@ -164,13 +169,17 @@ class EdgeClientService(MultiService):
             )
 
     def stopService(self) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
         stopped = super().stopService()
 
         def drain(_: object) -> Deferred[Any]:
             return self.agent.stop()
 
-        if stopped is None:
-            return self.agent.stop()
-        stopped.addCallback(drain).chainDeferred(d)
-        return d
+        def done(_: object) -> None:
+            log.info("edge stopped", event="client.stopped")
+            # twistd re-raises the stopping signal at exit; a completed
+            # drain is a clean shutdown and exits 0 (as the standalone does).
+            if getattr(self._reactor, "_exitSignal", None) is not None:
+                self._reactor._exitSignal = None
+
+        d = self.agent.stop() if stopped is None else stopped.addCallback(drain)
+        return d.addCallback(done)

@@ -128,8 +128,11 @@ def load_settings(options: Options, environ: dict[str, str]) -> ServerSettings:
 class ServerService(MultiService):
     """The control plane's listeners, and a clean stop of sessions and store."""
 
-    def __init__(self, plane: ControlPlane, store: Any, observer: ILogObserver) -> None:
+    def __init__(
+        self, plane: ControlPlane, store: Any, observer: ILogObserver, reactor: Any
+    ) -> None:
         super().__init__()
+        self._reactor = reactor
         self.plane = plane
         self.store = store
         self._observer = observer
@@ -142,9 +145,17 @@ class ServerService(MultiService):
     def stopService(self) -> Any:
         self.plane.stop()
         d = super().stopService()
-        if d is None:
-            return self.store.close()
-        return d.addCallback(lambda _: self.store.close())
+
+        def stopped(_: object) -> Any:
+            log.info("portunus-server stopped", event="server.stopped")
+            # twistd re-raises the stopping signal at exit; a clean stop of
+            # sessions and store exits 0 instead (as the standalone does).
+            if getattr(self._reactor, "_exitSignal", None) is not None:
+                self._reactor._exitSignal = None
+            return None
+
+        closing = self.store.close() if d is None else d.addCallback(lambda _: self.store.close())
+        return closing.addCallback(stopped)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -184,7 +195,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ),
         reactor,
     )
-    service = ServerService(plane, store, observer)
+    service = ServerService(plane, store, observer, reactor)
 
     sessions = Factory.forProtocol(lambda: ServerSession(plane, reactor))
     control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)

@@ -1,0 +1,154 @@
+"""
+The control plane as real processes on 127.0.0.1: twistd portunus-server,
+the portunus-server / portunus-client CLIs and twistd portunus-client.
+
+Enroll, connect, push a rule with the CLI, 16 MiB through it with matching
+sha256, list-clients shows it connected, a server restart is survived
+(the edge reconnects, forwarding continues), revoke disconnects and the
+token is refused from then on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from tests._net import LOOPBACK, HashingClient, OneShotClientFactory, echo_factory, free_port
+from tests.e2e._process import TWISTD, TwistdProcess
+
+reactor: Any = _reactor
+
+SERVER_CLI = [sys.executable, "-c", "from portunus.cli.server import main; main()"]
+CLIENT_CLI = [sys.executable, "-c", "from portunus.cli.client import main; main()"]
+
+
+class ControlPlaneProcessTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.data_dir = os.path.abspath(self.mktemp())
+        self.control_port = free_port()
+        self.http_port = free_port()
+        self.processes: list[TwistdProcess] = []
+
+    def tearDown(self) -> Any:
+        waits = []
+        for process in self.processes:
+            if not process.exited.called:
+                process.signal(signal.SIGTERM)
+                # Cleanup only (no assertion): a process that ignores TERM is killed.
+                killer = reactor.callLater(30, process.transport.signalProcess, "KILL")
+                process.exited.addBoth(lambda r, k=killer: (k.active() and k.cancel(), r)[1])
+                waits.append(process.exited)
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults(waits)
+
+    def spawn(self, plugin: str, *args: str) -> TwistdProcess:
+        process = TwistdProcess()
+        argv = [*TWISTD, "--nodaemon", "--pidfile=", plugin, *args]
+        reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ))
+        self.processes.append(process)
+        return process
+
+    def start_server(self) -> TwistdProcess:
+        return self.spawn(
+            "portunus-server",
+            "--data-dir",
+            self.data_dir,
+            "--control-listen",
+            f"{LOOPBACK}:{self.control_port}",
+            "--operator-http-listen",
+            f"{LOOPBACK}:{self.http_port}",
+        )
+
+    def cli(self, command: list[str], *args: str) -> Any:
+        env = dict(os.environ)
+        with open(os.path.join(self.data_dir, "operator.token")) as f:
+            env["PORTUNUS_OPERATOR_TOKEN"] = f.read().strip()
+        env["PORTUNUS_HTTP_ENDPOINT"] = f"{LOOPBACK}:{self.http_port}"
+        return getProcessOutputAndValue(sys.executable, [*command[1:], *args], env=env)
+
+    @inlineCallbacks
+    def send(self, port: int, payload: bytes) -> Any:
+        client = HashingClient(payload)
+        reactor.connectTCP(LOOPBACK, port, OneShotClientFactory(client))
+        received, digest = yield client.done
+        return received, digest
+
+    @inlineCallbacks
+    def test_enroll_push_forward_restart_revoke(self) -> Any:
+        server = self.start_server()
+        yield server.wait_for("server.started")
+
+        out, err, code = yield self.cli(SERVER_CLI, "enroll-client", "edge-01")
+        self.assertEqual(code, 0, err.decode())
+        command = next(line for line in out.decode().splitlines() if "portunus://" in line)
+        uri = command.split("'")[1]
+        bundle_path = os.path.join(self.data_dir, "..", "edge.bundle.json")
+        out, err, code = yield self.cli(CLIENT_CLI, "enroll", uri, "--out", bundle_path)
+        self.assertEqual(code, 0, err.decode())
+        self.assertEqual(os.stat(bundle_path).st_mode & 0o777, 0o600)
+
+        client = self.spawn("portunus-client", "--bundle", bundle_path)
+        yield client.wait_for("control.connected")
+
+        target = reactor.listenTCP(0, echo_factory(), interface=LOOPBACK)
+        self.addCleanup(target.stopListening)
+        listen_port = free_port()
+        # The edge binds the rule on its default addresses; traffic in this
+        # test only ever goes to 127.0.0.1.
+        out, err, code = yield self.cli(
+            SERVER_CLI,
+            "push-rule",
+            "edge-01",
+            str(listen_port),
+            f"{LOOPBACK}:{target.getHost().port}",
+        )
+        self.assertEqual(code, 0, err.decode())
+        rule_id = int(out.decode().strip())
+        yield client.wait_for("rule.activated")
+
+        payload = os.urandom(16 * 1024 * 1024)
+        received, digest = yield self.send(listen_port, payload)
+        self.assertEqual((received, digest), (len(payload), hashlib.sha256(payload).hexdigest()))
+
+        out, err, code = yield self.cli(SERVER_CLI, "list-clients", "--format", "json")
+        self.assertEqual(code, 0, err.decode())
+        [listed] = json.loads(out)
+        self.assertEqual((listed["client_name"], listed["state"]), ("edge-01", "connected"))
+
+        # Server restart: the edge keeps forwarding, reconnects, gets the replay.
+        server.signal(signal.SIGTERM)
+        self.assertEqual((yield server.exited), 0, server.stderr.decode())
+        _, digest = yield self.send(listen_port, b"while the server is down")
+        self.assertEqual(digest, hashlib.sha256(b"while the server is down").hexdigest())
+        server = self.start_server()
+        yield server.wait_for("client.replayed", count=1)
+        _, digest = yield self.send(listen_port, b"after restart")
+        self.assertEqual(digest, hashlib.sha256(b"after restart").hexdigest())
+        out, err, code = yield self.cli(SERVER_CLI, "list-rules", "--format", "json")
+        self.assertEqual(code, 0, err.decode())
+        [rule] = json.loads(out)
+        self.assertEqual((rule["rule"]["id"], rule["state"]), (rule_id, "active"))
+
+        # Revoke: disconnected at once, the token refused from then on.
+        out, err, code = yield self.cli(SERVER_CLI, "revoke", "edge-01")
+        self.assertEqual(code, 0, err.decode())
+        refused = yield client.wait_for("auth.failure")
+        self.assertEqual(refused["reason"], "token_revoked")
+        yield server.wait_for("client.disconnected", reason="token_revoked")
+
+        # Both stop cleanly on SIGTERM.
+        for process in (client, server):
+            process.signal(signal.SIGTERM)
+            self.assertEqual((yield process.exited), 0, process.stderr.decode()[-2000:])
