@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	bash contrib/demo/standalone-demo.sh
+	bash contrib/demo/control-plane-demo.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check portunus tests twisted contrib
@@ -37,3 +37,21 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) _trial_temp* build *.egg-info twisted/plugins/dropin.cache
+
+# Benchmarks (contrib/bench/run.py, method in docs/performance.md): installs
+# iperf3, haproxy, socat and a C compiler with apt-get when missing, writes
+# bench-results/latest.{json,md}. BENCH_ARGS=--quick for a short run. Sets up
+# .venv only if it is missing, so it never reinstalls under a running test.
+.PHONY: bench
+bench:
+	@test -x $(PY) || $(MAKE) --no-print-directory venv
+	@missing=""; \
+	for tool in iperf3 haproxy socat; do \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
+	done; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update && apt-get install -y $$missing; \
+	fi
+	$(PY) contrib/bench/run.py $(BENCH_ARGS)
