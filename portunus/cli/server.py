@@ -37,6 +37,7 @@ from portunus.cli._http import (
     OperatorClient,
     path,
 )
+from portunus.errors import PortunusError
 
 __all__ = ["ServerOptions", "main", "run"]
 
@@ -210,6 +211,42 @@ class RuleStatsOptions(_Formatted):
             raise usage.UsageError("give --per-port or --per-target, not both")
 
 
+class _Offline(_Sub):
+    """An offline command: works on the data dir's files, not the API."""
+
+    optParameters = [
+        ["data-dir", None, None, "The server's data dir (default: the server's lookup order)."],
+    ]
+
+
+class BackupOptions(_Offline):
+    synopsis = "backup --out PATH [--data-dir DIR]"
+    longdesc = (
+        "Copy state.db with SQLite's online backup (safe while the server runs). "
+        "PATH may be a directory: portunus-state-<UTC time>.db is written inside. "
+        "An existing file is never overwritten."
+    )
+    optParameters = [["out", None, None, "Destination file or directory (required)."]]
+
+    def postOptions(self) -> None:
+        if not self["out"]:
+            raise usage.UsageError("--out is required")
+
+
+class RestoreOptions(_Offline):
+    synopsis = "restore --in PATH [--force] [--data-dir DIR]"
+    longdesc = (
+        "Replace state.db with a backup (checked and migrated first). The server "
+        "must be stopped; --force replaces an existing state.db."
+    )
+    optParameters = [["in", None, None, "The backup file (required)."]]
+    optFlags = [["force", None, "Replace an existing state.db."]]
+
+    def postOptions(self) -> None:
+        if not self["in"]:
+            raise usage.UsageError("--in is required")
+
+
 class ServerOptions(usage.Options):
     synopsis = "portunus-server [--http-endpoint HOST:PORT] COMMAND [options]"
     longdesc = (
@@ -235,6 +272,8 @@ class ServerOptions(usage.Options):
         ["remove-rule", None, RemoveRuleOptions, "Remove a rule."],
         ["list-rules", None, ListRulesOptions, "List rules."],
         ["rule-stats", None, RuleStatsOptions, "Show a rule's traffic counters."],
+        ["backup", None, BackupOptions, "Back up the state database (offline)."],
+        ["restore", None, RestoreOptions, "Restore the state database (server stopped)."],
     ]
 
     def postOptions(self) -> None:
@@ -547,7 +586,36 @@ async def rule_stats(cmd: _Command, opts: usage.Options) -> None:
             cmd.print(_pairs(row))
 
 
+def _data_dir(opts: usage.Options) -> str:
+    from portunus.server.datadir import resolve_data_dir
+
+    return resolve_data_dir(opts["data-dir"], os.environ, os.getcwd())
+
+
+async def backup(cmd: _Command, opts: usage.Options) -> None:
+    from portunus.server.store import backup as backup_store
+
+    try:
+        written = backup_store(_data_dir(opts), opts["out"])
+    except PortunusError as e:
+        raise CliError(e.code, e.message) from None
+    cmd.print(f"backup={written}")
+
+
+async def restore(cmd: _Command, opts: usage.Options) -> None:
+    from portunus.server.store import restore as restore_store
+
+    data_dir = _data_dir(opts)
+    try:
+        restore_store(data_dir, opts["in"], force=bool(opts["force"]))
+    except PortunusError as e:
+        raise CliError(e.code, e.message) from None
+    cmd.print(f"restore=ok data_dir={data_dir}")
+
+
 _COMMANDS: dict[str, Callable[[_Command, usage.Options], Awaitable[None]]] = {
+    "backup": backup,
+    "restore": restore,
     "gen-token": gen_token,
     "enroll-client": enroll_client,
     "list-clients": list_clients,
@@ -595,6 +663,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import task
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["serve"]:
+        # The same service as twistd -n portunus-server (same options).
+        from twisted.scripts.twistd import run as twistd
+
+        sys.argv = ["twistd", "--nodaemon", "--pidfile=", "portunus-server", *args[1:]]
+        twistd()
+        return
 
     async def work(reactor: Any) -> None:
         from treq.client import HTTPClient
