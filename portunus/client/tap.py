@@ -33,7 +33,8 @@ from portunus.dataplane.forwarder import Forwarder
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
 from portunus.errors import PortunusError
 from portunus.exitcode import stop_with_status
-from portunus.logging import LOG_FORMATS, make_observer, parse_log_level
+from portunus.logging import make_observer
+from portunus.tapsupport import LOG_OPTIONS, LoggingOptions, install_log_observer
 
 __all__ = ["Options", "makeService"]
 
@@ -55,7 +56,7 @@ def _positive(kind: type, name: str) -> Any:
     return parse
 
 
-class Options(usage.Options):
+class Options(LoggingOptions):
     synopsis = "[--bundle PATH] [options]"
     longdesc = (
         "Run a Portunus edge: connect to the server named in the bundle (pinned TLS), "
@@ -92,17 +93,8 @@ class Options(usage.Options):
             "Seconds between stats reports to the server.",
             _positive(float, "stats-report-interval-secs"),
         ],
-        ["log-level", None, "info", "debug, info, warn, error or critical."],
-        ["log-format", None, "json", "json or pretty."],
+        *LOG_OPTIONS,
     ]
-
-    def postOptions(self) -> None:
-        try:
-            self.level = parse_log_level(self["log-level"])
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
-        if self["log-format"] not in LOG_FORMATS:
-            raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
 
 
 class _EnrollFirst(Service):
@@ -210,9 +202,5 @@ class _Root(MultiService):
         self._observer = observer
 
     def setServiceParent(self, parent: Any) -> None:
-        from twisted.logger import ILogObserver
-        from twisted.python.components import Componentized
-
-        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
-            parent.setComponent(ILogObserver, self._observer)
+        install_log_observer(parent, self._observer)
         super().setServiceParent(parent)

@@ -21,8 +21,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python import usage
-from twisted.python.components import Componentized
 from twisted.web.server import Site
 
 from portunus import __version__
@@ -33,13 +31,14 @@ from portunus.control.tls import (
     write_file_atomically,
 )
 from portunus.errors import PortunusError
-from portunus.logging import LOG_FORMATS, make_observer, parse_log_level
+from portunus.logging import make_observer
 from portunus.server.api.app import make_api
 from portunus.server.controlplane import ControlPlane, PlaneSettings
 from portunus.server.datadir import prepare_data_dir, resolve_data_dir
 from portunus.server.sessions import ServerSession
 from portunus.server.settings import ServerSettings, load_server_settings, parse_listen_address
 from portunus.server.store import open_store
+from portunus.tapsupport import LOG_OPTIONS, LoggingOptions, install_log_observer
 
 __all__ = ["OPERATOR_TOKEN_FILE", "Options", "makeService"]
 
@@ -52,7 +51,7 @@ OPERATOR_TOKEN_FILE = "operator.token"
 _STARTUP_EXIT = {"startup.store_in_use": 75, "startup.schema_version_too_new": 78}
 
 
-class Options(usage.Options):
+class Options(LoggingOptions):
     synopsis = "[--data-dir DIR] [options]"
     longdesc = (
         "Run the Portunus control plane: the control listener edges connect to "
@@ -68,17 +67,8 @@ class Options(usage.Options):
         ["advertised-endpoint", None, None, "HOST[:PORT] edges dial (goes into enroll URIs)."],
         ["operator-http-listen", None, None, "ADDR:PORT of the operator HTTP API."],
         ["control-listen", None, None, "ADDR:PORT of the control listener."],
-        ["log-level", None, "info", "debug, info, warn, error or critical."],
-        ["log-format", None, "json", "json or pretty."],
+        *LOG_OPTIONS,
     ]
-
-    def postOptions(self) -> None:
-        try:
-            self.level = parse_log_level(self["log-level"])
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
-        if self["log-format"] not in LOG_FORMATS:
-            raise usage.UsageError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
 
 
 def _fail(error: PortunusError) -> SystemExit:
@@ -138,8 +128,7 @@ class ServerService(MultiService):
         self._observer = observer
 
     def setServiceParent(self, parent: Any) -> None:
-        if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
-            parent.setComponent(ILogObserver, self._observer)
+        install_log_observer(parent, self._observer)
         super().setServiceParent(parent)
 
     def stopService(self) -> Any:

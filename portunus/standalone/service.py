@@ -18,13 +18,13 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
-from twisted.python.components import Componentized
 
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.errors import PortunusError
 from portunus.standalone.config import StandaloneConfig
 from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.workers import WorkerListeners, WorkerSupervisor, bind_for_workers
+from portunus.tapsupport import install_log_observer
 
 __all__ = ["RLIMIT_NOFILE_LOW", "StandaloneService"]
 
@@ -67,15 +67,8 @@ class StandaloneService(MultiService):
         self._previous_sighup: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
-        # twistd gives the application to the service made by a plugin; an
-        # ILogObserver component on it is how an application chooses its log
-        # format (an explicit --logger on the command line still wins).
-        if (
-            self._log_observer is not None
-            and isinstance(parent, Componentized)
-            and parent.getComponent(ILogObserver) is None
-        ):
-            parent.setComponent(ILogObserver, self._log_observer)
+        if self._log_observer is not None:
+            install_log_observer(parent, self._log_observer)
         super().setServiceParent(parent)
 
     # -- binding ----------------------------------------------------------
