@@ -31,7 +31,7 @@ SERVER_CLI = [sys.executable, "-c", "from portunus.cli.server import main; main(
 CLIENT_CLI = [sys.executable, "-c", "from portunus.cli.client import main; main()"]
 
 
-class ControlPlaneProcessTests(TestCase):
+class _ProcessCase(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
@@ -85,6 +85,8 @@ class ControlPlaneProcessTests(TestCase):
         received, digest = yield client.done
         return received, digest
 
+
+class ControlPlaneProcessTests(_ProcessCase):
     @inlineCallbacks
     def test_enroll_push_forward_restart_revoke(self) -> Any:
         server = self.start_server()
@@ -152,3 +154,39 @@ class ControlPlaneProcessTests(TestCase):
         for process in (client, server):
             process.signal(signal.SIGTERM)
             self.assertEqual((yield process.exited), 0, process.stderr.decode()[-2000:])
+
+
+class StartupRefusalTests(_ProcessCase):
+    """Refusals a real process makes, with their exit codes and events."""
+
+    @inlineCallbacks
+    def test_second_server_on_the_same_data_dir_exits_75(self) -> Any:
+        server = self.start_server()
+        yield server.wait_for("server.started")
+        self.control_port, self.http_port = free_port(), free_port()
+        second = self.start_server()
+        self.assertEqual((yield second.exited), 75)
+        self.assertIn(b"startup.store_in_use", second.stderr)
+
+    @inlineCallbacks
+    def test_pinned_certificate_mismatch_exits_1_without_the_token(self) -> Any:
+        server = self.start_server()
+        yield server.wait_for("server.started")
+        bundle = {
+            "version": 1,
+            "client_name": "edge-x",
+            "client_id": "01M8000000000000000000000X",
+            "server_endpoint": f"{LOOPBACK}:{self.control_port}",
+            "server_cert_sha256": "ab" * 32,
+            "token": "never-sent-token-value",
+        }
+        path = os.path.join(self.data_dir, "..", "wrong-pin.bundle.json")
+        with open(path, "w") as f:
+            json.dump(bundle, f)
+        client = self.spawn("portunus-client", "--bundle", path)
+        event = yield client.wait_for("control.tls_pinned_mismatch")
+        self.assertEqual(event["expected"], "ab" * 32)
+        self.assertEqual((yield client.exited), 1)
+        # The server never got as far as a Hello.
+        self.assertFalse([e for e in server.events if e.get("event") == "auth.failure"])
+        self.assertFalse([e for e in server.events if e.get("event") == "client.hello"])
