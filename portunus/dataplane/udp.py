@@ -699,6 +699,10 @@ class _SocketUpstream:
         self._sock.close()
 
 
+#: Fresh sockets tried before a flow gives up on a self-connected source port.
+SELF_CONNECT_RETRIES = 8
+
+
 class SocketUpstreamOpener:
     """
     Opens a flow's upstream socket: bound to the wildcard address of the
@@ -710,6 +714,19 @@ class SocketUpstreamOpener:
         self._reactor = reactor
 
     def __call__(self, address: str, port: int, flow: UdpFlow) -> UpstreamSocket:
+        # A target on this host, on a port in the ephemeral range that
+        # nobody holds, can be handed to us as our own source port: the
+        # socket is then connected to itself and squats the target's port.
+        # Such a socket is discarded and another port taken.
+        for _ in range(SELF_CONNECT_RETRIES):
+            sock = self._open(address, port)
+            if sock.getsockname()[:2] != sock.getpeername()[:2]:
+                return _SocketUpstream(self._reactor, sock, flow)
+            sock.close()
+        raise OSError(errno.EADDRINUSE, f"no source port distinct from {address}:{port}")
+
+    @staticmethod
+    def _open(address: str, port: int) -> socket.socket:
         v6 = ":" in address
         sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -719,7 +736,7 @@ class SocketUpstreamOpener:
         except BaseException:
             sock.close()
             raise
-        return _SocketUpstream(self._reactor, sock, flow)
+        return sock
 
 
 @implementer(IResolutionReceiver)
