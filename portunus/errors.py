@@ -234,6 +234,30 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         "fix the named field, or enroll again to write a fresh bundle",
     ),
     # --- end of control TLS and enrollment codes.
+    # Control plane: rule push gates and edge enrollment.
+    ErrorCode("exceeds_cap", 400, 3, "split the range into rules within range_rule_max_ports"),
+    ErrorCode(
+        "multi_target_unsupported_by_client",
+        422,
+        3,
+        "upgrade the edge, or push one target",
+    ),
+    ErrorCode("sni_unsupported_by_client", 422, 3, "upgrade the edge, or drop the SNI pattern"),
+    ErrorCode(
+        "proxy_protocol_unsupported_by_client",
+        422,
+        3,
+        "upgrade the edge, or drop proxy_protocol from the targets",
+    ),
+    ErrorCode(
+        "rate_limit_unsupported_by_client", 422, 3, "upgrade the edge, or drop the rate limit"
+    ),
+    ErrorCode(
+        "client.enrollment_failed",
+        400,
+        1,
+        "check the URI, that the server runs and its control port is reachable",
+    ),
 )
 
 

@@ -23,6 +23,7 @@ from twisted.python import usage
 from portunus.client.enroll import enroll
 from portunus.client.service import EdgeClientService
 from portunus.control.enrollment import (
+    ENV_BUNDLE,
     default_bundle_paths,
     default_enroll_out,
     parse_enroll_uri,
@@ -182,7 +183,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         except PortunusError as e:
             sys.stderr.write(f"error: {ENROLL_URI_ENV}: {e.message}\n")
             raise SystemExit(1) from None
-        target = path or default_enroll_out(environ)
+        target = path or environ.get(ENV_BUNDLE, "").strip() or default_enroll_out(environ)
         _EnrollFirst(root, reactor, enroll_uri, target, build).setServiceParent(root)
         return root
     try:

@@ -325,8 +325,8 @@ class ControlPlane:
         client = yield self.store.get_client(client_id)
         if client.revoked_at is not None:
             raise PortunusError(
-                "client_not_connected",
-                f"client {client.name} is revoked; re-enroll it first",
+                "client_revoked",
+                f"client {client.name} is revoked; enroll a new client to push rules",
                 client_id=client_id,
             )
         session = self.sessions.get(client_id)

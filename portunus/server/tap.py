@@ -47,7 +47,9 @@ log = Logger()
 #: Where the generated operator token lives when server.toml sets none.
 OPERATOR_TOKEN_FILE = "operator.token"
 
-#: Exit codes of startup refusals (Portunus §1.5; 75/78 as sysexits).
+#: Exit codes of store refusals (Portunus §1.5; 75/78 as sysexits); every
+#: other startup refusal exits with its registry code (config_invalid 2,
+#: TLS material 78, data dir and filesystem 1).
 _STARTUP_EXIT = {"startup.store_in_use": 75, "startup.schema_version_too_new": 78}
 
 
@@ -74,7 +76,7 @@ class Options(LoggingOptions):
 def _fail(error: PortunusError) -> SystemExit:
     sys.stderr.write(f"error: {error.code}: {error.message}\n")
     sys.stderr.flush()
-    return SystemExit(_STARTUP_EXIT.get(error.code, 1))
+    return SystemExit(_STARTUP_EXIT.get(error.code, error.error.exit_code))
 
 
 def operator_token(settings: ServerSettings) -> tuple[str, str | None]:
@@ -147,6 +149,38 @@ class ServerService(MultiService):
         return closing.addCallback(stopped)
 
 
+class _Listener(StreamServerEndpointService):
+    """
+    A listener whose bind failure stops startup: exit 1 naming the address,
+    instead of a server that runs without it.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, endpoint: Any, factory: Any, what: str, address: str) -> None:
+        super().__init__(endpoint, factory)
+        self._what = what
+        self._address = address
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            sys.stderr.write(
+                f"error: bind_failed: cannot listen for the {self._what} on "
+                f"{self._address}: {e}; stop what holds it or choose another address\n"
+            )
+            sys.stderr.flush()
+            raise SystemExit(1) from None
+
+
+def _listener(reactor: Any, settings: ServerSettings, kind: Any, factory: Any) -> _Listener:
+    names = {"control": "control listener", "operator_http": "operator HTTP API"}
+    address = settings.control_listen if kind == "control" else settings.operator_http_listen
+    endpoint = serverFromString(reactor, settings.endpoint_description(kind))
+    return _Listener(endpoint, factory, names[kind], str(address))
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -188,16 +222,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     sessions = Factory.forProtocol(lambda: ServerSession(plane, reactor))
     control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)
-    StreamServerEndpointService(
-        serverFromString(reactor, settings.endpoint_description("control")), control
-    ).setServiceParent(service)
+    _listener(reactor, settings, "control", control).setServiceParent(service)
 
     api = make_api(plane, token, reactor)
     site = Site(api.resource())
     site.noisy = False
-    StreamServerEndpointService(
-        serverFromString(reactor, settings.endpoint_description("operator_http")), site
-    ).setServiceParent(service)
+    _listener(reactor, settings, "operator_http", site).setServiceParent(service)
 
     reactor.callWhenRunning(
         lambda: log.info(

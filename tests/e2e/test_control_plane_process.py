@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -190,3 +191,15 @@ class StartupRefusalTests(_ProcessCase):
         # The server never got as far as a Hello.
         self.assertFalse([e for e in server.events if e.get("event") == "auth.failure"])
         self.assertFalse([e for e in server.events if e.get("event") == "client.hello"])
+
+    @inlineCallbacks
+    def test_busy_control_port_exits_1_naming_it(self) -> Any:
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind((LOOPBACK, 0))
+        holder.listen(1)
+        self.control_port = holder.getsockname()[1]
+        server = self.start_server()
+        self.assertEqual((yield server.exited), 1)
+        self.assertIn(f"{LOOPBACK}:{self.control_port}".encode(), server.stderr)
+        self.assertIn(b"bind_failed", server.stderr)

@@ -626,7 +626,13 @@ def open_store(data_dir: str, reactor: Any, *, runner: Runner | None = None) -> 
     pool: ThreadPool | None = None
     if runner is None:
         pool = ThreadPool(minthreads=1, maxthreads=1, name="portunus-store")
-        pool.start()
+        # The worker thread starts with the reactor (work queued before then
+        # waits): a process that fails before running it (a busy port, say)
+        # has no non-daemon thread keeping it alive at exit.
+        if hasattr(reactor, "callWhenRunning") and not getattr(reactor, "running", True):
+            reactor.callWhenRunning(pool.start)
+        else:
+            pool.start()
         runner = ThreadPoolRunner(reactor, pool)
     store = Store(conn, lock, runner, path=path, schema_version=version)
     if pool is not None:
