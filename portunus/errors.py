@@ -138,7 +138,8 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         "unauthenticated",
         401,
         4,
-        "send Authorization: Bearer <operator_token> (operator_token in server.toml)",
+        "send Authorization: Bearer <token>: operator_token in server.toml, else the "
+        "data dir's operator.token file",
     ),
     ErrorCode("not_found", 404, 8, "see docs/api.md for the routes"),
     ErrorCode("method_not_allowed", 405, 1, "see docs/api.md for the methods of this route"),

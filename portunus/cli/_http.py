@@ -88,8 +88,9 @@ class OperatorClient:
         if not self.token:
             raise CliError(
                 "unauthenticated",
-                f"{TOKEN_ENV} is not set; export it with the operator_token from server.toml "
-                "in the server's data dir (portunus-server gen-token makes a new one)",
+                f"{TOKEN_ENV} is not set; export it from the server's data dir: "
+                "operator_token in server.toml if set there, else the operator.token file "
+                f"(export {TOKEN_ENV}=$(cat DATA_DIR/operator.token))",
                 exit_code=4,
             )
         url = base_url(self.endpoint) + where

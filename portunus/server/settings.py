@@ -79,7 +79,7 @@ SERVER_TOML_KEYS: tuple[str, ...] = (
 # Keys Portunus's server.toml has that this server does not take: each gets
 # a message saying so instead of a bare "unknown key".
 _NOT_SUPPORTED: Mapping[str, str] = {
-    "log_format": "is not used: portunus-server always logs JSON lines; remove the line",
+    "log_format": "is not used: choose the format with --log-format json|pretty; remove the line",
     "token_store_path": "is a legacy key that nothing reads any more; remove the line",
     "operator_store_path": "is a legacy key that nothing reads any more; remove the line",
     "operator_http_public_origin": (
@@ -567,7 +567,7 @@ class _Parser:
                 "metrics_listen",
                 f"{metrics.host} is not a loopback address; metrics are unauthenticated, "
                 "so they listen on this machine only: use 127.0.0.1:<port> or [::1]:<port> "
-                "and scrape through a proxy or the authenticated /v1/metrics",
+                "and scrape through a proxy",
             )
 
         for key in ("tls_cert_path", "tls_key_path"):

@@ -154,7 +154,8 @@ class ApiContext:
             raise PortunusError(
                 "unauthenticated",
                 "the bearer token is not this server's operator_token; "
-                "check PORTUNUS_OPERATOR_TOKEN against server.toml",
+                "check PORTUNUS_OPERATOR_TOKEN against operator_token in server.toml, or the "
+                "operator.token file in the server's data dir",
                 reason="invalid_token",
             )
 
