@@ -32,6 +32,7 @@ import attrs
 from portunus.dataplane.proxyprotocol import TrustedSources
 from portunus.dataplane.ratelimit import validate_rate_limit
 from portunus.dataplane.sni import SniError, normalize_sni_pattern
+from portunus.hostnames import is_host_name
 from portunus.model import (
     Balance,
     PortRange,
@@ -72,7 +73,6 @@ MAX_TARGETS = 8
 
 RATE_LIMIT_KEYS: tuple[str, ...] = tuple(a.name for a in attrs.fields(RateLimit))
 
-_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # ASCII digits only (\d would accept "٨٠"), and few enough that int() is cheap.
 _PORT_RANGE = re.compile(r"\s*([0-9]{1,10})\s*(?:-\s*([0-9]{1,10})\s*)?")
 
@@ -103,18 +103,6 @@ def has_bad_characters(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
 
-def _valid_hostname(host: str) -> bool:
-    """RFC 1123 host names; all-numeric names must be real IPv4 addresses."""
-    name = host[:-1] if host.endswith(".") else host
-    if not name or len(name) > 253:
-        return False
-    labels = name.split(".")
-    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return False
-    # "999.1.1.1" is syntactically a hostname but is always a typo'd address.
-    return not all(label.isdigit() for label in labels)
-
-
 def host_problem(host: str) -> str | None:
     """Why C{host} (unbracketed) cannot be a target host, or C{None}."""
     if not host:
@@ -125,7 +113,7 @@ def host_problem(host: str) -> str | None:
         pass
     else:
         return None
-    if _valid_hostname(host):
+    if is_host_name(host):
         return None
     return (
         f"'{_safe(host)}' is neither an IP address nor a valid host name "

@@ -39,6 +39,7 @@ import attrs
 
 from portunus.control.tls import write_file_atomically
 from portunus.errors import PortunusError
+from portunus.hostnames import is_host_name
 
 __all__ = [
     "BUNDLE_FILENAME",
@@ -83,7 +84,6 @@ _SCHEME: Final = "portunus://"
 _PATH: Final = "/enroll"
 _PIN_PREFIX: Final = "sha256:"
 _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
-_LABEL: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # Characters a code may hold and still survive the URI unescaped: the
 # server's codes are URL-safe base64, well inside this set.
 _CODE: Final = re.compile(r"[A-Za-z0-9._~-]+")
@@ -101,14 +101,7 @@ def _check_host(host: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    name = host[:-1] if host.endswith(".") else host
-    labels = name.split(".")
-    if (
-        not name
-        or len(name) > 253
-        or not all(_LABEL.fullmatch(label) for label in labels)
-        or all(label.isdigit() for label in labels)
-    ):
+    if not is_host_name(host, allow_underscore=True):
         raise ValueError(f"{host!r} is not a host name or an IP address")
     return host
 

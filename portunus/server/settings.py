@@ -32,6 +32,7 @@ import attrs
 
 from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
 from portunus.errors import PortunusError
+from portunus.hostnames import is_host_name
 from portunus.tomltext import describe_value as _describe
 from portunus.tomltext import printable as _safe
 
@@ -92,7 +93,6 @@ _NOT_SUPPORTED: Mapping[str, str] = {
 ListenerKind = Literal["control", "operator_http", "metrics"]
 
 _MAX_TOKEN_BYTES = 256
-_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 _LISTEN_EXAMPLE = "write it as host:port, e.g. 127.0.0.1:7080 or [::1]:7080"
 
@@ -365,17 +365,6 @@ def parse_listen_address(text: str) -> ListenAddress:
     return ListenAddress(ip.compressed, _port(port))
 
 
-def _valid_hostname(host: str) -> bool:
-    name = host[:-1] if host.endswith(".") else host
-    if not name or len(name) > 253:
-        return False
-    labels = name.split(".")
-    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return False
-    # "999.1.1.1" parses as a host name but is always a mistyped address.
-    return not all(label.isdigit() for label in labels)
-
-
 def _host_less(text: str) -> bool:
     """Railway and friends set C{""}, C{":"} or C{":7443"} before a host exists."""
     stripped = text.strip()
@@ -410,7 +399,7 @@ def parse_advertised_endpoint(text: str) -> AdvertisedEndpoint:
             raise ValueError(
                 f"'{_safe(host)}' is in brackets but is not an IPv6 address; {example}"
             ) from None
-        if not _valid_hostname(host):
+        if not is_host_name(host):
             raise ValueError(
                 f"'{_safe(host)}' is neither an IP address nor a valid host name (letters, "
                 f"digits and hyphens in dot-separated labels); {example}"
