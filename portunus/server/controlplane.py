@@ -29,6 +29,11 @@ from portunus.control.commands import AuthFailed, EnrollmentRefused
 from portunus.control.enrollment import format_enroll_uri, hash_secret, new_secret
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
+from portunus.server.clientspec import (
+    check_client_address,
+    check_client_name,
+    check_enrollment_ttl,
+)
 from portunus.server.plane import ClientView, EnrollmentView, IControlPlane, RuleView
 from portunus.server.sessions import ISessionHost, ServerSession, SessionRegistry
 from portunus.server.store import RuleState
@@ -36,9 +41,6 @@ from portunus.server.store import RuleState
 __all__ = ["ControlPlane", "PlaneSettings"]
 
 log = Logger()
-
-MAX_NAME_LENGTH = 64
-MAX_TTL_SECS = 86_400
 
 #: Feature a client must declare in Hello for a rule that uses it.
 _GATES: tuple[tuple[str, Callable[[Rule], bool], str], ...] = (
@@ -73,36 +75,6 @@ class PlaneSettings:
 def _host_port(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _check_name(name: str) -> None:
-    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable() or name != name.strip():
-        raise PortunusError(
-            "invalid_name",
-            f"client name must be 1..{MAX_NAME_LENGTH} printable characters without "
-            "leading or trailing spaces",
-            field="name",
-        )
-
-
-def _check_ttl(ttl_secs: int) -> None:
-    if not 1 <= ttl_secs <= MAX_TTL_SECS:
-        raise PortunusError(
-            "invalid_enrollment_ttl",
-            f"ttl_secs must be 1..{MAX_TTL_SECS} seconds, got {ttl_secs}",
-            field="ttl_secs",
-        )
-
-
-def _check_address(address: str) -> None:
-    bad = not address or any(c in address for c in "/@?# \t") or address.count(":") == 1
-    if bad:
-        raise PortunusError(
-            "invalid_client_address",
-            f"address {address!r} must be a bare host name or IP address the client "
-            "can dial (no port, scheme or path)",
-            field="address",
-        )
 
 
 def _is_sni(rule: Rule) -> bool:
@@ -236,26 +208,24 @@ class ControlPlane:
 
     @inlineCallbacks
     def enroll_client(self, name: str, address: str | None, ttl_secs: int) -> Any:
-        _check_name(name)
-        _check_ttl(ttl_secs)
-        if address is not None:
-            _check_address(address)
+        name = check_client_name(name)
+        ttl_secs = check_enrollment_ttl(ttl_secs)
+        address = check_client_address(address)
         record = yield self.store.create_client(name, address, self.clock.seconds())
         view = yield self._new_enrollment(record, address, ttl_secs)
         return view
 
     @inlineCallbacks
     def reenroll_client(self, client_id: str, address: str | None, ttl_secs: int) -> Any:
-        _check_ttl(ttl_secs)
-        if address is not None:
-            _check_address(address)
+        ttl_secs = check_enrollment_ttl(ttl_secs)
+        address = check_client_address(address)
         record = yield self.store.get_client(client_id)
         view = yield self._new_enrollment(record, address, ttl_secs)
         return view
 
     @inlineCallbacks
     def rename_client(self, client_id: str, name: str) -> Any:
-        _check_name(name)
+        name = check_client_name(name)
         record = yield self.store.rename_client(client_id, name)
         return self._client_view(record)
 

@@ -10,8 +10,15 @@ from typing import Any
 from twisted.web.iweb import IRequest
 
 from portunus.errors import PortunusError
-from portunus.rulespec import host_problem, is_int
 from portunus.server.api.app import Answer, ApiContext, read_json, timestamp
+from portunus.server.clientspec import (
+    DEFAULT_TTL_SECS,
+    MAX_NAME_LENGTH,
+    MAX_TTL_SECS,
+    check_client_address,
+    check_client_name,
+    check_enrollment_ttl,
+)
 from portunus.server.plane import ClientView, EnrollmentView
 
 __all__ = [
@@ -22,10 +29,6 @@ __all__ = [
     "install",
     "resolve_client",
 ]
-
-DEFAULT_TTL_SECS = 600
-MAX_TTL_SECS = 86400
-MAX_NAME_LENGTH = 64
 
 
 def client_json(view: ClientView) -> dict[str, Any]:
@@ -58,47 +61,15 @@ def _name(body: dict[str, Any], key: str = "name") -> str:
     raw = body.get(key)
     if raw is None:
         raise PortunusError("invalid_name", f"{key} is missing; give the client a name", field=key)
-    if (
-        not isinstance(raw, str)
-        or not 1 <= len(raw) <= MAX_NAME_LENGTH
-        or not raw.isprintable()
-        or raw != raw.strip()
-    ):
-        raise PortunusError(
-            "invalid_name",
-            f"{key} must be 1 to {MAX_NAME_LENGTH} printable characters without leading "
-            "or trailing spaces",
-            field=key,
-        )
-    return raw
+    return check_client_name(raw, key)
 
 
 def _address(body: dict[str, Any]) -> str | None:
-    raw = body.get("address")
-    if raw is None:
-        return None
-    problem = (
-        host_problem(raw.strip("[]")) if isinstance(raw, str) else "the address is not a string"
-    )
-    if problem is not None:
-        raise PortunusError(
-            "invalid_client_address",
-            f"address: {problem}; give the bare host name or IP the client dials, without a port",
-            field="address",
-        )
-    return raw.strip("[]")
+    return check_client_address(body.get("address"))
 
 
 def _ttl(body: dict[str, Any]) -> int:
-    raw = body.get("ttl_secs", DEFAULT_TTL_SECS)
-    if not is_int(raw) or not 1 <= raw <= MAX_TTL_SECS:
-        raise PortunusError(
-            "invalid_enrollment_ttl",
-            f"ttl_secs must be a whole number of seconds from 1 to {MAX_TTL_SECS}, got {raw!r}",
-            field="ttl_secs",
-        )
-    assert isinstance(raw, int)
-    return raw
+    return check_enrollment_ttl(body.get("ttl_secs", DEFAULT_TTL_SECS))
 
 
 async def resolve_client(plane: Any, ref: str) -> ClientView:

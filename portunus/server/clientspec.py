@@ -1,0 +1,73 @@
+"""
+The values an operator gives for a client: its name, the address it dials,
+an enrollment code's lifetime.  One set of checks, used by the operator API
+(which names the JSON field) and by the control plane itself (so every
+surface refuses the same things with the same codes).
+"""
+
+from __future__ import annotations
+
+from portunus.errors import PortunusError
+from portunus.rulespec import host_problem, is_int
+
+__all__ = [
+    "DEFAULT_TTL_SECS",
+    "MAX_NAME_LENGTH",
+    "MAX_TTL_SECS",
+    "check_client_address",
+    "check_client_name",
+    "check_enrollment_ttl",
+]
+
+DEFAULT_TTL_SECS = 600
+MAX_TTL_SECS = 86_400
+MAX_NAME_LENGTH = 64
+
+
+def check_client_name(raw: object, field: str = "name") -> str:
+    """C{raw} if it is a usable client name; else C{invalid_name}."""
+    if (
+        not isinstance(raw, str)
+        or not 1 <= len(raw) <= MAX_NAME_LENGTH
+        or not raw.isprintable()
+        or raw != raw.strip()
+    ):
+        raise PortunusError(
+            "invalid_name",
+            f"{field} must be 1 to {MAX_NAME_LENGTH} printable characters without leading "
+            "or trailing spaces",
+            field=field,
+        )
+    return raw
+
+
+def check_client_address(raw: object) -> str | None:
+    """
+    The bare host (brackets stripped) a client dials, C{None} if not
+    given; else C{invalid_client_address}.
+    """
+    if raw is None:
+        return None
+    problem = (
+        host_problem(raw.strip("[]")) if isinstance(raw, str) else "the address is not a string"
+    )
+    if problem is not None:
+        raise PortunusError(
+            "invalid_client_address",
+            f"address: {problem}; give the bare host name or IP the client dials, without a port",
+            field="address",
+        )
+    assert isinstance(raw, str)
+    return raw.strip("[]")
+
+
+def check_enrollment_ttl(raw: object) -> int:
+    """C{raw} if it is a whole number of seconds in 1..86400; else C{invalid_enrollment_ttl}."""
+    if not is_int(raw) or not 1 <= raw <= MAX_TTL_SECS:  # type: ignore[operator]
+        raise PortunusError(
+            "invalid_enrollment_ttl",
+            f"ttl_secs must be a whole number of seconds from 1 to {MAX_TTL_SECS}, got {raw!r}",
+            field="ttl_secs",
+        )
+    assert isinstance(raw, int)
+    return raw
