@@ -45,7 +45,6 @@ class EdgeAgent:
         self.drain_timeout = drain_timeout
         self._rules: dict[int, Rule] = {}
         self._pushed_this_session: set[int] = set()
-        self._removing: dict[int, Deferred[Any]] = {}
 
     @property
     def rules(self) -> dict[int, Rule]:
@@ -118,21 +117,9 @@ class EdgeAgent:
             rule=rule.name,
             reason=reason,
         )
+        # The Forwarder logs rule.removed with how many connections the
+        # drain deadline cut.
         d = self.forwarder.remove(rule_id, self.drain_timeout)
-        self._removing[rule_id] = d
-
-        def drained(cut: int) -> None:
-            if self._removing.get(rule_id) is d:
-                del self._removing[rule_id]
-            if cut:
-                log.info(
-                    "rule {rule_id}: {cut} connection(s) cut after the drain timeout",
-                    event="rule.drain_cut",
-                    rule_id=str(rule_id),
-                    cut=cut,
-                )
-
-        d.addCallback(drained)
         d.addErrback(lambda f: log.failure("draining rule {rule_id}", f, rule_id=rule_id))
 
     def stats_entries(self) -> list[dict[str, Any]]:

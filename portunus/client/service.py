@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from portunus.client.agent import EdgeAgent
 from portunus.client.session import ClientSession
-from portunus.control.enrollment import Bundle
+from portunus.control.enrollment import Bundle, parse_endpoint
 from portunus.control.tls import PinMismatch, PinnedClientTLS
 from portunus.dataplane.forwarder import Forwarder
 from portunus.exitcode import stop_with_status
@@ -52,11 +52,6 @@ def full_jitter_backoff(
         return rng() * ceiling
 
     return policy
-
-
-def split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class EdgeClientService(MultiService):
@@ -84,7 +79,7 @@ class EdgeClientService(MultiService):
         self.terminal_reason: str | None = None
         self._tls = PinnedClientTLS(bundle.server_cert_sha256)
         if endpoint is None:
-            host, port = split_endpoint(bundle.server_endpoint)
+            host, port = parse_endpoint(bundle.server_endpoint)
             endpoint = wrapClientTLS(
                 self._tls, HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
             )

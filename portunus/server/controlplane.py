@@ -26,7 +26,13 @@ from zope.interface import implementer
 
 from portunus import __version__
 from portunus.control.commands import AuthFailed, EnrollmentRefused
-from portunus.control.enrollment import format_enroll_uri, hash_secret, new_secret
+from portunus.control.enrollment import (
+    format_endpoint,
+    format_enroll_uri,
+    hash_secret,
+    new_secret,
+    parse_endpoint,
+)
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
 from portunus.server.clientspec import (
@@ -70,11 +76,6 @@ class PlaneSettings:
     range_rule_max_ports: int = 1024
     #: Default wait for a client's answer to a push (API callers may override).
     ack_timeout_secs: float = 2.0
-
-
-def _host_port(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _is_sni(rule: Rule) -> bool:
@@ -172,8 +173,7 @@ class ControlPlane:
     def _endpoint_for(self, address: str | None) -> str:
         if address is None:
             return self.settings.advertised_endpoint
-        host = f"[{address}]" if ":" in address else address
-        return f"{host}:{self.settings.control_port}"
+        return format_endpoint(address, self.settings.control_port)
 
     @inlineCallbacks
     def _new_enrollment(self, record: Any, address: str | None, ttl_secs: int) -> Any:
@@ -188,7 +188,7 @@ class ControlPlane:
             advertised_endpoint=endpoint,
             address=address,
         )
-        host, port = _host_port(endpoint)
+        host, port = parse_endpoint(endpoint)
         uri = format_enroll_uri(host, port, self.settings.cert_fingerprint, code)
         log.info(
             "enrollment code issued for client {client_name} ({client_id}), "
