@@ -212,6 +212,7 @@ class ServerSettings:
     def with_overrides(
         self,
         *,
+        control_listen: str | None = None,
         operator_http_listen: str | None = None,
         advertised_endpoint: str | None = None,
     ) -> ServerSettings:
@@ -220,24 +221,38 @@ class ServerSettings:
 
         C{None} means the flag was not given.  A given value is checked as
         strictly as the file's: a host-less C{--advertised-endpoint} is an
-        error here, not silently dropped as in the environment.
+        error here, not silently dropped as in the environment, and a listen
+        address may not share a port with the other listeners.
 
         @raise ServerConfigError: naming the flag.
         """
         issues: list[SettingsIssue] = []
         changes: dict[str, object] = {}
-        if operator_http_listen is not None:
-            flag = "--operator-http-listen"
+        flags = {
+            "control_listen": ("--control-listen", control_listen),
+            "operator_http_listen": ("--operator-http-listen", operator_http_listen),
+        }
+        for field, (flag, text) in flags.items():
+            if text is None:
+                continue
             try:
-                address = parse_listen_address(operator_http_listen)
+                changes[field] = parse_listen_address(text)
             except ValueError as e:
                 issues.append(SettingsIssue(flag, None, str(e)))
-            else:
-                changes["operator_http_listen"] = address
-                for other in ("control_listen", "metrics_listen"):
-                    theirs: ListenAddress = getattr(self, other)
-                    if _overlap(address, theirs):
-                        issues.append(SettingsIssue(flag, None, _collision(address, other, theirs)))
+        listeners = ("control_listen", "operator_http_listen", "metrics_listen")
+        for i, field in enumerate(listeners):
+            if field not in changes:
+                continue
+            address: ListenAddress = changes[field]  # type: ignore[assignment]
+            for other in listeners:
+                # A pair of overridden flags is reported once, by the first.
+                if other == field or (other in changes and listeners.index(other) < i):
+                    continue
+                theirs: ListenAddress = changes.get(other, getattr(self, other))  # type: ignore[assignment]
+                if _overlap(address, theirs):
+                    issues.append(
+                        SettingsIssue(flags[field][0], None, _collision(address, other, theirs))
+                    )
         if advertised_endpoint is not None:
             try:
                 changes["advertised_endpoint"] = parse_advertised_endpoint(advertised_endpoint)

@@ -36,7 +36,7 @@ from portunus.server.api.app import make_api
 from portunus.server.controlplane import ControlPlane, PlaneSettings
 from portunus.server.datadir import prepare_data_dir, resolve_data_dir
 from portunus.server.sessions import ServerSession
-from portunus.server.settings import ServerSettings, load_server_settings, parse_listen_address
+from portunus.server.settings import ServerSettings, load_server_settings
 from portunus.server.store import open_store
 from portunus.tapsupport import LOG_OPTIONS, LoggingOptions, install_log_observer
 
@@ -102,19 +102,11 @@ def operator_token(settings: ServerSettings) -> tuple[str, str | None]:
 def load_settings(options: Options, environ: dict[str, str]) -> ServerSettings:
     data_dir = resolve_data_dir(options["data-dir"], environ, os.getcwd())
     prepare_data_dir(data_dir, environ)
-    settings = load_server_settings(data_dir, environ).with_overrides(
+    return load_server_settings(data_dir, environ).with_overrides(
+        control_listen=options["control-listen"],
         operator_http_listen=options["operator-http-listen"],
         advertised_endpoint=options["advertised-endpoint"],
     )
-    if options["control-listen"]:
-        import attrs
-
-        try:
-            address = parse_listen_address(options["control-listen"])
-        except ValueError as e:
-            raise PortunusError("config_invalid", f"--control-listen: {e}") from None
-        settings = attrs.evolve(settings, control_listen=address)
-    return settings
 
 
 class ServerService(MultiService):

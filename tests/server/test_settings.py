@@ -461,6 +461,24 @@ class OverrideTests(_Base):
         self.assertTrue(lines[0].startswith("--operator-http-listen: 0.0.0.0:7443 collides"))
         self.assertTrue(lines[1].startswith("--advertised-endpoint: ':7443' has no host"))
 
+    def test_control_listen_flag(self) -> None:
+        """--control-listen is parsed and checked like the other listen flags."""
+        changed = parse(None).with_overrides(control_listen="127.0.0.1:27443")
+        self.assertEqual(changed.control_listen, ListenAddress("127.0.0.1", 27443))
+        error = self.assertRaises(
+            ServerConfigError, parse(None).with_overrides, control_listen="127.0.0.1:7080"
+        )
+        self.assertTrue(error.message.startswith("--control-listen: 127.0.0.1:7080 collides"))
+
+    def test_two_listen_flags_colliding_reported_once(self) -> None:
+        error = self.assertRaises(
+            ServerConfigError,
+            parse(None).with_overrides,
+            control_listen="127.0.0.1:9000",
+            operator_http_listen="127.0.0.1:9000",
+        )
+        self.assertEqual(len(error.message.splitlines()), 1)
+
 
 class RedactionTests(SynchronousTestCase):
     """The operator token never shows in a repr."""
