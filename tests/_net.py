@@ -128,3 +128,22 @@ class OneShotClientFactory(ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.protocol_instance.done.errback(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class ReplyAfterEof(Protocol):
+    """Collects a request and answers only after the client's EOF."""
+
+    def connectionMade(self) -> None:
+        self.request = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.request += data
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"got " + self.request)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass

@@ -11,10 +11,8 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from portunus.dataplane import BindError, Forwarder, SpliceContext
 from portunus.dataplane.splice import splice_supported
@@ -24,6 +22,7 @@ from tests._net import (
     LOOPBACK,
     HashingClient,
     OneShotClientFactory,
+    ReplyAfterEof,
     echo_factory,
     free_port,
     free_port_range,
@@ -99,25 +98,6 @@ class BulkTransferTests(ForwardingTestCase):
         stats = self.forwarder.stats_for(rule.id)
         self.assertEqual(stats.total_connections, 200)
         self.assertEqual(stats.connect_failures, 0)
-
-
-@implementer(IHalfCloseableProtocol)
-class ReplyAfterEof(Protocol):
-    """Collects a request and answers only after the client's EOF."""
-
-    def connectionMade(self) -> None:
-        self.request = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.request += data
-
-    def readConnectionLost(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"got " + self.request)
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
 
 
 class HalfCloseTests(ForwardingTestCase):

@@ -13,14 +13,19 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
-from tests._net import LOOPBACK, HashingClient, OneShotClientFactory, echo_factory, free_port
+from tests._net import (
+    LOOPBACK,
+    HashingClient,
+    OneShotClientFactory,
+    ReplyAfterEof,
+    echo_factory,
+    free_port,
+)
 from tests.e2e._process import TWISTD, spawn_standalone
 
 reactor: Any = _reactor
@@ -41,26 +46,14 @@ target = "{LOOPBACK}:{target_port}"
 """
 
 
-@implementer(IHalfCloseableProtocol)
-class SlowReply(Protocol):
-    """Signals when bytes arrive; replies only after the client's EOF."""
-
-    def connectionMade(self) -> None:
-        self.request = b""
+class SlowReply(ReplyAfterEof):
+    """Also signals (the factory's C{arrived}) when the first bytes arrive."""
 
     def dataReceived(self, data: bytes) -> None:
-        self.request += data
+        super().dataReceived(data)
         arrived: Deferred[None] = self.factory.arrived  # type: ignore[attr-defined]
         if not arrived.called:
             arrived.callback(None)
-
-    def readConnectionLost(self) -> None:
-        assert self.transport is not None
-        self.transport.write(b"got " + self.request)
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self) -> None:
-        pass
 
 
 class StandaloneProcessTestCase(TestCase):
