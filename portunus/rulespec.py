@@ -53,6 +53,8 @@ __all__ = [
     "MAX_RULE_NAME_LENGTH",
     "MAX_TARGETS",
     "RATE_LIMIT_KEYS",
+    "RULE_OPTION_KEYS",
+    "TARGET_KEYS",
     "Absent",
     "FieldChecker",
     "FieldIssue",
@@ -761,16 +763,13 @@ class FieldChecker:
 # ---------------------------------------------------------------------------
 # The API dialect
 
-#: Keys of a C{POST /v1/rules} body.
-API_RULE_KEYS: tuple[str, ...] = (
-    "client",
-    "name",
-    "protocol",
-    "listen",
-    "targets",
+#: A rule's keys beyond its name, protocol, ports and targets: the same in
+#: the standalone TOML and the API.
+RULE_OPTION_KEYS: tuple[str, ...] = (
     "prefer_ipv6",
     "udp_max_flows",
     "udp_flow_idle_secs",
+    "listen_addresses",
     "balance",
     "health_check_interval_secs",
     "sni_pattern",
@@ -778,11 +777,22 @@ API_RULE_KEYS: tuple[str, ...] = (
     "accept_proxy_protocol",
     "trusted_sources",
     "rate_limit",
+)
+#: Keys of one entry of a rule's C{targets}, in both dialects.
+TARGET_KEYS: tuple[str, ...] = ("host", "port", "priority", "proxy_protocol", "weight")
+
+#: Keys of a C{POST /v1/rules} body.
+API_RULE_KEYS: tuple[str, ...] = (
+    "client",
+    "name",
+    "protocol",
+    "listen",
+    "targets",
+    *RULE_OPTION_KEYS,
     "ack_timeout_secs",
-    "listen_addresses",
 )
 #: Keys of one entry of its C{targets}.
-API_TARGET_KEYS: tuple[str, ...] = ("host", "port", "priority", "proxy_protocol", "weight")
+API_TARGET_KEYS = TARGET_KEYS
 
 _DEFAULT_ACK_TIMEOUT = 2.0
 _DEFAULT_RULE_NAME = "rule"

@@ -37,6 +37,8 @@ from portunus.rulespec import (
     MAX_RANGE_PORTS,
     MAX_RULE_NAME_LENGTH,
     MAX_TARGETS,
+    RULE_OPTION_KEYS,
+    TARGET_KEYS,
     Absent,
     FieldChecker,
     addresses_overlap,
@@ -88,19 +90,9 @@ _RULE_KEYS = (
     "listen_ports",
     "target",
     "targets",
-    "prefer_ipv6",
-    "udp_max_flows",
-    "udp_flow_idle_secs",
-    "listen_addresses",
-    "balance",
-    "health_check_interval_secs",
-    "sni_pattern",
-    "sni_fallback",
-    "accept_proxy_protocol",
-    "trusted_sources",
-    "rate_limit",
+    *RULE_OPTION_KEYS,
 )
-_TARGET_KEYS = ("host", "port", "priority", "proxy_protocol", "weight")
+_TARGET_KEYS = TARGET_KEYS
 
 _RULE_INDEX_LABEL = re.compile(r"rule #\d+")
 
