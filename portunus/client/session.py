@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -27,6 +26,7 @@ from portunus.control.commands import (
     PROTOCOL_VERSION,
     AuthFailed,
     Hello,
+    NotAuthenticated,
     PushRule,
     RemoveRule,
     ReplayDone,
@@ -126,7 +126,7 @@ class ClientSession(amp.AMP):
 
     def _require_welcome(self) -> None:
         if self.welcome is None:
-            raise AuthFailed("no Welcome yet")
+            raise NotAuthenticated("no Welcome yet: the server must answer Hello first")
 
     @PushRule.responder
     def push_rule(self, request_id: str, rule: Any, replay: bool | None = None) -> dict[str, Any]:
@@ -153,8 +153,3 @@ class ClientSession(amp.AMP):
             removed=len(removed),
         )
         return {"removed": removed}
-
-    def close(self) -> Deferred[None] | None:
-        if self.transport is not None:
-            self.transport.loseConnection()
-        return None

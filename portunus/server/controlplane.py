@@ -517,8 +517,7 @@ class ControlPlane:
     def replay(self, session: ServerSession) -> Any:
         """Push every Active rule of the session's client, then ReplayDone."""
         assert session.client_id is not None
-        records = yield self.store.list_rules(session.client_id)
-        active = [r for r in records if r.state == RuleState.ACTIVE]
+        active = yield self.store.rules_in_state(session.client_id, RuleState.ACTIVE)
         for record in active:
             try:
                 self._gate(session, record.rule)

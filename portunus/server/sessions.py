@@ -99,10 +99,6 @@ class ServerSession(amp.AMP):
         if self.transport is not None:
             self.transport.loseConnection()
 
-    @property
-    def authenticated(self) -> bool:
-        return self.client_id is not None
-
     def _require_auth(self) -> None:
         if self.client_id is None:
             raise NotAuthenticated("send Hello with a valid token first")

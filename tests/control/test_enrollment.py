@@ -31,7 +31,6 @@ from portunus.control.enrollment import (
     parse_endpoint,
     parse_enroll_uri,
     read_bundle,
-    secrets_match,
     write_bundle,
 )
 from portunus.errors import PortunusError
@@ -536,7 +535,7 @@ class PathTests(SynchronousTestCase):
 
 
 class SecretTests(SynchronousTestCase):
-    """new_secret, hash_secret, secrets_match."""
+    """new_secret, hash_secret."""
 
     def test_new_secret_shape(self) -> None:
         """43 URL-safe base64 characters, no padding, 32 bytes of entropy, unique."""
@@ -557,12 +556,3 @@ class SecretTests(SynchronousTestCase):
         )
         self.assertEqual(len(hash_secret(new_secret())), 64)
         self.assertNotEqual(hash_secret("a"), hash_secret("b"))
-
-    def test_match(self) -> None:
-        """Equal hashes match, different or differently long ones do not."""
-        h = hash_secret("s")
-        self.assertTrue(secrets_match(h, hash_secret("s")))
-        self.assertFalse(secrets_match(h, hash_secret("t")))
-        self.assertFalse(secrets_match(h, h[:-1]))
-        self.assertFalse(secrets_match(h, ""))
-        self.assertFalse(secrets_match(h, "\u00e9" * 64))
