@@ -103,6 +103,17 @@ def _fetch_client(conn: sqlite3.Connection, client_id: str) -> ClientRecord:
     return _client(row)
 
 
+def _fetch_unrevoked_client(conn: sqlite3.Connection, client_id: str) -> ClientRecord:
+    client = _fetch_client(conn, client_id)
+    if client.revoked:
+        raise PortunusError(
+            "client_revoked",
+            f"client {client.name!r} ({client_id}) is revoked; enroll a new client instead",
+            client_id=client_id,
+        )
+    return client
+
+
 def _fetch_rule(conn: sqlite3.Connection, rule_id: int) -> RuleRecord:
     row = conn.execute(f"{_RULE_SELECT} WHERE r.id = ?", (rule_id,)).fetchone()
     if row is None:
@@ -332,13 +343,7 @@ class Store:
         """
 
         def txn(conn: sqlite3.Connection) -> EnrollmentRecord:
-            client = _fetch_client(conn, client_id)
-            if client.revoked:
-                raise PortunusError(
-                    "client_revoked",
-                    f"client {client.name!r} ({client_id}) is revoked; enroll a new client instead",
-                    client_id=client_id,
-                )
+            client = _fetch_unrevoked_client(conn, client_id)
             conn.execute(
                 "UPDATE client_enrollments SET consumed_at = ? "
                 "WHERE client_id = ? AND consumed_at IS NULL",
@@ -448,13 +453,7 @@ class Store:
         """
 
         def txn(conn: sqlite3.Connection) -> RuleRecord:
-            client = _fetch_client(conn, client_id)
-            if client.revoked:
-                raise PortunusError(
-                    "client_revoked",
-                    f"client {client.name!r} ({client_id}) is revoked",
-                    client_id=client_id,
-                )
+            _fetch_unrevoked_client(conn, client_id)
             if check is not None:
                 check(
                     _overlapping(conn, client_id, rule.protocol, rule.listen.start, rule.listen.end)
