@@ -35,6 +35,8 @@ from portunus.logging import make_observer
 from portunus.server.api.app import make_api
 from portunus.server.controlplane import ControlPlane, PlaneSettings
 from portunus.server.datadir import prepare_data_dir, resolve_data_dir
+from portunus.server.metrics import ServerMetrics
+from portunus.server.metricsweb import MetricsRoot
 from portunus.server.sessions import ServerSession
 from portunus.server.settings import ServerSettings, load_server_settings
 from portunus.server.store import open_store
@@ -167,10 +169,14 @@ class _Listener(StreamServerEndpointService):
 
 
 def _listener(reactor: Any, settings: ServerSettings, kind: Any, factory: Any) -> _Listener:
-    names = {"control": "control listener", "operator_http": "operator HTTP API"}
-    address = settings.control_listen if kind == "control" else settings.operator_http_listen
+    names = {
+        "control": ("control listener", settings.control_listen),
+        "operator_http": ("operator HTTP API", settings.operator_http_listen),
+        "metrics": ("metrics listener", settings.metrics_listen),
+    }
+    what, address = names[kind]
     endpoint = serverFromString(reactor, settings.endpoint_description(kind))
-    return _Listener(endpoint, factory, names[kind], str(address))
+    return _Listener(endpoint, factory, what, str(address))
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -210,6 +216,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ),
         reactor,
     )
+    metrics = ServerMetrics(plane)
+    plane.auth_failure_observer = metrics.auth_failed
     service = ServerService(plane, store, observer, reactor)
 
     sessions = Factory.forProtocol(lambda: ServerSession(plane, reactor))
@@ -221,16 +229,22 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site.noisy = False
     _listener(reactor, settings, "operator_http", site).setServiceParent(service)
 
+    metrics_site = Site(MetricsRoot(metrics))
+    metrics_site.noisy = False
+    _listener(reactor, settings, "metrics", metrics_site).setServiceParent(service)
+
     reactor.callWhenRunning(
         lambda: log.info(
             "portunus-server {version} serving: control {control} (TLS, pin sha256:"
-            "{fingerprint}), operator API http://{http}; data dir {data_dir}; "
+            "{fingerprint}), operator API http://{http}, metrics http://{metrics}/metrics; "
+            "data dir {data_dir}; "
             "operator bearer {bearer_source}",
             event="server.started",
             version=__version__,
             control=str(settings.control_listen),
             fingerprint=cert.fingerprint,
             http=str(settings.operator_http_listen),
+            metrics=str(settings.metrics_listen),
             data_dir=settings.data_dir,
             advertised_endpoint=endpoint,
             bearer_source=f"in {token_file}" if token_file else "from server.toml",
