@@ -259,6 +259,136 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         1,
         "check the URI, that the server runs and its control port is reachable",
     ),
+    # --- Accounts, sessions, RBAC, audit (codes and statuses as Portunus §5.3).
+    ErrorCode(
+        "bootstrap_required",
+        503,
+        6,
+        "no superadmin exists yet: open the console and onboard with the setup token the "
+        "server logged, or run portunus-server onboarding-token",
+    ),
+    ErrorCode(
+        "credential_invalid",
+        401,
+        4,
+        "the session or bearer token is unknown or expired; log in again or check the token",
+    ),
+    ErrorCode("user_disabled", 401, 4, "this user is disabled; ask a superadmin"),
+    ErrorCode("invalid_login", 401, 4, "check the user id and password"),
+    ErrorCode(
+        "setup_token_required",
+        401,
+        4,
+        "send the onboarding setup token the server logged at startup",
+    ),
+    ErrorCode(
+        "setup_token_invalid",
+        401,
+        4,
+        "the setup token is wrong or expired; restart the server or run "
+        "portunus-server onboarding-token for a fresh one",
+    ),
+    ErrorCode("role_required", 403, 5, "this needs a superadmin"),
+    ErrorCode("not_owner", 403, 5, "only the rule's owner or a superadmin may do this"),
+    ErrorCode("client_not_granted", 403, 5, "ask a superadmin for a grant on this client"),
+    ErrorCode(
+        "port_outside_grant",
+        403,
+        5,
+        "push within one of your grants' port ranges, or ask a superadmin to widen one",
+    ),
+    ErrorCode(
+        "protocol_not_granted",
+        403,
+        5,
+        "your grant on this client does not cover that protocol; ask a superadmin",
+    ),
+    ErrorCode(
+        "password_change_required",
+        403,
+        4,
+        "change your password first (POST /v1/users/me/password, or the console's prompt)",
+    ),
+    ErrorCode(
+        "csrf_origin_required", 403, 4, "send an Origin header with cookie-authenticated writes"
+    ),
+    ErrorCode(
+        "csrf_origin_mismatch",
+        403,
+        4,
+        "the Origin must be this server's own origin (or operator_http_public_origin)",
+    ),
+    ErrorCode(
+        "csrf_header_required", 403, 4, "send X-Portunus-CSRF: 1 with cookie-authenticated writes"
+    ),
+    ErrorCode(
+        "csrf_content_type_required",
+        403,
+        4,
+        "send the body as Content-Type: application/json",
+    ),
+    ErrorCode("user_not_found", 404, 8, "user-list shows the users that exist"),
+    ErrorCode("grant_not_found", 404, 8, "grant-list shows the grants that exist"),
+    ErrorCode(
+        "already_bootstrapped",
+        409,
+        2,
+        "a superadmin exists already; log in, or have a superadmin create your user",
+    ),
+    ErrorCode("user_already_exists", 409, 2, "pick another user id, or remove the old user first"),
+    ErrorCode("cannot_remove_self", 409, 2, "have another superadmin remove this user"),
+    ErrorCode(
+        "last_superadmin",
+        409,
+        2,
+        "create (or promote) another superadmin first; the last one cannot be removed",
+    ),
+    ErrorCode(
+        "invalid_user_id",
+        422,
+        3,
+        "use 1 to 32 of a-z, 0-9, _ and -, starting with a letter",
+    ),
+    ErrorCode("invalid_display_name", 422, 3, "use 1 to 64 characters without control characters"),
+    ErrorCode("reserved_user_id", 422, 3, "ids starting with _ are reserved; pick another"),
+    ErrorCode("invalid_role", 422, 3, 'use "superadmin" or "user"'),
+    ErrorCode("invalid_port_range", 422, 3, "use ports 1..65535 with start <= end"),
+    ErrorCode("empty_protocol_set", 422, 3, 'list at least one of "tcp", "udp"'),
+    ErrorCode("invalid_client", 422, 3, 'name an existing client, its id, or "*" for all'),
+    ErrorCode("initial_password_required", 422, 3, "give the new user an initial password"),
+    ErrorCode("password_too_short", 422, 3, "use at least 12 characters"),
+    ErrorCode("password_too_long", 422, 3, "use at most 1024 bytes"),
+    ErrorCode(
+        "password_invalid", 422, 3, "the current password is wrong, or the value is not text"
+    ),
+    ErrorCode("password_mismatch", 422, 3, "type the same new password twice"),
+    ErrorCode("invalid_limit", 422, 3, "use a limit from 1 to 1000"),
+    ErrorCode("invalid_outcome", 422, 3, 'use outcome "allow" or "deny"'),
+    ErrorCode("invalid_cursor", 400, 3, "pass back a next_cursor exactly as the server sent it"),
+    ErrorCode(
+        "invalid_time_range",
+        400,
+        3,
+        "use RFC 3339 timestamps such as 2026-01-02T03:04:05Z, since before until",
+    ),
+    ErrorCode(
+        "endpoint_invalid",
+        422,
+        3,
+        "use host:port with a DNS name or IP the edges can reach, or null to clear",
+    ),
+    ErrorCode(
+        "endpoint_not_in_cert_san",
+        422,
+        3,
+        "the server certificate does not name that host; pick a host it covers, or "
+        "regenerate the certificate with that host",
+    ),
+    ErrorCode("rate_limited", 429, 1, "too many failures; wait for the Retry-After seconds"),
+    ErrorCode(
+        "password_hash_failed", 500, 1, "the server could not hash the password; see its log"
+    ),
+    ErrorCode("store_error", 500, 1, "the server's store failed; see its log"),
 )
 
 

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portunus import __version__
@@ -40,6 +41,7 @@ from portunus.server.clientspec import (
     check_client_name,
     check_enrollment_ttl,
 )
+from portunus.server.metrics import RuleMetricsRow
 from portunus.server.plane import ClientView, EnrollmentView, IControlPlane, RuleView
 from portunus.server.sessions import ISessionHost, ServerSession, SessionRegistry
 from portunus.server.store import RuleState
@@ -123,6 +125,15 @@ def refuse_overlaps(rule: Rule, others: list[Any]) -> None:
 
 
 @implementer(IControlPlane, ISessionHost)
+def _removal_unanswered(failure: Failure, rule_id: int) -> None:
+    log.warn(
+        "client did not confirm removal of rule {rule_id}: {why}",
+        event="rule.remove_unanswered",
+        rule_id=str(rule_id),
+        why=failure.getErrorMessage(),
+    )
+
+
 class ControlPlane:
     """The one owner of clients, enrollments, rules and live sessions."""
 
@@ -136,6 +147,10 @@ class ControlPlane:
         #: rule id -> client id, for the rules sent to a client this run:
         #: a client's stats are believed only for its own rules.
         self._owners: dict[int, str] = {}
+        #: rule id -> record, for the rules in C{_owners}: the metrics' rows.
+        self._live_rules: dict[int, Any] = {}
+        #: Told the reason of every refused control connection (metrics).
+        self.auth_failure_observer: Callable[[str], object] = lambda reason: None
 
     # -- clients ---------------------------------------------------------
 
@@ -246,6 +261,7 @@ class ControlPlane:
         yield self.store.delete_client(client_id)
         for record in rules:
             self._stats.pop(record.rule_id, None)
+            self._live_rules.pop(record.rule_id, None)
         self.sessions.disconnect(client_id, "client_deleted")
         log.info("client {client_id} deleted", event="client.deleted", client_id=client_id)
         return None
@@ -261,6 +277,8 @@ class ControlPlane:
             state_reason=record.state_reason,
             created_at=record.created_at,
             updated_at=record.updated_at,
+            owner_user_id=record.owner_user_id,
+            grant_id=record.grant_id,
         )
 
     def _gate(self, session: ServerSession, rule: Rule) -> None:
@@ -284,7 +302,14 @@ class ControlPlane:
         return rule
 
     @inlineCallbacks
-    def push_rule(self, client_id: str, rule: Rule, ack_timeout: float) -> Any:
+    def push_rule(
+        self,
+        client_id: str,
+        rule: Rule,
+        ack_timeout: float,
+        owner_user_id: str | None = None,
+        grant_id: str | None = None,
+    ) -> Any:
         if len(rule.listen) > self.settings.range_rule_max_ports:
             raise PortunusError(
                 "exceeds_cap",
@@ -314,6 +339,8 @@ class ControlPlane:
             rule,
             self.clock.seconds(),
             check=lambda others: refuse_overlaps(rule, others),
+            owner_user_id=owner_user_id,
+            grant_id=grant_id,
         )
         log.info(
             "rule {rule_id} pushed to client {client_name}",
@@ -323,6 +350,7 @@ class ControlPlane:
             client_name=client.name,
         )
         self._owners[record.rule_id] = client_id
+        self._live_rules[record.rule_id] = record
         outcome = yield self._push_and_wait(session, record.rule, ack_timeout)
         if outcome is None:
             raise PortunusError(
@@ -399,10 +427,10 @@ class ControlPlane:
         return outcome
 
     @inlineCallbacks
-    def list_rules(self, client_id: str | None) -> Any:
+    def list_rules(self, client_id: str | None, owner_user_id: str | None = None) -> Any:
         if client_id is not None:
             yield self.store.get_client(client_id)
-        records = yield self.store.list_rules(client_id)
+        records = yield self.store.list_rules(client_id, owner_user_id)
         return [self._rule_view(r) for r in records]
 
     @inlineCallbacks
@@ -412,22 +440,21 @@ class ControlPlane:
 
     @inlineCallbacks
     def remove_rule(self, rule_id: int) -> Any:
-        record = yield self.store.get_rule(rule_id)
-        yield self.store.delete_rule(rule_id)
-        self._stats.pop(rule_id, None)
-        self._owners.pop(rule_id, None)
-        log.info("rule {rule_id} removed", event="rule.removed", rule_id=str(rule_id))
-        session = self.sessions.get(record.client_id)
-        if session is not None:
-            session.remove_rule(rule_id).addErrback(
-                lambda f: log.warn(
-                    "client did not confirm removal of rule {rule_id}: {why}",
-                    event="rule.remove_unanswered",
-                    rule_id=str(rule_id),
-                    why=f.getErrorMessage(),
-                )
-            )
+        record = yield self.store.delete_rule(rule_id)
+        yield self.forget_rules([record])
         return None
+
+    def forget_rules(self, records: list[Any]) -> Any:
+        for record in records:
+            rule_id = record.rule_id
+            self._stats.pop(rule_id, None)
+            self._owners.pop(rule_id, None)
+            self._live_rules.pop(rule_id, None)
+            log.info("rule {rule_id} removed", event="rule.removed", rule_id=str(rule_id))
+            session = self.sessions.get(record.client_id)
+            if session is not None:
+                session.remove_rule(rule_id).addErrback(_removal_unanswered, rule_id)
+        return succeed(None)
 
     @inlineCallbacks
     def rule_stats(self, rule_id: int) -> Any:
@@ -487,6 +514,7 @@ class ControlPlane:
                 reason = "token_revoked"
         if reason is not None:
             log.warn("control connection refused: {reason}", event="auth.failure", reason=reason)
+            self.auth_failure_observer(reason)
             raise AuthFailed(reason)
         return record.client_id, record.name
 
@@ -527,6 +555,7 @@ class ControlPlane:
                 )
                 continue
             self._owners[record.rule_id] = session.client_id
+            self._live_rules[record.rule_id] = record
             outcome = yield session.push_rule(record.rule, replay=True)
             yield self._record_outcome(outcome, record.rule_id)
         removed = yield session.replay_done(len(active))
@@ -560,6 +589,33 @@ class ControlPlane:
             self._stats[entry["rule_id"]] = dict(
                 entry, updated_at=updated_at, sent_at_ms=sent_at_ms
             )
+
+    # -- metrics ---------------------------------------------------------
+
+    def metrics_snapshot(self) -> list[RuleMetricsRow]:
+        """
+        One row per live rule (sent to its client during this run and not
+        removed since) with its last reported counters; read at each scrape.
+        """
+        rows = []
+        for rule_id, record in sorted(self._live_rules.items()):
+            rule: Rule = record.rule
+            rows.append(
+                RuleMetricsRow(
+                    rule_id=rule_id,
+                    client_id=record.client_id,
+                    client_name=record.client_name,
+                    owner=getattr(record, "owner_user_id", None) or "",
+                    protocol=rule.protocol.value,
+                    multi_target=len(rule.targets) > 1,
+                    sni=_is_sni(rule),
+                    stats=self._stats.get(rule_id, {}),
+                )
+            )
+        return rows
+
+    def connected_clients(self) -> int:
+        return len(self.sessions)
 
     def stop(self) -> None:
         for session in self.sessions.all():

@@ -70,6 +70,10 @@ class RuleView:
     state_reason: str | None = None
     created_at: float | None = None
     updated_at: float | None = None
+    #: Who pushed the rule (C{None} for rules from before accounts existed).
+    owner_user_id: str | None = None
+    #: The grant the push was allowed under; C{None} for superadmins' rules.
+    grant_id: str | None = None
 
 
 class IControlPlane(Interface):
@@ -110,18 +114,30 @@ class IControlPlane(Interface):
         (C{client_not_revoked}); its rules go with it.
         """
 
-    def push_rule(client_id: str, rule: Rule, ack_timeout: float) -> Any:
+    def push_rule(
+        client_id: str,
+        rule: Rule,
+        ack_timeout: float,
+        owner_user_id: str | None = None,
+        grant_id: str | None = None,
+    ) -> Any:
         """
         C{Deferred[RuleView]} once the client has activated the rule.
-        C{rule.id} is ignored: the server assigns one.  Refusals:
+        C{rule.id} is ignored: the server assigns one.  The rule is stamped
+        with C{owner_user_id} and the C{grant_id} that allowed it (a grant
+        revoked meanwhile refuses the push with C{client_not_granted}).
+        Refusals:
         C{client_not_found}, C{client_not_connected}, C{port_in_use},
         C{unsupported_protocol} / C{*_unsupported_by_client},
         C{activation_failed} (the reason in the message and a C{reason}
         field), C{ack_timeout} (the rule stays pending).
         """
 
-    def list_rules(client_id: str | None) -> Any:
-        """C{Deferred[list[RuleView]]} ordered by id, optionally of one client."""
+    def list_rules(client_id: str | None, owner_user_id: str | None = None) -> Any:
+        """
+        C{Deferred[list[RuleView]]} ordered by id, optionally of one client
+        and/or one owner.
+        """
 
     def get_rule(rule_id: int) -> Any:
         """C{Deferred[RuleView]}; C{rule_not_found}."""
@@ -130,6 +146,13 @@ class IControlPlane(Interface):
         """
         C{Deferred[None]}: deleted server-side at once, the client told to
         stop accepting and drain.  C{rule_not_found}.
+        """
+
+    def forget_rules(records: list[Any]) -> Any:
+        """
+        C{Deferred[None]}: rules already deleted from the store (a user's or
+        a grant's cascade) are dropped from the caches and their clients
+        told to stop them.
         """
 
     def rule_stats(rule_id: int) -> Any:

@@ -72,6 +72,7 @@ SERVER_TOML_KEYS: tuple[str, ...] = (
     "udp_flow_idle_secs",
     "udp_max_flows_per_rule",
     "operator_token",
+    "operator_http_public_origin",
     "shutdown_drain_timeout_secs",
     "ack_timeout_secs",
     "resolver",
@@ -196,6 +197,9 @@ class ServerSettings:
     udp_flow_idle_secs: int = 60
     udp_max_flows_per_rule: int = 1024
     operator_token: str | None = attrs.field(default=None, repr=_redacted)
+    #: The exact C{Origin} browsers send when the console sits behind a
+    #: proxy (C{https://ops.example.com}); C{None}: compare with C{Host}.
+    operator_http_public_origin: str | None = None
     shutdown_drain_timeout_secs: float = 30.0
     ack_timeout_secs: float = 2.0
     resolver: ResolverSettings = attrs.field(factory=ResolverSettings)
@@ -604,6 +608,10 @@ class _Parser:
         if token is not None:
             values["operator_token"] = token
 
+        origin = self._origin(document)
+        if origin is not None:
+            values["operator_http_public_origin"] = origin
+
         if "resolver" in document:
             table = document["resolver"]
             if not isinstance(table, dict):
@@ -630,6 +638,27 @@ class _Parser:
         return settings
 
     # -- keys ---------------------------------------------------------------
+
+    def _origin(self, document: Mapping[str, object]) -> str | None:
+        key = "operator_http_public_origin"
+        if key not in document:
+            return None
+        raw = document[key]
+        scheme, _, rest = raw.partition("://") if isinstance(raw, str) else ("", "", "")
+        if (
+            scheme not in ("http", "https")
+            or not rest
+            or any(ch in rest for ch in "/?#@ ")
+            or rest.strip() != rest
+        ):
+            self.add(
+                key,
+                f"must be an origin such as \"https://ops.example.com\" (scheme and host[:port], "
+                f"no path), not {_describe(raw)}",
+            )
+            return None
+        assert isinstance(raw, str)
+        return raw
 
     def _listen(self, document: Mapping[str, object], key: str) -> ListenAddress | None:
         if key not in document:

@@ -14,14 +14,13 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred, fail
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.cli import server as cli
 from portunus.errors import PortunusError
 from portunus.model import PortRange, ProxyProtocolVersion, RateLimit
-from portunus.server.api import make_api
+from tests.server._apiharness import ApiHarness
 from tests.server._fakeplane import FakePlane
 
 TOKEN = "operator-token-for-tests"
@@ -44,7 +43,8 @@ class CliTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.plane = FakePlane()
         self.edge = self.plane.add_client("edge-01")
-        self.http: Any = StubTreq(make_api(self.plane, TOKEN, Clock()).resource())
+        self.api = ApiHarness(self, self.plane, operator_token=TOKEN)
+        self.http: Any = self.api.http
         self.env = {"PORTUNUS_OPERATOR_TOKEN": TOKEN}
 
     def cli(self, *argv: str) -> tuple[int, str, str]:
@@ -95,7 +95,7 @@ class GlobalTests(CliTestCase):
 
     def test_wrong_token(self) -> None:
         self.env = {"PORTUNUS_OPERATOR_TOKEN": "wrong"}
-        self.assertFails(("list-clients",), 4, "unauthenticated")
+        self.assertFails(("list-clients",), 4, "credential_invalid")
 
     def test_server_down(self) -> None:
         """Nobody listening: exit 1 naming the endpoint and how to start the server."""

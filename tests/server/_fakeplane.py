@@ -30,6 +30,8 @@ class FakePlane:
         self.stats: dict[int, dict[str, Any]] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.failures: dict[str, BaseException] = {}
+        #: Rule ids dropped by forget_rules (cascades).
+        self.forgotten: list[int] = []
         self._next_client = 1
         self._next_rule = 1
         self.now = 1_700_000_000.0
@@ -144,7 +146,14 @@ class FakePlane:
         del self.clients[client_id]
         return succeed(None)
 
-    def push_rule(self, client_id: str, rule: Rule, ack_timeout: float) -> Any:
+    def push_rule(
+        self,
+        client_id: str,
+        rule: Rule,
+        ack_timeout: float,
+        owner_user_id: str | None = None,
+        grant_id: str | None = None,
+    ) -> Any:
         d = self._call("push_rule", client_id, rule, ack_timeout)
         if d is not None:
             return d
@@ -161,11 +170,13 @@ class FakePlane:
             state="active",
             created_at=self.now,
             updated_at=self.now,
+            owner_user_id=owner_user_id,
+            grant_id=grant_id,
         )
         self.rules[rule.id] = view
         return succeed(view)
 
-    def list_rules(self, client_id: str | None) -> Any:
+    def list_rules(self, client_id: str | None, owner_user_id: str | None = None) -> Any:
         d = self._call("list_rules", client_id)
         if d is not None:
             return d
@@ -173,9 +184,16 @@ class FakePlane:
             [
                 view
                 for _, view in sorted(self.rules.items())
-                if client_id is None or view.client_id == client_id
+                if (client_id is None or view.client_id == client_id)
+                and (owner_user_id is None or view.owner_user_id == owner_user_id)
             ]
         )
+
+    def forget_rules(self, records: list[Any]) -> Any:
+        for record in records:
+            self.rules.pop(record.rule_id, None)
+            self.forgotten.append(record.rule_id)
+        return succeed(None)
 
     def get_rule(self, rule_id: int) -> Any:
         d = self._call("get_rule", rule_id)

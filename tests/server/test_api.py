@@ -8,18 +8,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from treq.testing import StubTreq
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from portunus.errors import PortunusError
 from portunus.model import Balance, PortRange, Protocol, ProxyProtocolVersion, RateLimit
-from portunus.server.api import make_api
 from portunus.server.plane import IControlPlane
+from tests.server._apiharness import TOKEN, ApiHarness
 from tests.server._fakeplane import FakePlane
-
-TOKEN = "s3cret-operator-token"
 
 
 class ApiTestCase(SynchronousTestCase):
@@ -30,8 +26,8 @@ class ApiTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.plane = FakePlane()
         self.edge = self.plane.add_client("edge-01")
-        self.clock = Clock()
-        self.http = StubTreq(make_api(self.plane, self.token, self.clock).resource())
+        self.api = ApiHarness(self, self.plane, operator_token=self.token)
+        self.clock = self.api.clock
 
     def call(
         self,
@@ -42,17 +38,10 @@ class ApiTestCase(SynchronousTestCase):
         raw: bytes | None = None,
         content_type: str = "application/json",
     ) -> tuple[int, Any]:
-        headers: dict[bytes, list[bytes]] = {}
-        if token is not None:
-            headers[b"authorization"] = [f"Bearer {token}".encode()]
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        if data is not None:
-            headers[b"content-type"] = [content_type.encode()]
-        d = self.http.request(method, "http://127.0.0.1:7080" + path, headers=headers, data=data)
-        self.http.flush()
-        response = self.successResultOf(d)
-        content = self.successResultOf(response.content())
-        return response.code, json.loads(content) if content else None
+        status, decoded, _ = self.api.request(
+            method, path, body, token=token, raw=raw, content_type=content_type
+        )
+        return status, decoded
 
     def assertError(
         self, answer: tuple[int, Any], status: int, code: str, field: str | None = None
@@ -70,58 +59,6 @@ class FakePlaneTests(SynchronousTestCase):
     def test_fake_provides_the_interface(self) -> None:
         """The fake the API is tested against really is an IControlPlane."""
         self.assertTrue(verifyObject(IControlPlane, FakePlane()))
-
-
-class AuthTests(ApiTestCase):
-    def test_health_is_public(self) -> None:
-        """GET /v1/health answers without a token, for load balancers and probes."""
-        self.assertEqual(self.call("GET", "/v1/health", token=None), (200, {"status": "ok"}))
-
-    def test_missing_token(self) -> None:
-        """No Authorization header: 401 unauthenticated, reason missing_token."""
-        error = self.assertError(
-            self.call("GET", "/v1/clients", token=None), 401, "unauthenticated"
-        )
-        self.assertEqual(error["reason"], "missing_token")
-        self.assertEqual(self.plane.calls, [])
-
-    def test_not_bearer(self) -> None:
-        """A Basic header is a missing bearer token, not a wrong one."""
-        d = self.http.get(
-            "http://127.0.0.1:7080/v1/clients", headers={b"authorization": [b"Basic eDp5"]}
-        )
-        self.http.flush()
-        response = self.successResultOf(d)
-        self.assertEqual(response.code, 401)
-        body = json.loads(self.successResultOf(response.content()))
-        self.assertEqual(body["error"]["reason"], "missing_token")
-
-    def test_wrong_token(self) -> None:
-        """A wrong token is refused before the plane is asked anything."""
-        error = self.assertError(
-            self.call("GET", "/v1/clients", token="nope"), 401, "unauthenticated"
-        )
-        self.assertEqual(error["reason"], "invalid_token")
-        self.assertEqual(self.plane.calls, [])
-
-    def test_right_token(self) -> None:
-        """The configured token opens every /v1 route."""
-        status, _ = self.call("GET", "/v1/clients")
-        self.assertEqual(status, 200)
-
-
-class NoTokenConfiguredTests(ApiTestCase):
-    token = None
-
-    def test_refused_with_a_way_out(self) -> None:
-        """With no operator_token configured, the answer says where to set one."""
-        error = self.assertError(self.call("GET", "/v1/clients"), 401, "unauthenticated")
-        self.assertIn("operator_token", error["message"])
-        self.assertIn("server.toml", error["message"])
-        self.assertEqual(error["reason"], "no_token_configured")
-
-    def test_health_still_answers(self) -> None:
-        self.assertEqual(self.call("GET", "/v1/health", token=None)[0], 200)
 
 
 class EnvelopeTests(ApiTestCase):
@@ -322,8 +259,10 @@ class RuleRouteTests(ApiTestCase):
                 "state_reason",
                 "created_at",
                 "updated_at",
+                "owner",
             },
         )
+        self.assertEqual(body["owner"], "_legacy")
         self.assertEqual(body["client_id"], self.edge.client_id)
         self.assertEqual(body["state"], "active")
         self.assertEqual(

@@ -2,22 +2,33 @@
 The operator HTTP API: one Klein app under C{/v1}.
 
 Routes are thin: each turns a request into calls on the
-L{portunus.server.plane.IControlPlane} and their results into JSON.
-Everything every route shares lives here, in one seam: bearer
-authentication, JSON bodies, the error envelope
-(C{{"error": {"code", "message", ...}}} with the registry's HTTP status),
-JSON 404/405 answers and the 500 path, which logs the traceback under a
+L{portunus.server.plane.IControlPlane} (or the accounts service) and their
+results into JSON.  Everything every route shares lives here, in one seam
+that every C{/v1} request passes, with no second path:
+
+  1. bootstrap: while no superadmin can log in, only machine bearer tokens
+     get through; everything else is 503 C{bootstrap_required};
+  2. authenticate: the C{portunus_session} cookie if present (and then
+     only it), else C{Authorization: Bearer};
+  3. CSRF for cookie-authenticated writes;
+  4. the password-change gate for sessions of users who must change theirs;
+  5. the route's role (C{superadmin} routes refuse users: C{role_required});
+  6. the handler, which checks ownership and grants itself;
+  7. audit: every write, and every denial at any step (including a
+     handler's 403), becomes an audit entry; every request is counted.
+
+The error envelope is C{{"error": {"code", "message", ...}}} with the
+registry's HTTP status; the 500 path logs the traceback under a
 correlation id and shows the client only that id.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import attrs
 from klein import Klein
@@ -29,14 +40,32 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from portunus.errors import PortunusError
+from portunus.server.audit.entry import AuditEntry, AuditSink
+from portunus.server.auth.csrf import MUTATING_METHODS, check_csrf
+from portunus.server.auth.principal import ANONYMOUS, Principal
 
 __all__ = [
+    "SESSION_COOKIE",
+    "Access",
     "Answer",
     "ApiContext",
+    "Authenticator",
+    "Call",
+    "RequestObserver",
     "make_api",
     "read_json",
+    "remote_host",
     "timestamp",
 ]
+
+#: The console's session cookie.
+SESSION_COOKIE = b"portunus_session"
+
+#: Who may call a route: anyone, any authenticated user, superadmins only.
+Access = Literal["public", "authenticated", "superadmin"]
+
+#: HTTP statuses whose requests the audit log records as denied.
+_DENIED_STATUSES = frozenset({401, 403, 429, 503})
 
 log = Logger(namespace="portunus.server.api")
 
@@ -67,6 +96,9 @@ def _envelope(request: IRequest, error: PortunusError) -> bytes:
     request.setHeader(b"content-type", b"application/json")
     if error.code == "unauthenticated":
         request.setHeader(b"www-authenticate", b'Bearer realm="portunus"')
+    retry_after = error.fields.get("retry_after")
+    if isinstance(retry_after, int):
+        request.setHeader(b"retry-after", str(retry_after).encode("ascii"))
     return json.dumps(error.to_json()).encode("utf-8")
 
 
@@ -102,130 +134,308 @@ def read_json(request: IRequest, required: bool = True) -> dict[str, Any]:
     return body
 
 
+class Authenticator(Protocol):
+    """What the pipeline asks of the accounts service."""
+
+    def bootstrapped(self) -> bool:
+        """A superadmin who can log in exists (onboarding is over)."""
+
+    def authenticate_bearer(self, token: str) -> Deferred[Principal]:
+        """
+        The principal behind a bearer token: C{credential_invalid},
+        C{user_disabled}.
+        """
+
+    def authenticate_session(self, secret: str, remote: str | None) -> Deferred[Principal]:
+        """
+        The principal behind a session cookie's secret, refreshing its
+        idle timer: C{credential_invalid} (unknown, revoked, idle or past
+        its absolute lifetime), C{user_disabled}.
+        """
+
+
+class RequestObserver(Protocol):
+    """Told the outcome of every C{/v1} request (the metrics count them)."""
+
+    def request_done(self, outcome: str, reason: str) -> None: ...
+
+
+class _Unobserved:
+    def request_done(self, outcome: str, reason: str) -> None:
+        pass
+
+
+@attrs.define
+class Call:
+    """
+    One request as a handler sees it: the request, who makes it (C{None}
+    only on public routes) and what the audit entry should say about it.
+    """
+
+    request: IRequest
+    principal: Principal | None
+    correlation_id: str
+    #: The audit action (C{rule.push} ...); the route's by default.
+    action: str | None = None
+    resource_kind: str | None = None
+    resource_value: str | None = None
+    details: dict[str, Any] | None = None
+    #: Public routes name their actor once known (login: the user id tried).
+    actor: str | None = None
+
+    @property
+    def who(self) -> Principal:
+        """The authenticated principal (routes that are not public)."""
+        assert self.principal is not None, "who on a public route"
+        return self.principal
+
+    def note(self, kind: str | None = None, value: object = None, **details: Any) -> None:
+        """Say which resource the request touched (and safe details) for the audit."""
+        if kind is not None:
+            self.resource_kind = kind
+        if value is not None:
+            self.resource_value = str(value)
+        if details:
+            self.details = {**(self.details or {}), **details}
+
+
+@attrs.frozen
+class _Route:
+    handler: Handler
+    access: Access
+    action: str | None
+    #: Allowed while the session's user must change their password first.
+    before_password_change: bool
+
+
 @attrs.define
 class ApiContext:
-    """What every route handler needs: the plane and the shared seam."""
+    """What every route handler needs: the plane, accounts and the shared seam."""
 
     plane: Any
-    operator_token: str | None
+    #: The accounts service (L{portunus.server.auth.accounts.Accounts});
+    #: the pipeline uses only its L{Authenticator} part.
+    accounts: Any
     clock: IReactorTime
+    audit: AuditSink
+    observer: RequestObserver = attrs.field(factory=_Unobserved)
+    #: C{operator_http_public_origin}: the exact Origin browsers send when
+    #: the server sits behind a proxy; C{None}: compare with C{Host}.
+    public_origin: str | None = None
     app: Klein = attrs.field(factory=Klein)
 
-    def route(self, path: str, method: str, public: bool = False) -> Callable[[Handler], Handler]:
+    def route(
+        self,
+        path: str,
+        method: str,
+        access: Access = "authenticated",
+        *,
+        action: str | None = None,
+        before_password_change: bool = False,
+    ) -> Callable[[Handler], Handler]:
         """
-        Register C{handler(request, **path_args)} (a coroutine function
-        returning an L{Answer} or a JSON value, answered 200) under the
-        seam: authentication unless C{public}, errors as envelopes.
+        Register C{handler(call, **path_args)} (a coroutine function
+        returning an L{Answer} or a JSON value, answered 200) behind the
+        pipeline.  C{action} names the route in the audit log.
         """
 
         def register(handler: Handler) -> Handler:
+            route = _Route(handler, access, action, before_password_change)
+
             def endpoint(request: IRequest, **kwargs: Any) -> Deferred[bytes]:
-                return ensureDeferred(self._serve(request, handler, kwargs, public))
+                return ensureDeferred(self._serve(request, route, kwargs))
 
             self.app.route(path, methods=[method], endpoint=f"{method} {path}")(endpoint)
             return handler
 
         return register
 
-    def _authenticate(self, request: IRequest) -> None:
-        if not self.operator_token:
-            raise PortunusError(
-                "unauthenticated",
-                "this server has no operator token configured; set operator_token in "
-                "server.toml in the server's data dir (portunus-server gen-token makes one) "
-                "and restart it",
-                reason="no_token_configured",
-            )
-        header = request.getHeader(b"authorization")
-        if header is None:
-            raise PortunusError(
-                "unauthenticated",
-                "missing_token: send Authorization: Bearer <operator_token>",
-                reason="missing_token",
-            )
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            raise PortunusError(
-                "unauthenticated",
-                "missing_token: the Authorization header must be Bearer <operator_token>",
-                reason="missing_token",
-            )
-        if not hmac.compare_digest(token.strip(), self.operator_token.encode("utf-8")):
-            raise PortunusError(
-                "unauthenticated",
-                "the bearer token is not this server's operator_token; "
-                "check PORTUNUS_OPERATOR_TOKEN against operator_token in server.toml, or the "
-                "operator.token file in the server's data dir",
-                reason="invalid_token",
-            )
+    def secure_cookies(self, request: IRequest) -> bool:
+        """Whether cookies should carry C{Secure}: the console is served over https."""
+        if request.isSecure():
+            return True
+        forwarded = (request.getHeader(b"x-forwarded-proto") or b"").strip().lower()
+        origin = self.public_origin or ""
+        return forwarded == b"https" or origin.lower().startswith("https://")
 
-    async def _serve(
-        self, request: IRequest, handler: Handler, kwargs: dict[str, Any], public: bool
-    ) -> bytes:
+    async def _principal(self, request: IRequest, route: _Route) -> Principal:
+        """Steps 1 to 5 of the pipeline; a refusal raises its error."""
+        cookie = request.getCookie(SESSION_COOKIE)
+        header = request.getHeader(b"authorization")
+        bearer: str | None = None
+        if cookie is None and header is not None:
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                bearer = token.strip().decode("latin-1")
+        if not self.accounts.bootstrapped():
+            # Machine tokens keep automation working on a fresh server;
+            # everyone else is sent to onboarding.
+            if bearer is not None:
+                return self._check_role(await self.accounts.authenticate_bearer(bearer), route)
+            raise PortunusError(
+                "bootstrap_required",
+                "no superadmin exists yet: open the console and onboard with the setup token "
+                "the server logged at startup (portunus-server onboarding-token prints a new one)",
+            )
+        if cookie is not None:
+            remote = remote_host(request)
+            principal = await self.accounts.authenticate_session(cookie.decode("latin-1"), remote)
+            if request.method in MUTATING_METHODS:
+                check_csrf(request, self.public_origin)
+            if principal.password_change_required and not route.before_password_change:
+                raise PortunusError(
+                    "password_change_required",
+                    "change your password first: POST /v1/users/me/password",
+                )
+            return self._check_role(principal, route)
+        if bearer is None:
+            raise PortunusError(
+                "unauthenticated",
+                "log in, or send Authorization: Bearer <token> (the operator token from "
+                "server.toml or the operator.token file in the server's data dir)",
+                reason="missing_token",
+            )
+        return self._check_role(await self.accounts.authenticate_bearer(bearer), route)
+
+    def _check_role(self, principal: Principal, route: _Route) -> Principal:
+        if route.access == "superadmin" and not principal.is_superadmin:
+            raise PortunusError("role_required", "only a superadmin may do this")
+        return principal
+
+    async def _serve(self, request: IRequest, route: _Route, kwargs: dict[str, Any]) -> bytes:
         started = self.clock.seconds()
+        call = Call(request, None, uuid.uuid4().hex, action=route.action)
+        status = 200
         try:
-            if not public:
-                self._authenticate(request)
-            result = await handler(request, **kwargs)
+            if route.access != "public":
+                call.principal = await self._principal(request, route)
+            result = await route.handler(call, **kwargs)
         except PortunusError as e:
             body = _envelope(request, e)
-            outcome = e.code
+            reason = e.code
+            status = e.error.http_status
         except Exception:
-            correlation_id = uuid.uuid4().hex
             log.failure(
                 "unexpected error answering {method} {path} ({correlation_id})",
                 event="api.internal_error",
                 method=request.method.decode("latin-1"),
                 path=request.path.decode("latin-1"),
-                correlation_id=correlation_id,
+                correlation_id=call.correlation_id,
             )
             body = _envelope(
                 request,
                 PortunusError(
                     "internal",
                     f"internal error; the server log has details under correlation id "
-                    f"{correlation_id}",
-                    correlation_id=correlation_id,
+                    f"{call.correlation_id}",
+                    correlation_id=call.correlation_id,
                 ),
             )
-            outcome = "internal"
+            reason = "internal"
+            status = 500
         else:
             answer = result if isinstance(result, Answer) else Answer(200, result)
+            status = answer.status
             request.setResponseCode(answer.status)
             if answer.body is None:
                 body = b""
             else:
                 request.setHeader(b"content-type", b"application/json")
                 body = json.dumps(answer.body).encode("utf-8")
-            outcome = "ok"
-        log.debug(
-            "{method} {path} -> {outcome}",
-            event="api.request",
-            method=request.method.decode("latin-1"),
-            path=request.path.decode("latin-1"),
-            outcome=outcome,
-            duration_ms=round((self.clock.seconds() - started) * 1000, 3),
-        )
+            reason = "ok"
+        outcome = "deny" if status in _DENIED_STATUSES else "allow"
+        self._finish(call, outcome, reason, status, started)
         return body
 
+    def _finish(self, call: Call, outcome: str, reason: str, status: int, started: float) -> None:
+        request = call.request
+        method = request.method.decode("latin-1")
+        path = request.path.decode("latin-1")
+        principal = call.principal
+        actor = principal.user_id if principal is not None else (call.actor or ANONYMOUS)
+        fields = {
+            "method": method,
+            "path": path,
+            "actor": actor,
+            "role": principal.role.value if principal is not None else None,
+            "auth_method": principal.auth_method.value if principal is not None else None,
+            "outcome": outcome,
+            "reason": reason,
+            "status": status,
+            "correlation_id": call.correlation_id,
+            "duration_ms": round((self.clock.seconds() - started) * 1000, 3),
+        }
+        if outcome == "deny":
+            log.warn("{method} {path} denied: {reason}", event="operator.deny", **fields)
+        else:
+            log.debug("{method} {path} -> {reason}", event="operator.allow", **fields)
+        self.observer.request_done(outcome, reason)
+        if outcome == "deny" or request.method in MUTATING_METHODS:
+            self.audit.record(
+                AuditEntry(
+                    ts=self.clock.seconds(),
+                    actor=actor,
+                    outcome="deny" if outcome == "deny" else "allow",
+                    role=fields["role"],
+                    method=method,
+                    path=path,
+                    reason=reason,
+                    action=call.action,
+                    resource_kind=call.resource_kind,
+                    resource_value=call.resource_value,
+                    correlation_id=call.correlation_id,
+                    details=call.details,
+                )
+            )
 
-def make_api(plane: Any, operator_token: str | None, clock: IReactorTime) -> Klein:
+
+def remote_host(request: IRequest) -> str | None:
+    """The peer's IP address (the throttle and sessions key on it)."""
+    peer = request.getClientAddress()
+    host = getattr(peer, "host", None)
+    return host if isinstance(host, str) else None
+
+
+def make_api(
+    plane: Any,
+    accounts: Any,
+    clock: IReactorTime,
+    audit: AuditSink,
+    *,
+    observer: RequestObserver | None = None,
+    public_origin: str | None = None,
+    extra: Callable[[ApiContext], None] | None = None,
+) -> Klein:
     """
     The operator API's Klein app over C{plane} (an
-    L{portunus.server.plane.IControlPlane}).  C{operator_token} is the
-    bearer every C{/v1} route but C{/v1/health} requires; C{None} refuses
-    them all with a message saying how to set one.
+    L{portunus.server.plane.IControlPlane}) and C{accounts} (an
+    L{portunus.server.auth.accounts.Accounts}).  Audit entries go to
+    C{audit}; every request's outcome to C{observer} (the metrics).
+    C{extra} adds routes that need more than the plane (metrics, audit
+    queries, settings), behind the same pipeline.
     """
-    from portunus.server.api import clients, rules
+    from portunus.server.api import auth, clients, grants, rules, users
 
-    ctx = ApiContext(plane, operator_token, clock)
+    ctx = ApiContext(
+        plane,
+        accounts,
+        clock,
+        audit,
+        observer=observer or _Unobserved(),
+        public_origin=public_origin,
+    )
 
-    @ctx.route("/v1/health", "GET", public=True)
-    async def health(request: IRequest) -> object:
+    @ctx.route("/v1/health", "GET", "public")
+    async def health(call: Call) -> object:
         return {"status": "ok"}
 
+    auth.install(ctx)
     clients.install(ctx)
     rules.install(ctx)
+    users.install(ctx)
+    grants.install(ctx)
+    if extra is not None:
+        extra(ctx)
 
     @ctx.app.handle_errors(NotFound)
     def not_found(request: IRequest, failure: Failure) -> bytes:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.iweb import IRequest
-
 from portunus.errors import PortunusError
-from portunus.server.api.app import Answer, ApiContext, read_json, timestamp
+from portunus.server.api.app import Answer, ApiContext, Call, read_json, timestamp
+from portunus.server.auth.rbac import granted_client_ids
 from portunus.server.clientspec import (
     DEFAULT_TTL_SECS,
     MAX_NAME_LENGTH,
@@ -28,6 +27,7 @@ __all__ = [
     "client_json",
     "install",
     "resolve_client",
+    "visible_client_ids",
 ]
 
 
@@ -99,44 +99,65 @@ async def resolve_client(plane: Any, ref: str) -> ClientView:
     return named[0]
 
 
+async def visible_client_ids(ctx: ApiContext, call: Call) -> set[str] | None:
+    """The client ids the caller may see; C{None}: all of them (superadmin or a C{*} grant)."""
+    if call.who.is_superadmin:
+        return None
+    return granted_client_ids(await ctx.accounts.grants_for(call.who.user_id))
+
+
 def install(ctx: ApiContext) -> None:
     """Add the client routes to C{ctx.app}."""
     plane = ctx.plane
 
     @ctx.route("/v1/clients", "GET")
-    async def list_clients(request: IRequest) -> object:
+    async def list_clients(call: Call) -> object:
         views = await plane.list_clients()
-        return [client_json(view) for view in views]
+        visible = await visible_client_ids(ctx, call)
+        return [client_json(v) for v in views if visible is None or v.client_id in visible]
 
     @ctx.route("/v1/clients/<client_id>", "GET")
-    async def get_client(request: IRequest, client_id: str) -> object:
+    async def get_client(call: Call, client_id: str) -> object:
+        visible = await visible_client_ids(ctx, call)
+        if visible is not None and client_id not in visible:
+            raise PortunusError(
+                "client_not_found",
+                f"no client you have a grant on has the id {client_id!r}",
+                client_id=client_id,
+            )
         return client_json(await plane.get_client(client_id))
 
-    @ctx.route("/v1/client-enrollments", "POST")
-    async def enroll(request: IRequest) -> object:
-        body = read_json(request)
+    @ctx.route("/v1/client-enrollments", "POST", "superadmin", action="client.enroll")
+    async def enroll(call: Call) -> object:
+        body = read_json(call.request)
         name, address, ttl = _name(body), _address(body), _ttl(body)
         view = await plane.enroll_client(name, address, ttl)
+        call.note("client", view.client_id, client_name=view.client_name)
         return Answer(201, enrollment_json(view))
 
-    @ctx.route("/v1/clients/<client_id>/enrollment", "POST")
-    async def reenroll(request: IRequest, client_id: str) -> object:
-        body = read_json(request, required=False)
+    @ctx.route("/v1/clients/<client_id>/enrollment", "POST", "superadmin", action="client.reenroll")
+    async def reenroll(call: Call, client_id: str) -> object:
+        call.note("client", client_id)
+        body = read_json(call.request, required=False)
         address, ttl = _address(body), _ttl(body)
         view = await plane.reenroll_client(client_id, address, ttl)
         return Answer(201, enrollment_json(view))
 
-    @ctx.route("/v1/clients/<client_id>", "PATCH")
-    async def rename(request: IRequest, client_id: str) -> object:
-        name = _name(read_json(request))
+    @ctx.route("/v1/clients/<client_id>", "PATCH", "superadmin", action="client.rename")
+    async def rename(call: Call, client_id: str) -> object:
+        call.note("client", client_id)
+        name = _name(read_json(call.request))
+        call.note(client_name=name)
         return client_json(await plane.rename_client(client_id, name))
 
-    @ctx.route("/v1/clients/<client_id>/revoke", "POST")
-    async def revoke(request: IRequest, client_id: str) -> object:
+    @ctx.route("/v1/clients/<client_id>/revoke", "POST", "superadmin", action="client.revoke")
+    async def revoke(call: Call, client_id: str) -> object:
+        call.note("client", client_id)
         await plane.revoke_client(client_id)
         return Answer(204)
 
-    @ctx.route("/v1/clients/<client_id>", "DELETE")
-    async def delete(request: IRequest, client_id: str) -> object:
+    @ctx.route("/v1/clients/<client_id>", "DELETE", "superadmin", action="client.delete")
+    async def delete(call: Call, client_id: str) -> object:
+        call.note("client", client_id)
         await plane.delete_client(client_id)
         return Answer(204)

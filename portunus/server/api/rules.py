@@ -15,8 +15,9 @@ from twisted.web.iweb import IRequest
 from portunus.errors import ERRORS, PortunusError
 from portunus.rulejson import rule_to_dict
 from portunus.rulespec import FieldIssue, parse_rule_body
-from portunus.server.api.app import Answer, ApiContext, read_json, timestamp
+from portunus.server.api.app import Answer, ApiContext, Call, read_json, timestamp
 from portunus.server.api.clients import resolve_client
+from portunus.server.auth.rbac import covering_grant, require_owner
 from portunus.server.plane import RuleView
 
 __all__ = ["install", "rule_view_json", "validation_error"]
@@ -32,6 +33,7 @@ def rule_view_json(view: RuleView) -> dict[str, Any]:
         "state_reason": view.state_reason,
         "created_at": timestamp(view.created_at),
         "updated_at": timestamp(view.updated_at),
+        "owner": view.owner_user_id,
     }
 
 
@@ -72,43 +74,72 @@ def install(ctx: ApiContext) -> None:
     """Add the rule routes to C{ctx.app}."""
     plane = ctx.plane
 
-    @ctx.route("/v1/rules", "POST")
-    async def push(request: IRequest) -> object:
-        parsed = parse_rule_body(read_json(request))
+    async def owned_rule(call: Call, text: str) -> RuleView:
+        view: RuleView = await plane.get_rule(_rule_id(text))
+        call.note("rule", view.rule.id)
+        require_owner(call.who, view.owner_user_id, view.rule.id)
+        return view
+
+    @ctx.route("/v1/rules", "POST", action="rule.push")
+    async def push(call: Call) -> object:
+        parsed = parse_rule_body(read_json(call.request))
         if isinstance(parsed, list):
             raise validation_error(parsed)
         client = await resolve_client(plane, parsed.client)
-        view = await plane.push_rule(client.client_id, parsed.rule, parsed.ack_timeout)
+        rule = parsed.rule
+        call.note("client", client.client_id, listen=str(rule.listen), protocol=str(rule.protocol))
+        grant_id = None
+        if not call.who.is_superadmin:
+            grants = await ctx.accounts.grants_for(call.who.user_id)
+            grant = covering_grant(
+                grants, client.client_id, rule.protocol.value, rule.listen.start, rule.listen.end
+            )
+            grant_id = grant.grant_id
+        view = await plane.push_rule(
+            client.client_id,
+            rule,
+            parsed.ack_timeout,
+            owner_user_id=call.who.user_id,
+            grant_id=grant_id,
+        )
+        call.note("rule", view.rule.id)
         return Answer(201, rule_view_json(view))
 
     @ctx.route("/v1/rules", "GET")
-    async def list_rules(request: IRequest) -> object:
-        refs = (request.args or {}).get(b"client")
+    async def list_rules(call: Call) -> object:
+        args = call.request.args or {}
         client_id = None
+        refs = args.get(b"client")
         if refs:
             ref = refs[-1].decode("utf-8", "replace")
             client_id = (await resolve_client(plane, ref)).client_id
-        views = await plane.list_rules(client_id)
+        owner: str | None = call.who.user_id
+        if call.who.is_superadmin:
+            owners = args.get(b"owner")
+            owner = owners[-1].decode("utf-8", "replace") if owners else None
+        views = await plane.list_rules(client_id, owner)
         return [rule_view_json(view) for view in views]
 
     @ctx.route("/v1/rules/<rule_id>", "GET")
-    async def get_rule(request: IRequest, rule_id: str) -> object:
-        return rule_view_json(await plane.get_rule(_rule_id(rule_id)))
+    async def get_rule(call: Call, rule_id: str) -> object:
+        return rule_view_json(await owned_rule(call, rule_id))
 
-    @ctx.route("/v1/rules/<rule_id>", "DELETE")
-    async def remove(request: IRequest, rule_id: str) -> object:
-        await plane.remove_rule(_rule_id(rule_id))
+    @ctx.route("/v1/rules/<rule_id>", "DELETE", action="rule.remove")
+    async def remove(call: Call, rule_id: str) -> object:
+        view = await owned_rule(call, rule_id)
+        await plane.remove_rule(view.rule.id)
         return Answer(204)
 
     @ctx.route("/v1/rules/<rule_id>/stats", "GET")
-    async def stats(request: IRequest, rule_id: str) -> object:
-        number = _rule_id(rule_id)
+    async def stats(call: Call, rule_id: str) -> object:
+        view = await owned_rule(call, rule_id)
+        number = view.rule.id
         data = dict(await plane.rule_stats(number))
         data["rule_id"] = number
         updated = data.get("updated_at")
         if isinstance(updated, int | float) and not isinstance(updated, bool):
             data["updated_at"] = timestamp(updated)
         # As Portunus: per-target state always, the per-port rows on request.
-        if not _flag(request, b"per_port"):
+        if not _flag(call.request, b"per_port"):
             data.pop("per_port", None)
         return data

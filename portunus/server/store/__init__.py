@@ -9,6 +9,7 @@ L{restore} and L{reset} are the offline tools behind the CLI commands of
 the same names.
 """
 
+from portunus.server.store._accounts import AccountStore, GrantRecord, UserRecord, UserRemoval
 from portunus.server.store._offline import (
     ResetResult,
     RestoreResult,
@@ -32,8 +33,10 @@ __all__ = [
     "DB_NAME",
     "LOCK_NAME",
     "SCHEMA_VERSION",
+    "AccountStore",
     "ClientRecord",
     "EnrollmentRecord",
+    "GrantRecord",
     "Redemption",
     "ResetResult",
     "RestoreResult",
@@ -42,6 +45,8 @@ __all__ = [
     "Runner",
     "Store",
     "ThreadPoolRunner",
+    "UserRecord",
+    "UserRemoval",
     "backup",
     "open_store",
     "reset",

@@ -98,6 +98,10 @@ class RuleRecord:
     state_reason: str | None
     created_at: float
     updated_at: float
+    #: The user who pushed the rule (C{None} for rules pushed before accounts).
+    owner_user_id: str | None = None
+    #: The grant that allowed the push; C{None} for superadmins' rules.
+    grant_id: str | None = None
 
     @property
     def rule_id(self) -> int:

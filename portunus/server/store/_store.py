@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
-from portunus.rulejson import rule_from_dict, rule_to_dict
+from portunus.rulejson import rule_to_dict
+from portunus.server.store._accounts import AccountStore
 from portunus.server.store._ids import new_ulid
 from portunus.server.store._records import (
     ClientRecord,
@@ -28,6 +28,9 @@ from portunus.server.store._records import (
     RuleRecord,
     RuleState,
 )
+from portunus.server.store._rulerows import RULE_SELECT as _RULE_SELECT
+from portunus.server.store._rulerows import rule_from_row as _rule
+from portunus.server.store._rulerows import with_id as _with_id
 from portunus.server.store._runner import Runner, ThreadPoolRunner
 from portunus.server.store._schema import (
     DB_NAME,
@@ -46,10 +49,6 @@ _ENROLLMENT_COLUMNS = (
     "id, client_id, client_name, client_address, issued_at, expires_at, "
     "consumed_at, advertised_endpoint"
 )
-_RULE_SELECT = (
-    "SELECT r.id, r.client_id, c.name, r.spec_json, r.state_kind, r.state_reason, "
-    "r.created_at, r.updated_at FROM rules r JOIN clients c ON c.client_id = r.client_id"
-)
 
 
 def _client(row: Sequence[Any]) -> ClientRecord:
@@ -58,26 +57,6 @@ def _client(row: Sequence[Any]) -> ClientRecord:
 
 def _enrollment(row: Sequence[Any]) -> EnrollmentRecord:
     return EnrollmentRecord(*row)
-
-
-def _rule(row: Sequence[Any]) -> RuleRecord:
-    rule_id, client_id, client_name, spec, kind, reason, created_at, updated_at = row
-    rule = rule_from_dict(json.loads(spec))
-    if rule.id != rule_id:
-        rule = _with_id(rule, rule_id)
-    return RuleRecord(
-        rule=rule,
-        client_id=client_id,
-        client_name=client_name,
-        state=RuleState(kind),
-        state_reason=reason,
-        created_at=created_at,
-        updated_at=updated_at,
-    )
-
-
-def _with_id(rule: Rule, rule_id: int) -> Rule:
-    return attrs.evolve(rule, id=rule_id)
 
 
 def _spec(rule: Rule) -> str:
@@ -112,6 +91,11 @@ def _fetch_unrevoked_client(conn: sqlite3.Connection, client_id: str) -> ClientR
             client_id=client_id,
         )
     return client
+
+
+def _exists(conn: sqlite3.Connection, table: str, column: str, value: str) -> bool:
+    row = conn.execute(f"SELECT 1 FROM {table} WHERE {column} = ?", (value,)).fetchone()
+    return row is not None
 
 
 def _fetch_rule(conn: sqlite3.Connection, rule_id: int) -> RuleRecord:
@@ -164,6 +148,8 @@ class Store:
         self.path = path
         #: The schema version on disk (the code's version once migrated).
         self.schema_version = schema_version
+        #: Users, credentials, sessions, grants and onboarding.
+        self.accounts = AccountStore(self._run, randbytes)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -287,8 +273,8 @@ class Store:
 
     def delete_client(self, client_id: str) -> Deferred[None]:
         """
-        Delete a revoked client with its rules and codes.
-        C{client_not_found}, C{client_not_revoked}.
+        Delete a revoked client with its rules, codes and the grants that
+        name it.  C{client_not_found}, C{client_not_revoked}.
         """
 
         def txn(conn: sqlite3.Connection) -> None:
@@ -299,6 +285,7 @@ class Store:
                     f"client {client.name!r} ({client_id}) is not revoked; revoke it first",
                     client_id=client_id,
                 )
+            conn.execute("DELETE FROM grants WHERE client_id = ?", (client_id,))
             conn.execute("DELETE FROM clients WHERE client_id = ?", (client_id,))
 
         return self._run("delete_client", txn, write=True)
@@ -442,6 +429,8 @@ class Store:
         now: float,
         *,
         check: Callable[[list[RuleRecord]], None] | None = None,
+        owner_user_id: str | None = None,
+        grant_id: str | None = None,
     ) -> Deferred[RuleRecord]:
         """
         Store C{rule} as C{PENDING} under a new id (C{rule.id} is
@@ -449,18 +438,32 @@ class Store:
         with the client's rules overlapping C{rule}'s protocol and ports and
         may raise a L{PortunusError} to refuse: the overlap test and the
         insert are then atomic.  It runs on the store's thread, so it must
-        only look at its argument.  C{client_not_found}, C{client_revoked}.
+        only look at its argument.  C{owner_user_id} and C{grant_id} say who
+        pushed it under which grant.  C{client_not_found}, C{client_revoked}.
         """
 
         def txn(conn: sqlite3.Connection) -> RuleRecord:
             _fetch_unrevoked_client(conn, client_id)
+            if owner_user_id is not None and not _exists(conn, "users", "user_id", owner_user_id):
+                raise PortunusError(
+                    "user_not_found",
+                    f"user {owner_user_id!r} was removed while the rule was being pushed",
+                    user_id=owner_user_id,
+                )
+            if grant_id is not None and not _exists(conn, "grants", "grant_id", grant_id):
+                raise PortunusError(
+                    "client_not_granted",
+                    f"grant {grant_id} was revoked while the rule was being pushed",
+                    grant_id=grant_id,
+                )
             if check is not None:
                 check(
                     _overlapping(conn, client_id, rule.protocol, rule.listen.start, rule.listen.end)
                 )
             cursor = conn.execute(
                 "INSERT INTO rules (client_id, protocol, listen_start, listen_end, spec_json, "
-                "state_kind, created_at, updated_at) VALUES (?, ?, ?, ?, '', ?, ?, ?)",
+                "state_kind, created_at, updated_at, owner_user_id, grant_id) "
+                "VALUES (?, ?, ?, ?, '', ?, ?, ?, ?, ?)",
                 (
                     client_id,
                     rule.protocol.value,
@@ -469,6 +472,8 @@ class Store:
                     RuleState.PENDING.value,
                     now,
                     now,
+                    owner_user_id,
+                    grant_id,
                 ),
             )
             rule_id = cursor.lastrowid
@@ -505,16 +510,22 @@ class Store:
         """The rule; C{rule_not_found}."""
         return self._run("get_rule", lambda conn: _fetch_rule(conn, rule_id), write=False)
 
-    def list_rules(self, client_id: str | None = None) -> Deferred[list[RuleRecord]]:
-        """Every rule, or one client's, ordered by id."""
+    def list_rules(
+        self, client_id: str | None = None, owner_user_id: str | None = None
+    ) -> Deferred[list[RuleRecord]]:
+        """Every rule, or one client's, or one owner's (or both), ordered by id."""
+        where = []
+        params: list[str] = []
+        if client_id is not None:
+            where.append("r.client_id = ?")
+            params.append(client_id)
+        if owner_user_id is not None:
+            where.append("r.owner_user_id = ?")
+            params.append(owner_user_id)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
 
         def txn(conn: sqlite3.Connection) -> list[RuleRecord]:
-            if client_id is None:
-                rows = conn.execute(f"{_RULE_SELECT} ORDER BY r.id").fetchall()
-            else:
-                rows = conn.execute(
-                    f"{_RULE_SELECT} WHERE r.client_id = ? ORDER BY r.id", (client_id,)
-                ).fetchall()
+            rows = conn.execute(f"{_RULE_SELECT}{clause} ORDER BY r.id", params).fetchall()
             return [_rule(row) for row in rows]
 
         return self._run("list_rules", txn, write=False)

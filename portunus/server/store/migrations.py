@@ -70,8 +70,94 @@ CREATE TABLE server_settings (
 ) STRICT;
 """
 
+#: Accounts, web sessions, grants, onboarding, the audit log, and who owns
+#: each rule.  Rules reference owners and grants without foreign keys: the
+#: server removes a user's or grant's rules itself, in the same
+#: transaction, so it can tell the edges which rules went.
+_V002 = """
+CREATE TABLE users (
+    user_id TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('superadmin', 'user')),
+    display_name TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+    created_at REAL NOT NULL,
+    password_hash TEXT,
+    password_change_required INTEGER NOT NULL DEFAULT 0
+        CHECK (password_change_required IN (0, 1))
+) STRICT;
+
+CREATE TABLE credentials (
+    credential_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+    token_hash TEXT NOT NULL UNIQUE,
+    label TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    revoked_at REAL,
+    last_used_at REAL
+) STRICT;
+
+CREATE TABLE web_sessions (
+    session_hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+    created_at REAL NOT NULL,
+    last_seen_at REAL NOT NULL,
+    absolute_expires_at REAL NOT NULL,
+    revoked_at REAL,
+    remote_addr TEXT,
+    user_agent TEXT
+) STRICT;
+
+CREATE INDEX web_sessions_user ON web_sessions (user_id);
+
+CREATE TABLE grants (
+    grant_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+    client_id TEXT NOT NULL,
+    listen_port_start INTEGER NOT NULL CHECK (listen_port_start BETWEEN 1 AND 65535),
+    listen_port_end INTEGER NOT NULL CHECK (listen_port_end BETWEEN listen_port_start AND 65535),
+    protocols INTEGER NOT NULL CHECK (protocols BETWEEN 1 AND 3),
+    note TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+) STRICT;
+
+CREATE INDEX grants_user ON grants (user_id);
+
+CREATE TABLE onboarding_setup (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token_hash TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) STRICT;
+
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT,
+    method TEXT,
+    path TEXT,
+    outcome TEXT NOT NULL CHECK (outcome IN ('allow', 'deny')),
+    reason TEXT,
+    action TEXT,
+    resource_kind TEXT,
+    resource_value TEXT,
+    correlation_id TEXT,
+    details_json TEXT
+) STRICT;
+
+CREATE INDEX audit_ts ON audit (ts);
+CREATE INDEX audit_outcome_ts ON audit (outcome, ts);
+CREATE INDEX audit_actor_ts ON audit (actor, ts);
+
+ALTER TABLE rules ADD COLUMN owner_user_id TEXT;
+ALTER TABLE rules ADD COLUMN grant_id TEXT;
+
+CREATE INDEX rules_owner ON rules (owner_user_id);
+CREATE INDEX rules_grant ON rules (grant_id) WHERE grant_id IS NOT NULL;
+"""
+
 #: Every delta, oldest first; version N is C{MIGRATIONS[N - 1]}.
-MIGRATIONS: tuple[str, ...] = (_V001,)
+MIGRATIONS: tuple[str, ...] = (_V001, _V002)
 
 #: The schema version this code writes and understands.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,106 @@
+"""
+C{/v1/grants} (superadmins): what a user may push.  A grant names a client
+(or C{*}), a listen-port range and protocols; revoking one removes the
+rules pushed under it, and the edges drop them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portunus.errors import PortunusError
+from portunus.server.api.app import Answer, ApiContext, Call, read_json, timestamp
+from portunus.server.api.clients import resolve_client
+from portunus.server.store import GrantRecord
+
+__all__ = ["grant_json", "install"]
+
+_PROTOCOLS = ("tcp", "udp")
+
+
+def grant_json(grant: GrantRecord) -> dict[str, Any]:
+    return {
+        "grant_id": grant.grant_id,
+        "user_id": grant.user_id,
+        "client": grant.client_name if grant.client_name is not None else grant.client_id,
+        "client_id": grant.client_id,
+        "listen_port_start": grant.listen_port_start,
+        "listen_port_end": grant.listen_port_end,
+        "protocols": list(grant.protocols),
+        "note": grant.note,
+        "created_at": timestamp(grant.created_at),
+    }
+
+
+def _port(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise PortunusError(
+            "invalid_port_range", f"{key}: use a port from 1 to 65535 (got {value!r})", field=key
+        )
+    return value
+
+
+def _protocols(body: dict[str, Any]) -> list[str]:
+    value = body.get("protocols", ["tcp"])
+    if not isinstance(value, list) or any(p not in _PROTOCOLS for p in value):
+        raise PortunusError(
+            "invalid_protocol",
+            f'protocols: use a list of "tcp" and/or "udp" (got {value!r})',
+            field="protocols",
+        )
+    if not value:
+        raise PortunusError(
+            "empty_protocol_set", 'protocols: list at least one of "tcp", "udp"', field="protocols"
+        )
+    return sorted(set(value), key=_PROTOCOLS.index)
+
+
+def install(ctx: ApiContext) -> None:
+    accounts = ctx.accounts
+
+    @ctx.route("/v1/grants", "POST", "superadmin", action="grant.create")
+    async def create(call: Call) -> object:
+        body = read_json(call.request)
+        user_id = body.get("user_id")
+        if not isinstance(user_id, str) or not user_id:
+            raise PortunusError(
+                "user_not_found", "user_id: name the user to grant", field="user_id"
+            )
+        client = body.get("client")
+        if not isinstance(client, str) or not client:
+            raise PortunusError(
+                "invalid_client", 'client: name a client, its id, or "*" for all', field="client"
+            )
+        client_id = "*" if client == "*" else (await resolve_client(ctx.plane, client)).client_id
+        start = _port(body, "listen_port_start")
+        end = _port(body, "listen_port_end") if "listen_port_end" in body else start
+        if end < start:
+            raise PortunusError(
+                "invalid_port_range",
+                f"listen_port_end ({end}) is below listen_port_start ({start})",
+                field="listen_port_end",
+            )
+        note = body.get("note", "")
+        if not isinstance(note, str) or len(note) > 256:
+            raise PortunusError(
+                "validation_failed", "note: use text of at most 256 characters", field="note"
+            )
+        grant = await accounts.create_grant(user_id, client_id, start, end, _protocols(body), note)
+        call.note("grant", grant.grant_id, user_id=user_id, client_id=client_id)
+        return Answer(201, grant_json(grant))
+
+    @ctx.route("/v1/grants", "GET", "superadmin")
+    async def list_grants(call: Call) -> object:
+        values = (call.request.args or {}).get(b"user_id")
+        user_id = values[-1].decode("utf-8", "replace") if values else None
+        return [grant_json(g) for g in await accounts.list_grants(user_id)]
+
+    @ctx.route("/v1/grants/<grant_id>", "DELETE", "superadmin", action="grant.revoke")
+    async def revoke(call: Call, grant_id: str) -> object:
+        call.note("grant", grant_id)
+        grant, rules = await accounts.revoke_grant(grant_id)
+        await ctx.plane.forget_rules(rules)
+        removed = [record.rule_id for record in rules]
+        call.note(removed_rule_ids=removed)
+        return {"grant_id": grant.grant_id, "removed_rule_ids": removed}

@@ -1,0 +1,44 @@
+"""
+One audit entry, and the one method whatever records them provides.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+import attrs
+
+__all__ = ["AuditEntry", "AuditSink", "Outcome"]
+
+Outcome = Literal["allow", "deny"]
+
+
+@attrs.frozen
+class AuditEntry:
+    """
+    A request (or a denial) as the audit log keeps it.  C{details} must
+    never hold a secret: callers pass only identifiers and outcomes.
+    """
+
+    #: Unix seconds.
+    ts: float
+    #: The user id, or C{_anonymous} before authentication.
+    actor: str
+    outcome: Outcome
+    role: str | None = None
+    method: str | None = None
+    path: str | None = None
+    #: C{ok}, or the error code that ended the request.
+    reason: str | None = None
+    #: What was done (C{rule.push}, C{user.create} ...), when known.
+    action: str | None = None
+    resource_kind: str | None = None
+    resource_value: str | None = None
+    correlation_id: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class AuditSink(Protocol):
+    """Takes entries without blocking; a full buffer drops and counts."""
+
+    def record(self, entry: AuditEntry) -> None: ...
