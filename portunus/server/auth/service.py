@@ -16,7 +16,7 @@ from twisted.python.threadpool import ThreadPool
 
 from portunus.server.auth.accounts import Accounts
 
-__all__ = ["AccountsService", "SETUP_TOKEN_LINE"]
+__all__ = ["SETUP_TOKEN_LINE", "AccountsService"]
 
 log = Logger(namespace="portunus.server.auth")
 
