@@ -605,7 +605,7 @@ class ControlPlane:
                     rule_id=rule_id,
                     client_id=record.client_id,
                     client_name=record.client_name,
-                    owner=getattr(record, "owner_user_id", None) or "",
+                    owner=record.owner_user_id or "",
                     protocol=rule.protocol.value,
                     multi_target=len(rule.targets) > 1,
                     sni=_is_sni(rule),

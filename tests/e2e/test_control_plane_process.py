@@ -18,6 +18,7 @@ import socket
 import sys
 from typing import Any
 
+import treq
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
@@ -39,6 +40,11 @@ class _ProcessCase(TestCase):
         self.data_dir = os.path.abspath(self.mktemp())
         self.control_port = free_port()
         self.http_port = free_port()
+        # metrics_listen has no flag: server.toml keeps it off the default port.
+        self.metrics_port = free_port()
+        os.makedirs(self.data_dir, mode=0o700)
+        with open(os.path.join(self.data_dir, "server.toml"), "w") as f:
+            f.write(f'metrics_listen = "{LOOPBACK}:{self.metrics_port}"\n')
         self.processes: list[TwistdProcess] = []
 
     def tearDown(self) -> Any:
@@ -104,6 +110,8 @@ class ControlPlaneProcessTests(_ProcessCase):
 
         client = self.spawn("portunus-client", "--bundle", bundle_path)
         yield client.wait_for("control.connected")
+        metrics = yield treq.get(f"http://{LOOPBACK}:{self.metrics_port}/metrics", persistent=False)
+        self.assertIn(b"\nportunus_clients_connected 1.0\n", (yield treq.content(metrics)))
 
         target = reactor.listenTCP(0, echo_factory(), interface=LOOPBACK)
         self.addCleanup(target.stopListening)
