@@ -210,7 +210,9 @@ class AccountStore:
                         int(password_change_required),
                     ),
                 )
-            except sqlite3.IntegrityError:
+            except sqlite3.IntegrityError as e:
+                if "UNIQUE" not in str(e):
+                    raise
                 raise PortunusError(
                     "user_already_exists",
                     f"a user with the id {user_id!r} exists already",
