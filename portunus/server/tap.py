@@ -15,12 +15,14 @@ import socket
 import sys
 from typing import Any
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from portunus import __version__
@@ -33,6 +35,11 @@ from portunus.control.tls import (
 from portunus.errors import PortunusError
 from portunus.logging import make_observer
 from portunus.server.api.app import make_api
+from portunus.server.audit.entry import AuditEntry
+from portunus.server.auth.accounts import Accounts
+from portunus.server.auth.passwords import Passwords, thread_runner
+from portunus.server.auth.service import AccountsService
+from portunus.server.auth.throttle import Throttle
 from portunus.server.controlplane import ControlPlane, PlaneSettings
 from portunus.server.datadir import prepare_data_dir, resolve_data_dir
 from portunus.server.metrics import ServerMetrics
@@ -73,6 +80,22 @@ class Options(LoggingOptions):
         ["control-listen", None, None, "ADDR:PORT of the control listener."],
         *LOG_OPTIONS,
     ]
+
+
+class _LoggedAudit:
+    """Audit entries as log events, until the durable audit log is wired."""
+
+    def record(self, entry: AuditEntry) -> None:
+        log.info(
+            "audit {outcome} {actor} {method} {path} {reason}",
+            event="operator.audit",
+            **{k: v for k, v in attrs.asdict(entry).items() if v is not None},
+        )
+
+
+def _announce(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _fail(error: PortunusError) -> SystemExit:
@@ -220,11 +243,29 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     plane.auth_failure_observer = metrics.auth_failed
     service = ServerService(plane, store, observer, reactor)
 
+    hashing = ThreadPool(minthreads=0, maxthreads=2, name="portunus-passwords")
+    accounts = Accounts(
+        store.accounts,
+        Passwords(thread_runner(reactor, hashing)),
+        Throttle(reactor),
+        reactor,
+        operator_token=token,
+    )
+    AccountsService(accounts, hashing, _announce).setServiceParent(service)
+    audit = _LoggedAudit()
+
     sessions = Factory.forProtocol(lambda: ServerSession(plane, reactor))
     control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)
     _listener(reactor, settings, "control", control).setServiceParent(service)
 
-    api = make_api(plane, token, reactor)
+    api = make_api(
+        plane,
+        accounts,
+        reactor,
+        audit,
+        observer=metrics,
+        public_origin=settings.operator_http_public_origin,
+    )
     site = Site(api.resource())
     site.noisy = False
     _listener(reactor, settings, "operator_http", site).setServiceParent(service)
