@@ -103,11 +103,25 @@ while True:
 print(f"demo: fetched {len(body)} bytes from http://127.0.0.1:18080/ through the edge\n")
 PYEOF
 
+SETUP_TOKEN=$(grep -a 'Portunus onboarding setup token: ' "$DATA/server.log" | tail -n 1 | sed 's/.*: //')
+if [ -n "$SETUP_TOKEN" ] && .venv/bin/python - <<'PYEOF'
+import json, sys, urllib.request
+status = json.load(urllib.request.urlopen("http://127.0.0.1:7080/v1/auth/status", timeout=5))
+sys.exit(0 if status["onboarding_required"] else 1)
+PYEOF
+then
+  ONBOARDING="  first superadmin  POST /v1/auth/onboarding with setup token $SETUP_TOKEN (30 min)"
+else
+  ONBOARDING="  accounts        log in with your user (onboarding is done)"
+fi
+
 cat <<MSG
 Portunus is running on loopback:
   control plane   127.0.0.1:7443 (TLS, pinned)      logs: $DATA/server.log
   operator API    http://127.0.0.1:7080/v1/          logs: $DATA/client.log (edge)
+  metrics         http://127.0.0.1:7081/metrics
   operator token  $STATE/operator.token
+$ONBOARDING
 Try, in another shell:
   export PORTUNUS_OPERATOR_TOKEN=\$(cat $STATE/operator.token)
   .venv/bin/portunus-server list-clients
