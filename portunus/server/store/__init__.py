@@ -10,6 +10,7 @@ the same names.
 """
 
 from portunus.server.store._accounts import AccountStore, GrantRecord, UserRecord, UserRemoval
+from portunus.server.store._audit import AuditRecord, AuditStore
 from portunus.server.store._offline import (
     ResetResult,
     RestoreResult,
@@ -34,6 +35,8 @@ __all__ = [
     "LOCK_NAME",
     "SCHEMA_VERSION",
     "AccountStore",
+    "AuditRecord",
+    "AuditStore",
     "ClientRecord",
     "EnrollmentRecord",
     "GrantRecord",

@@ -20,6 +20,7 @@ from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
 from portunus.rulejson import rule_to_dict
 from portunus.server.store._accounts import AccountStore
+from portunus.server.store._audit import AuditStore
 from portunus.server.store._ids import new_ulid
 from portunus.server.store._records import (
     ClientRecord,
@@ -150,6 +151,8 @@ class Store:
         self.schema_version = schema_version
         #: Users, credentials, sessions, grants and onboarding.
         self.accounts = AccountStore(self._run, randbytes)
+        #: The operator audit log.
+        self.audit = AuditStore(self._run)
 
     # -- plumbing ---------------------------------------------------------
 
