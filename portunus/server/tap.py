@@ -15,7 +15,6 @@ import socket
 import sys
 from typing import Any
 
-import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
@@ -34,8 +33,9 @@ from portunus.control.tls import (
 )
 from portunus.errors import PortunusError
 from portunus.logging import make_observer
+from portunus.server.api import audit as audit_api
 from portunus.server.api.app import make_api
-from portunus.server.audit.entry import AuditEntry
+from portunus.server.audit.writer import AuditLog
 from portunus.server.auth.accounts import Accounts
 from portunus.server.auth.passwords import Passwords, thread_runner
 from portunus.server.auth.service import AccountsService
@@ -80,17 +80,6 @@ class Options(LoggingOptions):
         ["control-listen", None, None, "ADDR:PORT of the control listener."],
         *LOG_OPTIONS,
     ]
-
-
-class _LoggedAudit:
-    """Audit entries as log events, until the durable audit log is wired."""
-
-    def record(self, entry: AuditEntry) -> None:
-        log.info(
-            "audit {outcome} {actor} {method} {path} {reason}",
-            event="operator.audit",
-            **{k: v for k, v in attrs.asdict(entry).items() if v is not None},
-        )
 
 
 def _announce(line: str) -> None:
@@ -252,7 +241,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         operator_token=token,
     )
     AccountsService(accounts, hashing, _announce).setServiceParent(service)
-    audit = _LoggedAudit()
+    # Before the listeners: it stops (writing what it holds) as they do,
+    # and the store closes after it.
+    audit = AuditLog(store.audit, reactor, observer=metrics)
+    audit.setServiceParent(service)
 
     sessions = Factory.forProtocol(lambda: ServerSession(plane, reactor))
     control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)
@@ -265,6 +257,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         audit,
         observer=metrics,
         public_origin=settings.operator_http_public_origin,
+        extra=lambda ctx: audit_api.install(ctx, audit, store.audit),
     )
     site = Site(api.resource())
     site.noisy = False
