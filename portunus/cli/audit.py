@@ -1,0 +1,79 @@
+"""
+C{portunus-server audit prune}: delete old audit entries, offline.
+
+The server prunes by itself (entries older than 90 days, past 50,000
+rows, every hour); this is for an operator who must remove entries
+sooner.  Like C{restore}, it opens C{state.db} with the data-dir lock, so
+it refuses with C{startup.store_in_use} while the server runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.python import usage
+
+from portunus.cli._http import CliError
+from portunus.cli.server import _Command, _data_dir, _Offline, register
+from portunus.errors import PortunusError
+
+__all__: list[str] = []
+
+
+class AuditPruneOptions(_Offline):
+    synopsis = "audit prune --before TIME [--dry-run] [--data-dir DIR]"
+    longdesc = (
+        "Delete the audit entries written before TIME (RFC 3339, such as "
+        "2026-01-02T03:04:05Z). The server must be stopped. --dry-run only counts them."
+    )
+    optParameters = [["before", None, None, "Delete entries older than this (required)."]]
+    optFlags = [["dry-run", None, "Count the entries that would go; delete nothing."]]
+
+    def postOptions(self) -> None:
+        if not self["before"]:
+            raise usage.UsageError("--before is required")
+
+
+class AuditOptions(usage.Options):
+    synopsis = "audit prune --before TIME [--dry-run] [--data-dir DIR]"
+    subCommands = [["prune", None, AuditPruneOptions, "Delete old audit entries (offline)."]]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("give an audit command: prune")
+
+
+async def audit(cmd: _Command, opts: usage.Options) -> None:
+    from portunus.server.api.audit import parse_rfc3339
+    from portunus.server.store import DB_NAME, open_store, run_synchronously
+
+    prune = opts.subOptions
+    try:
+        before = parse_rfc3339(prune["before"])
+    except ValueError:
+        raise CliError(
+            "invalid_time_range",
+            f"--before {prune['before']!r}: use an RFC 3339 timestamp such as 2026-01-02T03:04:05Z",
+        ) from None
+    dry_run = bool(prune["dry-run"])
+    try:
+        data_dir = _data_dir(prune)
+        if not os.path.isfile(os.path.join(data_dir, DB_NAME)):
+            raise PortunusError(
+                "startup.store_open_failed",
+                f"no {DB_NAME} in {data_dir}; point --data-dir at the server's data dir",
+            )
+        store = open_store(data_dir, None, runner=run_synchronously)
+    except PortunusError as e:
+        raise CliError(e.code, e.message) from None
+    try:
+        count = await store.audit.prune(before, dry_run=dry_run)
+    finally:
+        await store.close()
+    if dry_run:
+        cmd.print(f"audit_prune dry_run=true would_delete={count}")
+    else:
+        cmd.print(f"audit_prune deleted={count}")
+
+
+register("audit", AuditOptions, "Prune the audit log (server stopped).", audit)
