@@ -629,6 +629,25 @@ _COMMANDS: dict[str, Callable[[_Command, usage.Options], Awaitable[None]]] = {
 }
 
 
+def register(
+    name: str,
+    options: type[usage.Options],
+    doc: str,
+    command: Callable[[_Command, usage.Options], Awaitable[None]],
+) -> None:
+    """
+    Add a command defined in another module.  Those modules build on this
+    one's helpers, so they register themselves when imported (below).
+    """
+    ServerOptions.subCommands.append([name, None, options, doc])
+    _COMMANDS[name] = command
+
+
+# Commands kept in their own modules; each calls register() when imported.
+from portunus.cli import accounts as _accounts  # noqa: E402, F401
+from portunus.cli import offline_accounts as _offline_accounts  # noqa: E402, F401
+
+
 async def run(
     argv: Sequence[str],
     http: Any,

@@ -1,0 +1,227 @@
+"""
+C{portunus-server} break-glass account commands: C{bootstrap-superadmin},
+C{onboarding-token} and C{reset-password}.
+
+They work on the data dir, not the API, for when nobody can authenticate:
+each opens C{state.db} with the data-dir lock (so they refuse with
+C{startup.store_in_use} while the server runs, as C{restore} does), runs
+the same L{Accounts} logic the API uses with transactions and Argon2
+(at the product's cost) inline, and closes the store.
+
+Passwords come from stdin's first line (C{--password-stdin}) or from a
+no-echo prompt; both read C{sys.stdin} when the command runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from getpass import getpass
+from typing import TypeVar
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python import usage
+
+from portunus.cli._http import CliError
+from portunus.cli.server import _Command, _data_dir, _Offline, register
+from portunus.errors import PortunusError
+from portunus.server.auth.accounts import Accounts, check_display_name
+from portunus.server.auth.passwords import Passwords, check_confirmation
+from portunus.server.auth.principal import SUPERADMIN_USER
+from portunus.server.auth.throttle import Throttle
+from portunus.server.store import DB_NAME, open_store, run_synchronously
+
+__all__: list[str] = []
+
+T = TypeVar("T")
+
+
+class _WallClock(Clock):
+    """Real time for a short offline run: nothing is scheduled, only read."""
+
+    def seconds(self) -> float:
+        return time.time()
+
+
+def _inline(fn: Callable[[], T]) -> Deferred[T]:
+    # Offline there is no event loop to keep responsive: hash right here.
+    return defer.execute(fn)
+
+
+async def _with_accounts(
+    opts: usage.Options,
+    work: Callable[[Accounts], Awaitable[T]],
+    *,
+    must_exist: str | None = None,
+) -> T:
+    """
+    Run C{work} on L{Accounts} over the data dir's store, locked for the
+    run.  With C{must_exist} (an error code), a data dir without
+    C{state.db} is refused with it instead of creating an empty one.
+    """
+    data_dir = _data_dir(opts)
+    if must_exist is not None and not os.path.exists(os.path.join(data_dir, DB_NAME)):
+        raise CliError(
+            must_exist,
+            f"there is no {DB_NAME} in {data_dir}; check --data-dir (or STATE_DIRECTORY)",
+        )
+    clock = _WallClock()
+    try:
+        store = open_store(data_dir, clock, runner=run_synchronously)
+    except PortunusError as e:
+        raise CliError(e.code, e.message) from None
+    try:
+        accounts = Accounts(store.accounts, Passwords(_inline), Throttle(clock), clock)
+        return await work(accounts)
+    except PortunusError as e:
+        raise CliError(e.code, e.message) from None
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------------
+# Options
+
+
+class BootstrapSuperadminOptions(_Offline):
+    synopsis = "bootstrap-superadmin [--name DISPLAY_NAME] [--data-dir DIR]"
+    longdesc = (
+        "With the server stopped, create the reserved superadmin _superadmin and print its "
+        "bearer token once. Refused once a superadmin who can log in exists."
+    )
+    optParameters = [["name", None, "ops", "Its display name (1 to 64 characters)."]]
+
+
+class OnboardingTokenOptions(_Offline):
+    synopsis = "onboarding-token [--data-dir DIR]"
+    longdesc = (
+        "With the server stopped, print a new onboarding setup token (valid 30 minutes). "
+        "Refused once a superadmin who can log in exists."
+    )
+
+
+class ResetPasswordOptions(_Offline):
+    synopsis = "reset-password USER_ID [--temporary | --password-stdin] [--data-dir DIR]"
+    longdesc = (
+        "With the server stopped, set a user's password and end their console sessions. "
+        "Without --temporary or --password-stdin, prompts twice (a terminal is needed)."
+    )
+    optFlags = [
+        ["temporary", None, "Generate a password, print it once; the user must change it."],
+        ["password-stdin", None, "Read the new password from stdin's first line."],
+    ]
+
+    def parseArgs(self, user_id: str) -> None:  # type: ignore[override]
+        self["user_id"] = user_id
+
+    def postOptions(self) -> None:
+        if self["temporary"] and self["password-stdin"]:
+            raise usage.UsageError("give --temporary or --password-stdin, not both")
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+async def bootstrap_superadmin(cmd: _Command, opts: usage.Options) -> None:
+    try:
+        name = check_display_name(opts["name"], "--name")
+    except PortunusError as e:
+        raise CliError(e.code, e.message) from None
+
+    async def work(accounts: Accounts) -> str:
+        try:
+            await accounts.get_user(SUPERADMIN_USER)
+        except PortunusError as e:
+            if e.code != "user_not_found":
+                raise
+        else:
+            raise PortunusError(
+                "already_bootstrapped",
+                f"{SUPERADMIN_USER} exists already and its token was printed when it was "
+                f"made; if it is lost, remove {SUPERADMIN_USER} (user-remove) and run this again",
+            )
+        await accounts.start()
+        return await accounts.issue_superadmin_token(name)
+
+    token = await _with_accounts(opts, work)
+    cmd.print(f"superadmin user_id={SUPERADMIN_USER} token={token}")
+
+
+async def onboarding_token(cmd: _Command, opts: usage.Options) -> None:
+    async def work(accounts: Accounts) -> str:
+        token = await accounts.start()
+        if token is None:
+            raise PortunusError(
+                "already_bootstrapped",
+                "a superadmin who can log in exists, so onboarding is closed; log in, or "
+                "run reset-password for a superadmin who cannot",
+            )
+        return token
+
+    token = await _with_accounts(opts, work)
+    cmd.print(f"setup_token={token}")
+
+
+def _new_password(opts: usage.Options) -> str | None:
+    """The password to set: from stdin, prompted twice, or C{None} for a temporary one."""
+    if opts["temporary"]:
+        return None
+    stdin = sys.stdin
+    if opts["password-stdin"]:
+        line = stdin.readline()
+        return line[:-1].rstrip("\r") if line.endswith("\n") else line
+    if not stdin.isatty():
+        raise CliError(
+            "usage",
+            "stdin is not a terminal, so there is nobody to prompt: pass --password-stdin "
+            "(the first line of stdin is the password) or --temporary",
+            exit_code=2,
+        )
+    first = getpass(f"New password for {opts['user_id']}: ")
+    again = getpass("Type it again: ")
+    try:
+        check_confirmation(first, again, "the second password")
+    except PortunusError as e:
+        raise CliError(e.code, e.message) from None
+    return first
+
+
+async def reset_password(cmd: _Command, opts: usage.Options) -> None:
+    user_id = opts["user_id"]
+    # Read (or prompt) before taking the lock, so a slow typist never
+    # keeps the server from starting.
+    password = _new_password(opts)
+
+    async def work(accounts: Accounts) -> tuple[int, str | None]:
+        result = await accounts.reset_password(user_id, password, password is None, None)
+        return result.sessions_revoked, result.temporary_password
+
+    revoked, temporary = await _with_accounts(opts, work, must_exist="user_not_found")
+    cmd.print(f"password_reset=ok user_id={user_id} sessions_revoked={revoked}")
+    if temporary is not None:
+        cmd.print(f"temporary_password={temporary}")
+
+
+register(
+    "bootstrap-superadmin",
+    BootstrapSuperadminOptions,
+    "Create _superadmin and print its token (offline).",
+    bootstrap_superadmin,
+)
+register(
+    "onboarding-token",
+    OnboardingTokenOptions,
+    "Print a new onboarding setup token (offline).",
+    onboarding_token,
+)
+register(
+    "reset-password",
+    ResetPasswordOptions,
+    "Reset a user's password (offline, break-glass).",
+    reset_password,
+)
