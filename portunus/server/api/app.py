@@ -51,6 +51,7 @@ __all__ = [
     "ApiContext",
     "Authenticator",
     "Call",
+    "Raw",
     "RequestObserver",
     "make_api",
     "read_json",
@@ -81,6 +82,15 @@ class Answer:
 
     status: int
     body: object = None
+
+
+@attrs.frozen
+class Raw:
+    """A handler's result sent as is: a status, a media type and the bytes."""
+
+    status: int
+    content_type: str
+    body: bytes
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -334,10 +344,13 @@ class ApiContext:
             reason = "internal"
             status = 500
         else:
-            answer = result if isinstance(result, Answer) else Answer(200, result)
+            answer = result if isinstance(result, Answer | Raw) else Answer(200, result)
             status = answer.status
             request.setResponseCode(answer.status)
-            if answer.body is None:
+            if isinstance(answer, Raw):
+                request.setHeader(b"content-type", answer.content_type.encode("ascii"))
+                body = answer.body
+            elif answer.body is None:
                 body = b""
             else:
                 request.setHeader(b"content-type", b"application/json")
