@@ -645,6 +645,7 @@ def register(
 
 # Commands kept in their own modules; each calls register() when imported.
 from portunus.cli import accounts as _accounts  # noqa: E402, F401
+from portunus.cli import audit as _audit  # noqa: E402, F401
 from portunus.cli import offline_accounts as _offline_accounts  # noqa: E402, F401
 
 
