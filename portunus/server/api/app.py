@@ -268,8 +268,13 @@ class ApiContext:
         origin = self.public_origin or ""
         return forwarded == b"https" or origin.lower().startswith("https://")
 
-    async def _principal(self, request: IRequest, route: _Route) -> Principal:
-        """Steps 1 to 5 of the pipeline; a refusal raises its error."""
+    async def _principal(self, call: Call, route: _Route) -> Principal:
+        """
+        Steps 1 to 5 of the pipeline; a refusal raises its error.  The
+        principal is set on C{call} as soon as it is known, so a later
+        refusal (CSRF, password change, role) is audited under its name.
+        """
+        request = call.request
         cookie = request.getCookie(SESSION_COOKIE)
         header = request.getHeader(b"authorization")
         bearer: str | None = None
@@ -281,7 +286,8 @@ class ApiContext:
             # Machine tokens keep automation working on a fresh server;
             # everyone else is sent to onboarding.
             if bearer is not None:
-                return self._check_role(await self.accounts.authenticate_bearer(bearer), route)
+                call.principal = await self.accounts.authenticate_bearer(bearer)
+                return self._check_role(call.principal, route)
             raise PortunusError(
                 "bootstrap_required",
                 "no superadmin exists yet: open the console and onboard with the setup token "
@@ -290,6 +296,7 @@ class ApiContext:
         if cookie is not None:
             remote = remote_host(request)
             principal = await self.accounts.authenticate_session(cookie.decode("latin-1"), remote)
+            call.principal = principal
             if request.method in MUTATING_METHODS:
                 check_csrf(request, self.public_origin)
             if principal.password_change_required and not route.before_password_change:
@@ -305,7 +312,8 @@ class ApiContext:
                 "server.toml or the operator.token file in the server's data dir)",
                 reason="missing_token",
             )
-        return self._check_role(await self.accounts.authenticate_bearer(bearer), route)
+        call.principal = await self.accounts.authenticate_bearer(bearer)
+        return self._check_role(call.principal, route)
 
     def _check_role(self, principal: Principal, route: _Route) -> Principal:
         if route.access == "superadmin" and not principal.is_superadmin:
@@ -318,7 +326,7 @@ class ApiContext:
         status = 200
         try:
             if route.access != "public":
-                call.principal = await self._principal(request, route)
+                call.principal = await self._principal(call, route)
             result = await route.handler(call, **kwargs)
         except PortunusError as e:
             body = _envelope(request, e)
