@@ -84,10 +84,6 @@ _NOT_SUPPORTED: Mapping[str, str] = {
     "log_format": "is not used: choose the format with --log-format json|pretty; remove the line",
     "token_store_path": "is a legacy key that nothing reads any more; remove the line",
     "operator_store_path": "is a legacy key that nothing reads any more; remove the line",
-    "operator_http_public_origin": (
-        "is not supported yet, and ignoring a CSRF setting silently would be unsafe; "
-        "remove the line"
-    ),
 }
 
 #: Which listener L{ServerSettings.endpoint_description} describes.

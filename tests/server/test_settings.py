@@ -334,11 +334,19 @@ class UnknownKeyTests(_Base):
 
     def test_portunus_keys_not_taken(self) -> None:
         """Portunus keys this server does not use say so instead."""
-        for key in ("log_format", "token_store_path", "operator_http_public_origin"):
+        for key in ("log_format", "token_store_path"):
             line = self.refused_one(f'{key} = "x"')
             self.assertTrue(line.startswith(f"server.toml: {key}: "), line)
             self.assertNotIn("unknown key", line)
             self.assertIn("remove the line", line)
+
+    def test_public_origin(self) -> None:
+        """operator_http_public_origin takes an origin and refuses a URL with a path."""
+        settings = parse('operator_http_public_origin = "https://ops.example.com"')
+        self.assertEqual(settings.operator_http_public_origin, "https://ops.example.com")
+        for bad in ("ops.example.com", "https://ops.example.com/console", "ftp://x", "https://"):
+            line = self.refused_one(f'operator_http_public_origin = "{bad}"')
+            self.assertIn("must be an origin", line)
 
     def test_unprintable_key(self) -> None:
         """A key holding control characters stays on one line."""
