@@ -38,6 +38,11 @@ _USER_COLUMNS = (
     "u.user_id, u.role, u.display_name, u.disabled, u.created_at, "
     "u.password_change_required, u.password_hash IS NOT NULL"
 )
+#: Every user read: the columns above and how many grants the user holds.
+_USER_SELECT = (
+    f"SELECT {_USER_COLUMNS}, (SELECT count(*) FROM grants g WHERE g.user_id = u.user_id) "
+    "FROM users u"
+)
 _GRANT_COLUMNS = (
     "g.grant_id, g.user_id, g.client_id, c.name, g.listen_port_start, g.listen_port_end, "
     "g.protocols, g.note, g.created_at"
@@ -62,7 +67,7 @@ class UserRecord:
     password_change_required: bool
     #: The user can log in with a password (reserved machine users cannot).
     has_password: bool
-    #: Filled by L{AccountStore.list_users} only.
+    #: How many grants the user holds.
     grant_count: int = 0
 
 
@@ -128,9 +133,7 @@ def _user_not_found(user_id: str) -> PortunusError:
 
 
 def _fetch_user(conn: sqlite3.Connection, user_id: str) -> UserRecord:
-    row = conn.execute(
-        f"SELECT {_USER_COLUMNS} FROM users u WHERE u.user_id = ?", (user_id,)
-    ).fetchone()
+    row = conn.execute(f"{_USER_SELECT} WHERE u.user_id = ?", (user_id,)).fetchone()
     if row is None:
         raise _user_not_found(user_id)
     return _user(row)
@@ -244,10 +247,7 @@ class AccountStore:
         """Every user with their grant count, ordered by id."""
 
         def txn(conn: sqlite3.Connection) -> list[UserRecord]:
-            rows = conn.execute(
-                f"SELECT {_USER_COLUMNS}, (SELECT count(*) FROM grants g "
-                "WHERE g.user_id = u.user_id) FROM users u ORDER BY u.user_id"
-            ).fetchall()
+            rows = conn.execute(f"{_USER_SELECT} ORDER BY u.user_id").fetchall()
             return [_user(row) for row in rows]
 
         return self._run("list_users", txn, write=False)
