@@ -423,6 +423,19 @@ class Accounts:
         return user
 
     async def remove_user(self, actor: str | None, user_id: str) -> UserRemoval:
+        """
+        Remove C{user_id} with their grants, rules and credentials.  The
+        operator token's user stays while the token is configured: the token
+        authenticates without the store, so it would go on working as a user
+        who no longer exists (and whose pushes then fail).
+        """
+        if user_id == LEGACY_USER and self._operator_token and actor != user_id:
+            raise PortunusError(
+                "reserved_user_id",
+                f"{user_id!r} is the operator token's user and stays while operator_token is "
+                "set; remove operator_token from server.toml and restart to retire it",
+                user_id=user_id,
+            )
         removal = await self._store.remove_user(user_id, actor)
         log.info(
             "user {user_id} removed with {rules} rule(s) and {grants} grant(s)",
