@@ -88,7 +88,8 @@ class ApiHarness:
             public_origin=public_origin,
             extra=extra,
         )
-        self.http = StubTreq(self.app.resource())
+        self.resource = self.app.resource()
+        self.http = StubTreq(self.resource)
 
     def request(
         self,
@@ -113,8 +114,12 @@ class ApiHarness:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         if data is not None:
             sent.setdefault(b"content-type", [content_type.encode()])
-        d = self.http.request(method, ORIGIN + path, headers=sent, data=data)
-        self.http.flush()
+        # A fresh client each time: StubTreq keeps a cookie jar, which would
+        # send the last login's cookie with every later request, bearer ones
+        # included.  Here each request carries exactly the cookie it names.
+        http = StubTreq(self.resource)
+        d = http.request(method, ORIGIN + path, headers=sent, data=data)
+        http.flush()
         response = self.case.successResultOf(d)
         content = self.case.successResultOf(response.content())
         decoded = None
