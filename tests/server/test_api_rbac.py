@@ -507,11 +507,6 @@ class PushTests(RbacTestCase):
         self.pushed(self.bob, listen=8080)
         self.assertEqual(self.audited("rule.push").details["protocol"], "tcp")
 
-    test_push_audit_names_the_protocol.todo = (  # type: ignore[attr-defined]
-        "rules.py notes protocol=str(rule.protocol), which is 'Protocol.TCP'; "
-        "rule.protocol.value is meant"
-    )
-
     def test_revoked_grant_stops_pushes(self) -> None:
         """Once the grant is revoked the same push is client_not_granted."""
         self.ok(self.api.request("DELETE", f"/v1/grants/{self.tcp['grant_id']}"))

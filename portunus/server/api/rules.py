@@ -87,7 +87,9 @@ def install(ctx: ApiContext) -> None:
             raise validation_error(parsed)
         client = await resolve_client(plane, parsed.client)
         rule = parsed.rule
-        call.note("client", client.client_id, listen=str(rule.listen), protocol=str(rule.protocol))
+        call.note(
+            "client", client.client_id, listen=str(rule.listen), protocol=rule.protocol.value
+        )
         grant_id = None
         if not call.who.is_superadmin:
             grants = await ctx.accounts.grants_for(call.who.user_id)
