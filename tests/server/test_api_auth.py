@@ -683,6 +683,16 @@ class PasswordChangeTests(OnboardedTestCase):
         )
         self.assertEqual(self.login("alice", PASSWORD)[0], 200)
 
+    def test_wrong_current_passwords_are_throttled(self) -> None:
+        """Five wrong current passwords lock password changes for 60 s; then it works."""
+        cookie = self.api.login("alice", PASSWORD)
+        for _ in range(5):
+            self.change_password(cookie, current_password="not my password")
+        error = self.assertError(self.change_password(cookie), 429, "rate_limited")
+        self.assertEqual(error["retry_after"], 60)
+        self.api.clock.advance(60)
+        self.assertEqual(self.change_password(cookie)[0], 204)
+
     def test_policy_and_confirmation(self) -> None:
         """The new password must meet the policy and be typed twice the same."""
         cookie = self.api.login("alice", PASSWORD)

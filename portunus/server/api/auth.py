@@ -100,5 +100,7 @@ def install(ctx: ApiContext) -> None:
     )
     async def change_password(call: Call) -> object:
         call.note("user", call.who.user_id)
-        await accounts.change_own_password(call.who, read_json(call.request))
+        await accounts.change_own_password(
+            call.who, read_json(call.request), remote_host(call.request)
+        )
         return Answer(204)

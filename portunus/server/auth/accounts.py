@@ -314,8 +314,15 @@ class Accounts:
 
     # -- passwords --------------------------------------------------------
 
-    async def change_own_password(self, principal: Principal, body: dict[str, Any]) -> None:
-        """C{current_password}, C{new_password}, C{new_password_confirm}; other sessions end."""
+    async def change_own_password(
+        self, principal: Principal, body: dict[str, Any], remote: str | None = None
+    ) -> None:
+        """
+        C{current_password}, C{new_password}, C{new_password_confirm}; other
+        sessions end.  Wrong current passwords are throttled like logins, so
+        a stolen session cannot be used to guess the password.
+        """
+        self._throttle.check("password_change", principal.user_id, remote)
         current = body.get("current_password")
         password_hash = await self._store.password_hash(principal.user_id)
         if (
@@ -323,6 +330,7 @@ class Accounts:
             or not isinstance(current, str)
             or not await self._passwords.verify(password_hash, current)
         ):
+            self._throttle.failed("password_change", principal.user_id, remote)
             raise PortunusError(
                 "password_invalid",
                 "current_password: that is not your current password",
@@ -338,6 +346,7 @@ class Accounts:
             change_required=False,
             keep_session=principal.session_hash,
         )
+        self._throttle.succeeded("password_change", principal.user_id, remote)
 
     async def reset_password(
         self,
