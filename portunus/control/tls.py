@@ -60,6 +60,7 @@ __all__ = [
     "CertificateInfo",
     "PinMismatch",
     "PinnedClientTLS",
+    "certificate_hosts",
     "ensure_server_certificate",
     "fingerprint_sha256",
     "generate_self_signed",
@@ -332,6 +333,30 @@ def _sans_of(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(
         str(name.value) for name in ext.value if isinstance(name, x509.DNSName | x509.IPAddress)
     )
+
+
+def certificate_hosts(
+    cert_pem: bytes,
+) -> tuple[tuple[str, ...], tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]]:
+    """
+    The host names (lowercase, wildcards kept as C{*.example.com}) and the
+    IP addresses the leaf certificate in C{cert_pem} names in its subject
+    alternative names; a certificate without that extension names none.
+
+    @raise ValueError: if C{cert_pem} holds no PEM certificate.
+    """
+    cert = x509.load_pem_x509_certificates(cert_pem)[0]
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return (), ()
+    names = tuple(name.lower() for name in ext.value.get_values_for_type(x509.DNSName))
+    addresses = tuple(
+        address
+        for address in ext.value.get_values_for_type(x509.IPAddress)
+        if isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    )
+    return names, addresses
 
 
 def _parse_pair(

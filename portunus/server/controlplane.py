@@ -42,11 +42,21 @@ from portunus.server.clientspec import (
     check_enrollment_ttl,
 )
 from portunus.server.metrics import RuleMetricsRow
-from portunus.server.plane import ClientView, EnrollmentView, IControlPlane, RuleView
+from portunus.server.plane import (
+    ClientView,
+    EnrollmentView,
+    IControlPlane,
+    RuleView,
+    StatsCallback,
+)
 from portunus.server.sessions import ISessionHost, ServerSession, SessionRegistry
+from portunus.server.settings import parse_advertised_endpoint
 from portunus.server.store import RuleState
 
-__all__ = ["ControlPlane", "PlaneSettings"]
+__all__ = ["ADVERTISED_ENDPOINT_SETTING", "ControlPlane", "PlaneSettings"]
+
+#: The C{server_settings} key of the advertised endpoint set through the API.
+ADVERTISED_ENDPOINT_SETTING = "advertised_endpoint"
 
 log = Logger()
 
@@ -124,7 +134,6 @@ def refuse_overlaps(rule: Rule, others: list[Any]) -> None:
         )
 
 
-@implementer(IControlPlane, ISessionHost)
 def _removal_unanswered(failure: Failure, rule_id: int) -> None:
     log.warn(
         "client did not confirm removal of rule {rule_id}: {why}",
@@ -134,6 +143,7 @@ def _removal_unanswered(failure: Failure, rule_id: int) -> None:
     )
 
 
+@implementer(IControlPlane, ISessionHost)
 class ControlPlane:
     """The one owner of clients, enrollments, rules and live sessions."""
 
@@ -151,6 +161,10 @@ class ControlPlane:
         self._live_rules: dict[int, Any] = {}
         #: Told the reason of every refused control connection (metrics).
         self.auth_failure_observer: Callable[[str], object] = lambda reason: None
+        #: rule id -> who follows its stats (the API's live streams).
+        self._stats_subscribers: dict[int, list[StatsCallback]] = {}
+        #: C{host:port} set through the API; wins over the configured endpoint.
+        self._advertised_override: str | None = None
 
     # -- clients ---------------------------------------------------------
 
@@ -187,7 +201,7 @@ class ControlPlane:
 
     def _endpoint_for(self, address: str | None) -> str:
         if address is None:
-            return self.settings.advertised_endpoint
+            return self.advertised_endpoint
         return format_endpoint(address, self.settings.control_port)
 
     @inlineCallbacks
@@ -262,6 +276,7 @@ class ControlPlane:
         for record in rules:
             self._stats.pop(record.rule_id, None)
             self._live_rules.pop(record.rule_id, None)
+            self._stats_ended(record.rule_id)
         self.sessions.disconnect(client_id, "client_deleted")
         log.info("client {client_id} deleted", event="client.deleted", client_id=client_id)
         return None
@@ -450,6 +465,7 @@ class ControlPlane:
             self._stats.pop(rule_id, None)
             self._owners.pop(rule_id, None)
             self._live_rules.pop(rule_id, None)
+            self._stats_ended(rule_id)
             log.info("rule {rule_id} removed", event="rule.removed", rule_id=str(rule_id))
             session = self.sessions.get(record.client_id)
             if session is not None:
@@ -495,7 +511,7 @@ class ControlPlane:
         return {
             "client_id": client.client_id,
             "client_name": client.name,
-            "server_endpoint": endpoint or self.settings.advertised_endpoint,
+            "server_endpoint": endpoint or self.advertised_endpoint,
             "token": token,
         }
 
@@ -589,6 +605,79 @@ class ControlPlane:
             self._stats[entry["rule_id"]] = dict(
                 entry, updated_at=updated_at, sent_at_ms=sent_at_ms
             )
+            self._publish_stats(entry["rule_id"], session.client_id)
+
+    # -- live stats and the advertised endpoint ----------------------------
+
+    def subscribe_stats(self, rule_id: int, callback: StatsCallback) -> Callable[[], None]:
+        self._stats_subscribers.setdefault(rule_id, []).append(callback)
+
+        def unsubscribe() -> None:
+            callbacks = self._stats_subscribers.get(rule_id, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self._stats_subscribers.pop(rule_id, None)
+
+        return unsubscribe
+
+    def _tell(self, rule_id: int, callbacks: list[StatsCallback], entry: Any) -> None:
+        for callback in callbacks:
+            try:
+                callback(entry)
+            except Exception:
+                log.failure("a stats subscriber of rule {rule_id} failed", rule_id=str(rule_id))
+
+    def _publish_stats(self, rule_id: int, client_id: str | None) -> None:
+        callbacks = self._stats_subscribers.get(rule_id)
+        if callbacks:
+            entry = dict(self._stats[rule_id], client_id=client_id)
+            self._tell(rule_id, list(callbacks), entry)
+
+    def _stats_ended(self, rule_id: int) -> None:
+        self._tell(rule_id, self._stats_subscribers.pop(rule_id, []), None)
+
+    @property
+    def advertised_endpoint(self) -> str:
+        """What enrollment URIs name: the API's override, else the configured one."""
+        return self._advertised_override or self.settings.advertised_endpoint
+
+    def advertised_override(self) -> str | None:
+        return self._advertised_override
+
+    @inlineCallbacks
+    def set_advertised_override(self, endpoint: str | None) -> Any:
+        yield self.store.set_setting(ADVERTISED_ENDPOINT_SETTING, endpoint)
+        self._advertised_override = endpoint
+        log.info(
+            "advertised endpoint override {what}",
+            event="advertised.override_set",
+            what=f"set to {endpoint}" if endpoint else "cleared",
+            endpoint=endpoint,
+        )
+        return None
+
+    @inlineCallbacks
+    def load_advertised_override(self) -> Any:
+        """
+        Read the override from the store (at startup).  A value that no
+        longer parses is ignored with a warning rather than handed to edges.
+        """
+        value = yield self.store.get_setting(ADVERTISED_ENDPOINT_SETTING)
+        if value is not None:
+            try:
+                parsed = parse_advertised_endpoint(value)
+            except ValueError as e:
+                log.warn(
+                    "ignoring the stored advertised endpoint override: {why}",
+                    event="advertised.override_invalid",
+                    why=str(e),
+                )
+                value = None
+            else:
+                value = parsed.with_port(self.settings.control_port)
+        self._advertised_override = value
+        return value
 
     # -- metrics ---------------------------------------------------------
 

@@ -5,12 +5,14 @@ L{IControlPlane} is the one seam between the operator-facing code and the
 server's state (store, sessions, rule lifecycle).  The API module turns
 requests into calls on it and its results (or L{PortunusError}s) into JSON;
 the server's composition root provides the real implementation, tests a
-fake.  Every method returns a L{Deferred}; refusals fail it with a
-L{portunus.errors.PortunusError} carrying a stable code.
+fake.  Every method but L{IControlPlane.subscribe_stats} and
+L{IControlPlane.advertised_override} returns a L{Deferred}; refusals fail
+it with a L{portunus.errors.PortunusError} carrying a stable code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -23,7 +25,12 @@ __all__ = [
     "EnrollmentView",
     "IControlPlane",
     "RuleView",
+    "StatsCallback",
 ]
+
+#: Told each stats entry a rule's client reports (as L{IControlPlane.rule_stats}
+#: answers it), and C{None} once when the rule is removed.
+StatsCallback = Callable[[dict[str, Any] | None], object]
 
 
 @attrs.frozen
@@ -161,4 +168,23 @@ class IControlPlane(Interface):
         (the JSON of L{portunus.dataplane.stats.RuleStats} with
         C{per_port} and C{per_target} lists, plus C{updated_at}), or zeros
         with C{updated_at: None} before the first report.  C{rule_not_found}.
+        """
+
+    def subscribe_stats(rule_id: int, callback: StatsCallback) -> Callable[[], None]:
+        """
+        Call C{callback} with every stats entry the rule's client reports
+        from now on (the dict L{rule_stats} would answer), and with C{None}
+        once when the rule is removed, which ends the subscription.  Returns
+        the function that ends it sooner (calling it twice is harmless).
+        Synchronous: it does not check that the rule exists.
+        """
+
+    def advertised_override() -> str | None:
+        """The C{host:port} set through the API for enrollment URIs, or C{None}."""
+
+    def set_advertised_override(endpoint: str | None) -> Any:
+        """
+        C{Deferred[None]}: store C{endpoint} (a checked C{host:port}, or
+        C{None} to clear it) in the server settings; enrollment URIs issued
+        from then on name it instead of the configured endpoint.
         """

@@ -9,6 +9,7 @@ other to test the 500 path).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -17,7 +18,13 @@ from zope.interface import implementer
 
 from portunus.errors import PortunusError
 from portunus.model import Rule
-from portunus.server.plane import ClientView, EnrollmentView, IControlPlane, RuleView
+from portunus.server.plane import (
+    ClientView,
+    EnrollmentView,
+    IControlPlane,
+    RuleView,
+    StatsCallback,
+)
 
 PIN = "sha256:" + "ab" * 32
 
@@ -32,6 +39,9 @@ class FakePlane:
         self.failures: dict[str, BaseException] = {}
         #: Rule ids dropped by forget_rules (cascades).
         self.forgotten: list[int] = []
+        #: rule id -> stats subscribers (see emit_stats).
+        self.subscribers: dict[int, list[StatsCallback]] = {}
+        self.advertised: str | None = None
         self._next_client = 1
         self._next_rule = 1
         self.now = 1_700_000_000.0
@@ -44,6 +54,20 @@ class FakePlane:
         view = ClientView(client_id=client_id, name=name, state=state, created_at=self.now, **kw)
         self.clients[client_id] = view
         return view
+
+    def emit_stats(self, rule_id: int, **counters: Any) -> dict[str, Any]:
+        """A stats report for C{rule_id}: cached, and told to its subscribers."""
+        view = self._rule(rule_id)
+        entry = {"rule_id": rule_id, "client_id": view.client_id, "updated_at": self.now}
+        entry.update(counters)
+        self.stats[rule_id] = entry
+        for callback in list(self.subscribers.get(rule_id, [])):
+            callback(dict(entry))
+        return entry
+
+    def _removed(self, rule_id: int) -> None:
+        for callback in self.subscribers.pop(rule_id, []):
+            callback(None)
 
     def fail_next(self, method: str, error: BaseException) -> None:
         self.failures[method] = error
@@ -193,6 +217,7 @@ class FakePlane:
         for record in records:
             self.rules.pop(record.rule_id, None)
             self.forgotten.append(record.rule_id)
+            self._removed(record.rule_id)
         return succeed(None)
 
     def get_rule(self, rule_id: int) -> Any:
@@ -213,6 +238,7 @@ class FakePlane:
         except PortunusError as e:
             return fail(e)
         del self.rules[rule_id]
+        self._removed(rule_id)
         return succeed(None)
 
     def rule_stats(self, rule_id: int) -> Any:
@@ -236,3 +262,25 @@ class FakePlane:
             "updated_at": None,
         }
         return succeed(self.stats.get(rule_id, default))
+
+    def subscribe_stats(self, rule_id: int, callback: StatsCallback) -> Callable[[], None]:
+        self.subscribers.setdefault(rule_id, []).append(callback)
+
+        def unsubscribe() -> None:
+            callbacks = self.subscribers.get(rule_id, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self.subscribers.pop(rule_id, None)
+
+        return unsubscribe
+
+    def advertised_override(self) -> str | None:
+        return self.advertised
+
+    def set_advertised_override(self, endpoint: str | None) -> Any:
+        d = self._call("set_advertised_override", endpoint)
+        if d is not None:
+            return d
+        self.advertised = endpoint
+        return succeed(None)

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 import attrs
 from klein import Klein
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,6 +53,7 @@ __all__ = [
     "Call",
     "Raw",
     "RequestObserver",
+    "Stream",
     "make_api",
     "read_json",
     "remote_host",
@@ -91,6 +92,21 @@ class Raw:
     status: int
     content_type: str
     body: bytes
+
+
+@attrs.frozen
+class Stream:
+    """
+    A handler's result written over time (server-sent events): 200 with
+    C{content_type} and C{headers}, then C{run(request)} writes until the
+    Deferred it returns fires, and the request finishes.  The request is
+    logged and counted when the stream starts; a client that goes away
+    cancels that Deferred.
+    """
+
+    run: Callable[[IRequest], Deferred[None]]
+    content_type: str = "text/event-stream"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -352,6 +368,19 @@ class ApiContext:
             reason = "internal"
             status = 500
         else:
+            if isinstance(result, Stream):
+                request.setResponseCode(200)
+                request.setHeader(b"content-type", result.content_type.encode("ascii"))
+                for name, value in result.headers:
+                    request.setHeader(name.encode("ascii"), value.encode("ascii"))
+                self._finish(call, "allow", "ok", 200, started)
+                try:
+                    await result.run(request)
+                except CancelledError:
+                    pass
+                except Exception:
+                    log.failure("stream {path} failed", path=request.path.decode("latin-1"))
+                return b""
             answer = result if isinstance(result, Answer | Raw) else Answer(200, result)
             status = answer.status
             request.setResponseCode(answer.status)
@@ -435,7 +464,7 @@ def make_api(
     C{extra} adds routes that need more than the plane (metrics, audit
     queries, settings), behind the same pipeline.
     """
-    from portunus.server.api import auth, clients, grants, rules, users
+    from portunus.server.api import auth, clients, grants, rules, streams, users
 
     ctx = ApiContext(
         plane,
@@ -453,6 +482,7 @@ def make_api(
     auth.install(ctx)
     clients.install(ctx)
     rules.install(ctx)
+    streams.install(ctx)
     users.install(ctx)
     grants.install(ctx)
     if extra is not None:

@@ -20,7 +20,14 @@ from portunus.server.api.clients import resolve_client
 from portunus.server.auth.rbac import covering_grant, require_owner
 from portunus.server.plane import RuleView
 
-__all__ = ["install", "rule_view_json", "validation_error"]
+__all__ = [
+    "flag",
+    "install",
+    "owned_rule",
+    "rule_view_json",
+    "stats_json",
+    "validation_error",
+]
 
 
 def rule_view_json(view: RuleView) -> dict[str, Any]:
@@ -65,20 +72,46 @@ def _rule_id(text: str) -> int:
     return rule_id
 
 
-def _flag(request: IRequest, name: bytes) -> bool:
+def flag(request: IRequest, name: bytes) -> bool:
+    """Whether the query sets C{name} to C{1}, C{true} or C{yes}."""
     values = (request.args or {}).get(name) or [b""]
     return values[-1].lower() in (b"1", b"true", b"yes")
+
+
+async def owned_rule(plane: Any, call: Call, text: str) -> RuleView:
+    """
+    The rule C{text} names, if the caller owns it or is a superadmin:
+    C{rule_not_found}, C{not_owner}.
+    """
+    view: RuleView = await plane.get_rule(_rule_id(text))
+    call.note("rule", view.rule.id)
+    require_owner(call.who, view.owner_user_id, view.rule.id)
+    return view
+
+
+def stats_json(
+    data: dict[str, Any], rule_id: int, *, per_port: bool, per_target: bool = True
+) -> dict[str, Any]:
+    """
+    The answer of C{GET /v1/rules/<id>/stats} for the plane's stats entry
+    C{data}: C{updated_at} as RFC 3339, the per-port and per-target rows
+    only when asked for.
+    """
+    data = dict(data)
+    data["rule_id"] = rule_id
+    updated = data.get("updated_at")
+    if isinstance(updated, int | float) and not isinstance(updated, bool):
+        data["updated_at"] = timestamp(updated)
+    if not per_port:
+        data.pop("per_port", None)
+    if not per_target:
+        data.pop("per_target", None)
+    return data
 
 
 def install(ctx: ApiContext) -> None:
     """Add the rule routes to C{ctx.app}."""
     plane = ctx.plane
-
-    async def owned_rule(call: Call, text: str) -> RuleView:
-        view: RuleView = await plane.get_rule(_rule_id(text))
-        call.note("rule", view.rule.id)
-        require_owner(call.who, view.owner_user_id, view.rule.id)
-        return view
 
     @ctx.route("/v1/rules", "POST", action="rule.push")
     async def push(call: Call) -> object:
@@ -124,24 +157,17 @@ def install(ctx: ApiContext) -> None:
 
     @ctx.route("/v1/rules/<rule_id>", "GET")
     async def get_rule(call: Call, rule_id: str) -> object:
-        return rule_view_json(await owned_rule(call, rule_id))
+        return rule_view_json(await owned_rule(plane, call, rule_id))
 
     @ctx.route("/v1/rules/<rule_id>", "DELETE", action="rule.remove")
     async def remove(call: Call, rule_id: str) -> object:
-        view = await owned_rule(call, rule_id)
+        view = await owned_rule(plane, call, rule_id)
         await plane.remove_rule(view.rule.id)
         return Answer(204)
 
     @ctx.route("/v1/rules/<rule_id>/stats", "GET")
     async def stats(call: Call, rule_id: str) -> object:
-        view = await owned_rule(call, rule_id)
-        number = view.rule.id
-        data = dict(await plane.rule_stats(number))
-        data["rule_id"] = number
-        updated = data.get("updated_at")
-        if isinstance(updated, int | float) and not isinstance(updated, bool):
-            data["updated_at"] = timestamp(updated)
+        view = await owned_rule(plane, call, rule_id)
+        data = await plane.rule_stats(view.rule.id)
         # As Portunus: per-target state always, the per-port rows on request.
-        if not _flag(call.request, b"per_port"):
-            data.pop("per_port", None)
-        return data
+        return stats_json(data, view.rule.id, per_port=flag(call.request, b"per_port"))
