@@ -34,7 +34,9 @@ from portunus.control.tls import (
 from portunus.errors import PortunusError
 from portunus.logging import make_observer
 from portunus.server.api import audit as audit_api
-from portunus.server.api.app import make_api
+from portunus.server.api import metrics as metrics_api
+from portunus.server.api import settings as settings_api
+from portunus.server.api.app import ApiContext, make_api
 from portunus.server.audit.writer import AuditLog
 from portunus.server.auth.accounts import Accounts
 from portunus.server.auth.passwords import Passwords, thread_runner
@@ -228,6 +230,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ),
         reactor,
     )
+    # Queued first on the store's one worker thread, so it lands before any
+    # enrollment the API or CLI could issue.
+    plane.load_advertised_override().addErrback(
+        lambda f: log.failure("could not load the advertised endpoint override", f)
+    )
     metrics = ServerMetrics(plane)
     plane.auth_failure_observer = metrics.auth_failed
     service = ServerService(plane, store, observer, reactor)
@@ -250,6 +257,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)
     _listener(reactor, settings, "control", control).setServiceParent(service)
 
+    def _install_extra(ctx: ApiContext) -> None:
+        audit_api.install(ctx, audit, store.audit)
+        settings_api.install(
+            ctx,
+            cert_pem=cert.cert_pem,
+            seed=advertised.with_port(control_port) if advertised is not None else None,
+            control_port=control_port,
+        )
+        metrics_api.install(ctx, metrics)
+
     api = make_api(
         plane,
         accounts,
@@ -257,7 +274,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         audit,
         observer=metrics,
         public_origin=settings.operator_http_public_origin,
-        extra=lambda ctx: audit_api.install(ctx, audit, store.audit),
+        extra=_install_extra,
     )
     site = Site(api.resource())
     site.noisy = False
