@@ -1,0 +1,115 @@
+// A small SVG line chart for throughput over time, drawn at the size of its
+// container (redrawn when that changes), with a hover readout.
+
+import { h, svg, mount } from './dom.js';
+
+function niceCeiling(value) {
+  if (value <= 0) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 2.5, 5, 10]) {
+    if (value <= step * power) return step * power;
+  }
+  return 10 * power;
+}
+
+function clockLabel(t) {
+  return new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+/**
+ * series: [{key, label, tone}] ; format(value) for the axis and readout.
+ * update(samples) takes [{t (ms), [key]: value}], oldest first.
+ */
+export function lineChart({ series, format, windowMs = 10 * 60 * 1000, height = 220, label = 'Chart', compact = false }) {
+  const plot = svg('svg', { class: 'chart-svg', role: 'img', 'aria-label': label, height });
+  const readout = h('div', { class: 'chart-readout', hidden: true });
+  const empty = h('div', { class: 'chart-empty' }, 'Collecting data… the chart fills in as the edges report (every 5 s).');
+  const legend = compact ? null : h('div', { class: 'chart-legend' }, series.map((s) =>
+    h('span', { class: 'legend-item' }, h('span', { class: ['legend-swatch', `tone-${s.tone}`] }), s.label)));
+  const el = h('div', { class: ['chart', compact && 'chart-compact'] }, legend, h('div', { class: 'chart-area' }, plot, readout, empty));
+  let samples = [];
+  let width = 0;
+  let geometry = null;
+
+  function draw() {
+    width = plot.clientWidth || plot.parentElement.clientWidth || 600;
+    plot.setAttribute('viewBox', `0 0 ${width} ${height}`);
+    const now = samples.length ? Math.max(Date.now(), samples[samples.length - 1].t) : Date.now();
+    const start = now - windowMs;
+    const visible = samples.filter((s) => s.t >= start);
+    empty.hidden = visible.length >= 2;
+    const left = compact ? 4 : 64;
+    const right = 8;
+    const top = 10;
+    const bottom = compact ? 4 : 24;
+    const innerW = Math.max(10, width - left - right);
+    const innerH = height - top - bottom;
+    let max = 0;
+    for (const s of visible) for (const { key } of series) max = Math.max(max, s[key] || 0);
+    const yMax = niceCeiling(Math.max(max, 1024));
+    const x = (t) => left + ((t - start) / windowMs) * innerW;
+    const y = (v) => top + innerH - (v / yMax) * innerH;
+    const parts = [];
+    if (!compact) {
+      for (let i = 0; i <= 4; i += 1) {
+        const value = (yMax / 4) * i;
+        const yy = y(value);
+        parts.push(svg('line', { x1: left, x2: width - right, y1: yy, y2: yy, class: 'chart-grid' }));
+        parts.push(svg('text', { x: left - 8, y: yy + 4, class: 'chart-axis', 'text-anchor': 'end' }, format(value)));
+      }
+      for (let i = 0; i <= 2; i += 1) {
+        const t = start + (windowMs / 2) * i;
+        parts.push(svg('text', { x: x(t), y: height - 6, class: 'chart-axis', 'text-anchor': i === 0 ? 'start' : i === 2 ? 'end' : 'middle' }, i === 2 ? 'now' : clockLabel(t)));
+      }
+    }
+    if (visible.length >= 2) {
+      for (const s of series) {
+        const points = visible.map((p) => `${x(p.t).toFixed(1)},${y(p[s.key] || 0).toFixed(1)}`);
+        const base = y(0).toFixed(1);
+        parts.push(svg('path', { d: `M${x(visible[0].t).toFixed(1)},${base}L${points.join('L')}L${x(visible[visible.length - 1].t).toFixed(1)},${base}Z`, class: ['chart-area-fill', `tone-${s.tone}`] }));
+        parts.push(svg('path', { d: `M${points.join('L')}`, class: ['chart-line', `tone-${s.tone}`] }));
+      }
+    }
+    const cursor = svg('line', { x1: 0, x2: 0, y1: top, y2: top + innerH, class: 'chart-cursor', visibility: 'hidden' });
+    parts.push(cursor);
+    mount(plot, parts);
+    geometry = { visible, x, left, innerW, cursor };
+    const last = visible[visible.length - 1];
+    plot.setAttribute('aria-label', last ? `${label}: ${series.map((s) => `${s.label} ${format(last[s.key] || 0)}`).join(', ')}` : `${label}: no data yet`);
+  }
+
+  plot.addEventListener('pointermove', (event) => {
+    if (!geometry || geometry.visible.length < 2) return;
+    const box = plot.getBoundingClientRect();
+    const px = event.clientX - box.left;
+    let best = null;
+    for (const s of geometry.visible) {
+      const d = Math.abs(geometry.x(s.t) - px);
+      if (!best || d < best.d) best = { d, s };
+    }
+    const cx = geometry.x(best.s.t);
+    geometry.cursor.setAttribute('x1', cx);
+    geometry.cursor.setAttribute('x2', cx);
+    geometry.cursor.setAttribute('visibility', 'visible');
+    mount(readout,
+      h('strong', null, new Date(best.s.t).toLocaleTimeString()),
+      series.map((s) => h('span', null, h('span', { class: ['legend-swatch', `tone-${s.tone}`] }), `${s.label} ${format(best.s[s.key] || 0)}`)));
+    readout.hidden = false;
+    readout.style.left = `${Math.min(Math.max(cx + 12, 0), box.width - 180)}px`;
+  });
+  plot.addEventListener('pointerleave', () => {
+    readout.hidden = true;
+    if (geometry) geometry.cursor.setAttribute('visibility', 'hidden');
+  });
+
+  const observer = new ResizeObserver(() => {
+    if (plot.clientWidth !== width) draw();
+  });
+  observer.observe(el);
+
+  return {
+    el,
+    update(next) { samples = next; draw(); },
+    destroy() { observer.disconnect(); },
+  };
+}
