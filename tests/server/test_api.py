@@ -81,6 +81,24 @@ class EnvelopeTests(ApiTestCase):
             "invalid_json",
         )
 
+    def test_lone_surrogate(self) -> None:
+        """
+        A string with an unpaired surrogate escape is invalid_json, not a
+        500 from the store that cannot encode it.
+        """
+        user = b'{"user_id": "bob", "display_name": "\\ud800", "initial_password": "long enough!"}'
+        self.assertError(self.call("POST", "/v1/users", raw=user), 400, "invalid_json")
+        grant = b'{"user_id": "\\udc00", "client": "*", "listen_port_start": 80}'
+        self.assertError(self.call("POST", "/v1/grants", raw=grant), 400, "invalid_json")
+        paired = b'{"name": "edge-\\ud83d\\ude00"}'
+        status, answer = self.call("POST", "/v1/client-enrollments", raw=paired)
+        self.assertEqual((status, answer["client_name"]), (201, "edge-\U0001f600"))
+
+    def test_deeply_nested(self) -> None:
+        """A body nested deeper than the parser recurses is invalid_json, not a 500."""
+        body = b'{"a": ' * 100_000 + b"1" + b"}" * 100_000
+        self.assertError(self.call("POST", "/v1/rules", raw=body), 400, "invalid_json")
+
     def test_not_an_object(self) -> None:
         self.assertError(self.call("POST", "/v1/rules", body=[1, 2]), 400, "invalid_json")
 
@@ -459,6 +477,12 @@ class RuleRouteTests(ApiTestCase):
     def test_non_numeric_rule_id(self) -> None:
         """A rule id that is not a number cannot exist: 404 rule_not_found."""
         self.assertError(self.call("GET", "/v1/rules/web"), 404, "rule_not_found")
+        self.assertEqual(self.plane.calls, [])
+
+    def test_rule_id_beyond_the_store(self) -> None:
+        """A number too large for a store id names no rule: 404, not the store's overflow."""
+        for route in ("/v1/rules/9223372036854775808", "/v1/rules/99999999999999999999/stats"):
+            self.assertError(self.call("GET", route), 404, "rule_not_found")
         self.assertEqual(self.plane.calls, [])
 
     def test_stats(self) -> None:

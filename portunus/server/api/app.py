@@ -155,8 +155,18 @@ def read_json(request: IRequest, required: bool = True) -> dict[str, Any]:
         body = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise PortunusError("invalid_json", f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise PortunusError("invalid_json", "the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise PortunusError("invalid_json", "the body must be a JSON object")
+    try:
+        # An escaped lone surrogate ("\ud800") decodes to a str that the
+        # store, the hasher and the logs cannot encode.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PortunusError(
+            "invalid_json", "the body holds an unpaired UTF-16 surrogate escape; send text"
+        ) from None
     return body
 
 

@@ -48,6 +48,8 @@ _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
 )
 _CURSOR = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
+#: Row sequences are SQLite integers; no cursor we made holds a larger one.
+_MAX_SEQ = 2**63 - 1
 
 
 class Flushable(Protocol):
@@ -94,7 +96,7 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError(cursor)
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         seq = int(text) if text.isdigit() else 0
-        if seq < 1 or encode_cursor(seq) != cursor:
+        if not 1 <= seq <= _MAX_SEQ or encode_cursor(seq) != cursor:
             raise ValueError(cursor)
     except (ValueError, binascii.Error):
         raise PortunusError(

@@ -60,12 +60,16 @@ def validation_error(issues: list[FieldIssue]) -> PortunusError:
     )
 
 
+#: Rule ids are SQLite integers; a larger number names no rule.
+_MAX_RULE_ID = 2**63 - 1
+
+
 def _rule_id(text: str) -> int:
     try:
         rule_id = int(text)
     except ValueError:
         rule_id = -1
-    if rule_id < 0 or str(rule_id) != text:
+    if not 0 <= rule_id <= _MAX_RULE_ID or str(rule_id) != text:
         raise PortunusError(
             "rule_not_found", f"{text!r} is not a rule id; list-rules shows them", rule_id=text
         )
