@@ -22,6 +22,7 @@ from portunus.server.auth.accounts import Accounts
 from portunus.server.auth.passwords import Passwords
 from portunus.server.auth.throttle import Throttle
 from portunus.server.store import Store, open_store, run_synchronously
+from tests.server._openapicheck import CheckedResource, shared_checker
 
 __all__ = ["TOKEN", "ApiHarness", "ListAudit", "fast_passwords", "open_test_store"]
 
@@ -65,6 +66,7 @@ class ApiHarness:
         operator_token: str | None = TOKEN,
         public_origin: str | None = None,
         extra: Any = None,
+        check_openapi: bool = True,
     ) -> None:
         self.case = case
         self.plane = plane
@@ -89,6 +91,11 @@ class ApiHarness:
             extra=extra,
         )
         self.resource = self.app.resource()
+        #: What answers the OpenAPI document does not describe (check_openapi).
+        self.undocumented: list[str] = []
+        if check_openapi:
+            self.resource = CheckedResource(self.resource, shared_checker(), self.undocumented)
+            case.addCleanup(self.assert_documented)
         self.http = StubTreq(self.resource)
 
     def request(
@@ -122,6 +129,7 @@ class ApiHarness:
         http.flush()
         response = self.case.successResultOf(d)
         content = self.case.successResultOf(response.content())
+        self.assert_documented()
         decoded = None
         if content:
             try:
@@ -129,6 +137,13 @@ class ApiHarness:
             except ValueError:
                 decoded = content
         return response.code, decoded, response
+
+    def assert_documented(self) -> None:
+        """Fail the test if an answer so far is not as the OpenAPI document says."""
+        problems, self.undocumented[:] = list(self.undocumented), []
+        if problems:
+            summary = "\n".join(problems)
+            self.case.fail(f"answers the OpenAPI document does not describe:\n{summary}")
 
     # -- accounts shortcuts ---------------------------------------------------
 

@@ -261,7 +261,9 @@ class FakePlane:
             "per_target": [],
             "updated_at": None,
         }
-        return succeed(self.stats.get(rule_id, default))
+        # As the real plane: the rule's client and updated_at, whatever the cache holds.
+        stored = self.stats.get(rule_id, default)
+        return succeed({"updated_at": None, **stored, "client_id": view.client_id})
 
     def subscribe_stats(self, rule_id: int, callback: StatsCallback) -> Callable[[], None]:
         self.subscribers.setdefault(rule_id, []).append(callback)

@@ -474,7 +474,7 @@ def make_api(
     C{extra} adds routes that need more than the plane (metrics, audit
     queries, settings), behind the same pipeline.
     """
-    from portunus.server.api import auth, clients, grants, rules, streams, users
+    from portunus.server.api import auth, clients, grants, openapi, rules, streams, users
 
     ctx = ApiContext(
         plane,
@@ -495,6 +495,7 @@ def make_api(
     streams.install(ctx)
     users.install(ctx)
     grants.install(ctx)
+    openapi.install(ctx)
     if extra is not None:
         extra(ctx)
 
