@@ -186,15 +186,15 @@ def chunk_stats(
 ) -> Iterator[list[dict[str, Any]]]:
     """
     Split per-rule stats entries into lists whose JSON fits one AMP value.
-    An entry larger than C{limit} on its own loses its C{per_port} detail
-    rather than the whole report.
+    An entry larger than C{limit} on its own loses its per-port detail
+    (C{ports}) rather than the whole report.
     """
     chunk: list[dict[str, Any]] = []
     size = 2
     for entry in entries:
         encoded = len(json.dumps(entry, separators=(",", ":")))
         if encoded + 1 > limit:
-            entry = {k: v for k, v in entry.items() if k != "per_port"}
+            entry = {k: v for k, v in entry.items() if k != "ports"}
             encoded = len(json.dumps(entry, separators=(",", ":")))
         if chunk and size + encoded + 1 > limit:
             yield chunk

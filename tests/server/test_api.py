@@ -504,6 +504,22 @@ class RuleRouteTests(ApiTestCase):
         self.assertEqual(body["per_port"], [{"port": 8080, "bytes_in": 10}])
         self.assertError(self.call("GET", "/v1/rules/9/stats"), 404, "rule_not_found")
 
+    def test_stats_per_port_from_the_edge(self) -> None:
+        """An edge's per-port counters (keyed by port) come back as per_port rows in port order."""
+        self.push()
+        self.plane.stats[1] = {
+            "bytes_in": 30,
+            "ports": {"9001": {"bytes_in": 20}, "9000": {"bytes_in": 10}},
+            "updated_at": 1_700_000_000.0,
+        }
+        _, body = self.call("GET", "/v1/rules/1/stats")
+        self.assertNotIn("per_port", body)
+        self.assertNotIn("ports", body)
+        _, body = self.call("GET", "/v1/rules/1/stats?per_port=1")
+        self.assertEqual(
+            body["per_port"], [{"port": 9000, "bytes_in": 10}, {"port": 9001, "bytes_in": 20}]
+        )
+
     def test_activation_failed_reason(self) -> None:
         """activation_failed keeps the plane's reason field for the operator."""
         self.plane.fail_next(

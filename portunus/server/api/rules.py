@@ -106,6 +106,12 @@ def stats_json(
     updated = data.get("updated_at")
     if isinstance(updated, int | float) and not isinstance(updated, bool):
         data["updated_at"] = timestamp(updated)
+    # Edges report per-port counters keyed by port (C{ports}); the API
+    # answers them as C{per_port} rows, in port order, when asked.
+    ports = data.pop("ports", None)
+    if isinstance(ports, dict) and "per_port" not in data:
+        rows = [dict(counters, port=int(port)) for port, counters in ports.items()]
+        data["per_port"] = sorted(rows, key=lambda row: row["port"])
     if not per_port:
         data.pop("per_port", None)
     if not per_target:
