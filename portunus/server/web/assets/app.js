@@ -194,7 +194,7 @@ function fillShell(shell, active) {
       h('div', { class: 'avatar', 'aria-hidden': 'true' }, (me.display_name || me.user_id).slice(0, 1).toUpperCase()),
       h('div', { class: 'sidebar-user-text' },
         h('span', { class: 'sidebar-user-name', 'data-testid': 'current-user' }, me.display_name || me.user_id),
-        h('span', { class: 'sidebar-user-role' }, superadmin ? 'Superadmin' : 'User', ' · ', me.user_id)),
+        h('span', { class: 'sidebar-user-role', title: me.user_id }, superadmin ? 'Superadmin' : 'User')),
       h('div', { class: 'sidebar-user-actions' },
         themeToggle(),
         h('button', { type: 'button', class: 'icon-btn', 'aria-label': 'Log out', title: 'Log out', onClick: logout }, icon('logout'))));

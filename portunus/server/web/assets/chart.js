@@ -4,12 +4,15 @@
 import { h, svg, mount } from './dom.js';
 
 function niceCeiling(value) {
+  // Byte rates are shown in binary units, so round within 1024^k steps:
+  // ticks then read 512 KiB/s, 1 MiB/s ... rather than 1.95 KiB/s.
   if (value <= 0) return 1;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) {
-    if (value <= step * power) return step * power;
+  const unit = 1024 ** Math.floor(Math.log(value) / Math.log(1024));
+  const scaled = value / unit;
+  for (const step of [1, 2, 4, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 800, 1024]) {
+    if (scaled <= step) return step * unit;
   }
-  return 10 * power;
+  return 1024 * unit;
 }
 
 function clockLabel(t) {

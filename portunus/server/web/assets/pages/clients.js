@@ -132,9 +132,10 @@ function renameDialog(client, onDone) {
       hint: 'The live session is kept. Rules refer to the client by id, so they keep working.' }));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
+    const name = new FormData(form).get('name').trim();
     dlg.setBusy(true);
     try {
-      await patch(`/v1/clients/${seg(client.client_id)}`, { name: new FormData(form).get('name').trim() });
+      await patch(`/v1/clients/${seg(client.client_id)}`, { name });
     } catch (e) {
       dlg.setBusy(false);
       showErrors(form, e);

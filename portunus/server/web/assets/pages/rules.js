@@ -69,7 +69,7 @@ function section(title, ...content) {
 
 function disclosure(title, hint, ...content) {
   return h('details', { class: 'disclosure form-section' },
-    h('summary', null, title, hint ? h('span', { class: 'summary-hint' }, hint) : null), h('div', { class: 'disclosure-body' }, ...content));
+    h('summary', null, h('span', null, title), hint ? h('span', { class: 'summary-hint' }, hint) : null), h('div', { class: 'disclosure-body' }, ...content));
 }
 
 /** The push form, in a dialog. `clients` are the ones the user may push to. */
@@ -233,10 +233,12 @@ export function pushRuleDialog({ clients, onPushed, preset = {} }) {
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearErrors(form);
+    // Read the form before disabling it: disabled fields are not form data.
+    const request = body();
     dlg.setBusy(true);
     let view;
     try {
-      view = await post('/v1/rules', body());
+      view = await post('/v1/rules', request);
     } catch (e) {
       dlg.setBusy(false);
       if (e.code === 'ack_timeout') {
