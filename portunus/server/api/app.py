@@ -474,7 +474,7 @@ def make_api(
     C{extra} adds routes that need more than the plane (metrics, audit
     queries, settings), behind the same pipeline.
     """
-    from portunus.server.api import auth, clients, grants, openapi, rules, streams, users
+    from portunus.server.api import auth, clients, console, grants, openapi, rules, streams, users
 
     ctx = ApiContext(
         plane,
@@ -498,10 +498,14 @@ def make_api(
     openapi.install(ctx)
     if extra is not None:
         extra(ctx)
+    web = console.Console.load()
 
     @ctx.app.handle_errors(NotFound)
     def not_found(request: IRequest, failure: Failure) -> bytes:
         path = request.path.decode("latin-1")
+        if not console.is_api_path(path):
+            # Every path outside /v1 is the console's (index.html fallback).
+            return web.render(request)
         return _envelope(
             request,
             PortunusError("not_found", f"no route {path}; see docs/api.md", path=path),
