@@ -214,13 +214,22 @@ class ConsoleBrowserTests(_ProcessCase):
                 expect(page.get_by_test_id("stat-bytes-out").locator(".stat-value")).to_have_text(
                     "256 KiB"
                 )
+                # More while the page is open: the counters and the chart move live.
+                self.traffic(admin_port, 1024 * 1024)
+                expect(bytes_in).to_have_text("1.25 MiB")
+                expect(page.locator(".chart-empty").first).to_be_hidden()
                 shot("09-rule-detail")
 
                 # The dashboard with data, and its chart.
                 page.get_by_role("link", name="Dashboard", exact=True).click()
                 expect(page.get_by_test_id("kpi-clients")).to_contain_text("1 / 1")
                 expect(page.get_by_test_id("kpi-rules")).to_contain_text("1 / 1")
-                expect(page.get_by_test_id("kpi-transferred")).to_contain_text("512 KiB")
+                expect(page.get_by_test_id("kpi-transferred")).to_contain_text("2.50 MiB")
+                self.traffic(admin_port, 1024 * 1024)
+                expect(page.get_by_test_id("kpi-transferred")).to_contain_text("4.50 MiB")
+                expect(
+                    page.get_by_test_id("kpi-throughput").locator(".kpi-value")
+                ).not_to_have_text("0 B/s")
                 expect(page.locator(".chart-empty")).to_be_hidden()
                 shot("03-dashboard")
 

@@ -15,22 +15,26 @@ function niceCeiling(value) {
   return 1024 * unit;
 }
 
-function clockLabel(t) {
-  return new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+const MIN_WINDOW_MS = 60 * 1000;
+
+function clockLabel(t, span) {
+  const parts = span < 10 * 60 * 1000 ? { hour: '2-digit', minute: '2-digit', second: '2-digit' } : { hour: '2-digit', minute: '2-digit' };
+  return new Date(t).toLocaleTimeString([], parts);
 }
 
 /**
  * series: [{key, label, tone}] ; format(value) for the axis and readout.
  * update(samples) takes [{t (ms), [key]: value}], oldest first.
  */
-export function lineChart({ series, format, windowMs = 10 * 60 * 1000, height = 220, label = 'Chart', compact = false }) {
+export function lineChart({ series, format, windowMs: initialWindow = 10 * 60 * 1000, height = 220, label = 'Chart', compact = false }) {
   const plot = svg('svg', { class: 'chart-svg', role: 'img', 'aria-label': label, height });
   const readout = h('div', { class: 'chart-readout', hidden: true });
-  const empty = h('div', { class: 'chart-empty' }, 'Collecting data… the chart fills in as the edges report (every 5 s).');
+  const empty = h('div', { class: 'chart-empty' }, h('span', null, 'Collecting data… the chart fills in as the edges report (every 5 s).'));
   const legend = compact ? null : h('div', { class: 'chart-legend' }, series.map((s) =>
     h('span', { class: 'legend-item' }, h('span', { class: ['legend-swatch', `tone-${s.tone}`] }), s.label)));
   const el = h('div', { class: ['chart', compact && 'chart-compact'] }, legend, h('div', { class: 'chart-area' }, plot, readout, empty));
   let samples = [];
+  let windowMs = initialWindow;
   let width = 0;
   let geometry = null;
 
@@ -38,7 +42,10 @@ export function lineChart({ series, format, windowMs = 10 * 60 * 1000, height = 
     width = plot.clientWidth || plot.parentElement.clientWidth || 600;
     plot.setAttribute('viewBox', `0 0 ${width} ${height}`);
     const now = samples.length ? Math.max(Date.now(), samples[samples.length - 1].t) : Date.now();
-    const start = now - windowMs;
+    // The window grows from the first sample up to windowMs, so a chart
+    // opened a minute ago is not squeezed into its right edge.
+    const span = samples.length ? Math.min(windowMs, Math.max(MIN_WINDOW_MS, now - samples[0].t)) : windowMs;
+    const start = now - span;
     const visible = samples.filter((s) => s.t >= start);
     empty.hidden = visible.length >= 2;
     const left = compact ? 4 : 64;
@@ -50,7 +57,7 @@ export function lineChart({ series, format, windowMs = 10 * 60 * 1000, height = 
     let max = 0;
     for (const s of visible) for (const { key } of series) max = Math.max(max, s[key] || 0);
     const yMax = niceCeiling(Math.max(max, 1024));
-    const x = (t) => left + ((t - start) / windowMs) * innerW;
+    const x = (t) => left + ((t - start) / span) * innerW;
     const y = (v) => top + innerH - (v / yMax) * innerH;
     const parts = [];
     if (!compact) {
@@ -61,8 +68,9 @@ export function lineChart({ series, format, windowMs = 10 * 60 * 1000, height = 
         parts.push(svg('text', { x: left - 8, y: yy + 4, class: 'chart-axis', 'text-anchor': 'end' }, format(value)));
       }
       for (let i = 0; i <= 2; i += 1) {
-        const t = start + (windowMs / 2) * i;
-        parts.push(svg('text', { x: x(t), y: height - 6, class: 'chart-axis', 'text-anchor': i === 0 ? 'start' : i === 2 ? 'end' : 'middle' }, i === 2 ? 'now' : clockLabel(t)));
+        if (i === 1 && width < 520) continue; // no room for a middle label on a phone
+        const t = start + (span / 2) * i;
+        parts.push(svg('text', { x: x(t), y: height - 6, class: 'chart-axis', 'text-anchor': i === 0 ? 'start' : i === 2 ? 'end' : 'middle' }, i === 2 ? 'now' : clockLabel(t, span)));
       }
     }
     if (visible.length >= 2) {
@@ -113,6 +121,7 @@ export function lineChart({ series, format, windowMs = 10 * 60 * 1000, height = 
   return {
     el,
     update(next) { samples = next; draw(); },
+    setWindow(ms) { windowMs = ms; draw(); },
     destroy() { observer.disconnect(); },
   };
 }

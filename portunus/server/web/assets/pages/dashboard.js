@@ -68,6 +68,7 @@ export async function dashboardPage(root, ctx) {
   const audit = h('div');
 
   function drawChart() {
+    chart.setWindow(windowMs);
     chart.update(dashboardTraffic.samples.filter((s) => s.t >= Date.now() - windowMs));
   }
 

@@ -39,7 +39,7 @@ function settingsList(view) {
   if (rule.protocol === 'udp') {
     items.push(['UDP max flows', String(rule.udp_max_flows ?? 1024)], ['UDP idle timeout', `${rule.udp_flow_idle_secs ?? 60} s`]);
   }
-  return h('dl', { class: 'props' }, items.map(([k, v]) => [h('dt', null, k), h('dd', null, v)]));
+  return h('dl', { class: 'props-grid' }, items.map(([k, v]) => h('div', null, h('dt', null, k), h('dd', null, v))));
 }
 
 export async function ruleDetailPage(root, ctx) {
@@ -101,7 +101,7 @@ export async function ruleDetailPage(root, ctx) {
   function drawTargets() {
     const rows = matchTargetRows(view.rule, lastStats);
     const multi = view.rule.targets.length > 1;
-    const columns = [{ label: 'Target' }, { label: 'Priority' }, { label: 'PROXY' }, { label: 'Health' }, { label: 'Last success' }, { label: 'Last failure' }];
+    const columns = [{ label: 'Target' }, ...(multi ? [{ label: 'Priority' }] : []), { label: 'PROXY' }, { label: 'Health' }, { label: 'Last success' }, { label: 'Last failure' }];
     mount(targetsBox, table({
       columns,
       caption: 'Targets',
@@ -109,7 +109,7 @@ export async function ruleDetailPage(root, ctx) {
         const health = targetHealth(rows[i]);
         return row(columns, [
           h('span', { class: 'mono' }, targetText(t)),
-          multi ? String(t.priority ?? 0) : h('span', { class: 'muted' }, '—'),
+          ...(multi ? [String(t.priority ?? 0)] : []),
           t.proxy_protocol ? badge(t.proxy_protocol, 'info') : h('span', { class: 'muted' }, 'off'),
           healthBadge(health),
           health && health.lastSuccess ? timeAgo(health.lastSuccess) : h('span', { class: 'muted' }, '—'),
@@ -175,9 +175,8 @@ export async function ruleDetailPage(root, ctx) {
       ? h('div', { class: 'banner banner-danger', role: 'alert' }, icon('alert'), h('span', null, `The client could not activate this rule: ${view.state_reason}`))
       : null,
     card({ title: 'Live stats', actions: h('div', { class: 'card-meta' }, updated, liveBadge), body: h('div', { class: 'stack' }, statsBox, chart.el) }),
-    h('div', { class: 'grid-2 grid-2-wide' },
-      card({ title: `Targets (${view.rule.targets.length})`, body: targetsBox }),
-      card({ title: 'Settings', body: settingsList(view) })));
+    card({ title: `Targets (${view.rule.targets.length})`, body: targetsBox }),
+    card({ title: 'Settings', body: settingsList(view) }));
   mount(statsBox, emptyState({ title: 'Waiting for stats…', text: 'The client reports every 5 seconds.', iconName: 'activity' }));
   drawTargets();
   startStream();
