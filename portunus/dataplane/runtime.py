@@ -14,13 +14,14 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from portunus.dataplane.dial import Dialer, dialer_for
 from portunus.dataplane.failover import ActiveProber, TargetSelector
 from portunus.dataplane.proxyprotocol import TrustedSources
 from portunus.dataplane.ratelimit import RuleLimiter
 from portunus.dataplane.resolver import TargetResolver
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, SpliceContext, TcpRelay
-from portunus.model import Rule
+from portunus.model import Rule, Target
 
 __all__ = ["RuleRuntime"]
 
@@ -37,7 +38,12 @@ class RuleRuntime:
         resolver: TargetResolver | None = None,
         splice: SpliceContext | None = None,
         connect_timeout: float = CONNECT_TIMEOUT_SECS,
+        dialer: Dialer | None = None,
     ) -> None:
+        """
+        @param dialer: how relays reach targets; by default their own
+            sockets on a real reactor, C{connectTCP} on any other.
+        """
         self.reactor = reactor
         self.rule = rule
         self.stats = RuleStats()
@@ -45,7 +51,9 @@ class RuleRuntime:
         self.limiter = RuleLimiter(reactor, rule.rate_limit)
         self.resolver = resolver
         self.connect_timeout = connect_timeout
+        self.dialer = dialer if dialer is not None else dialer_for(reactor)
         self._splice = splice
+        self._literal_hosts = {t.host: t.is_ip_literal for t in rule.targets}
         self.trusted = (
             TrustedSources.parse(rule.trusted_sources) if rule.accept_proxy_protocol else None
         )
@@ -59,6 +67,11 @@ class RuleRuntime:
     def splice(self) -> SpliceContext | None:
         """Zero-copy for a new connection, unless a bandwidth cap must pace it."""
         return None if self.limiter.caps_bandwidth else self._splice
+
+    def is_ip_literal(self, target: Target) -> bool:
+        """C{target.is_ip_literal}, parsed once per rule rather than per connection."""
+        literal = self._literal_hosts.get(target.host)
+        return target.is_ip_literal if literal is None else literal
 
     def start(self) -> None:
         if self._prober is not None:

@@ -20,8 +20,7 @@ import fcntl
 import os
 import socket
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
@@ -29,6 +28,7 @@ __all__ = [
     "PIPE_SIZE",
     "Pipe",
     "PipePool",
+    "SpliceOwner",
     "SpliceRelay",
     "splice_disabled_by_env",
     "splice_supported",
@@ -165,51 +165,68 @@ class PipePool:
         self._idle.clear()
 
 
-class _Direction:
-    """One direction of a spliced connection: src socket -> pipe -> dst socket."""
+class SpliceOwner(Protocol):
+    """What a L{SpliceRelay} reports to the relay that started it."""
 
-    __slots__ = ("count", "done", "dst", "eof", "in_pipe", "name", "pipe", "src", "waiting_write")
+    def count_in(self, n: int) -> None:
+        """C{n} more bytes went from the client to the target."""
 
-    def __init__(
-        self, name: str, src: _SpliceSocket, dst: _SpliceSocket, count: Callable[[int], None]
-    ) -> None:
-        self.name = name
-        self.src = src
-        self.dst = dst
-        self.count = count
-        self.pipe: Pipe | None = None
-        self.in_pipe = 0
-        self.eof = False
-        self.done = False
-        self.waiting_write = False
+    def count_out(self, n: int) -> None:
+        """C{n} more bytes went from the target back to the client."""
+
+    def splice_done(self, reset: bool) -> None:
+        """Both directions ended: cleanly, or with an error or reset."""
+
+    def splice_unsupported(self) -> None:
+        """The first splice showed these sockets cannot be spliced."""
 
 
-class _SpliceSocket:
+class _End:
     """
-    The reactor's view of one socket while it is spliced: readable means
-    the direction it feeds can move, writable means the direction it
-    drains can move.
+    One spliced socket as the reactor sees it, with the direction it feeds
+    (this socket -> pipe -> its peer): readable means that direction can
+    move, writable means the peer's direction can deliver.
+
+    Both ends of a connection and their directions are these two objects,
+    so an idle spliced connection costs little beyond its sockets.
     """
 
-    __slots__ = ("drains", "fd", "feeds", "relay", "sock")
+    __slots__ = (
+        "done",
+        "eof",
+        "fd",
+        "in_pipe",
+        "peer",
+        "pipe",
+        "relay",
+        "sock",
+        "upstream",
+        "waiting_write",
+    )
 
-    def __init__(self, relay: SpliceRelay, sock: socket.socket) -> None:
+    def __init__(self, relay: SpliceRelay, sock: socket.socket, upstream: bool) -> None:
         self.relay = relay
         self.sock = sock
         self.fd = sock.fileno()
-        self.feeds: _Direction | None = None
-        self.drains: _Direction | None = None
+        #: The client's end: what it feeds is counted as bytes in.
+        self.upstream = upstream
+        self.peer: _End = self
+        self.pipe: Pipe | None = None
+        #: Bytes read from this socket, in the pipe, not yet delivered.
+        self.in_pipe = 0
+        self.eof = False
+        self.done = False
+        #: The peer is full: this socket is not read until it drains.
+        self.waiting_write = False
 
     def fileno(self) -> int:
         return self.fd
 
     def doRead(self) -> None:
-        assert self.feeds is not None
-        self.relay.pump(self.feeds)
+        self.relay.pump(self)
 
     def doWrite(self) -> None:
-        assert self.drains is not None
-        self.relay.pump(self.drains)
+        self.relay.pump(self.peer)
 
     def connectionLost(self, reason: Any) -> None:
         # Only called if the reactor gives up on the descriptor itself.
@@ -223,13 +240,25 @@ class SpliceRelay:
     """
     Moves bytes both ways between two connected TCP transports with splice.
 
-    C{on_done(reset)} is called once: with C{False} after both directions
-    ended with an EOF and everything was delivered (the caller closes the
-    transports gracefully), with C{True} after an error or reset (the
-    caller resets both).  C{on_unsupported} is called instead if the very
-    first splice shows the kernel cannot splice these sockets; nothing has
-    moved then, and the caller relays in userspace.
+    The owner's C{splice_done(reset)} is called once: with C{False} after
+    both directions ended with an EOF and everything was delivered (the
+    owner closes the transports gracefully), with C{True} after an error or
+    reset (the owner resets both).  C{splice_unsupported()} is called
+    instead if the very first splice shows the kernel cannot splice these
+    sockets; nothing has moved then, and the owner relays in userspace.
     """
+
+    __slots__ = (
+        "_client_transport",
+        "_moved",
+        "_owner",
+        "_pool",
+        "_reactor",
+        "_target_transport",
+        "client",
+        "finished",
+        "target",
+    )
 
     def __init__(
         self,
@@ -237,24 +266,29 @@ class SpliceRelay:
         client_transport: Any,
         target_transport: Any,
         pool: PipePool,
-        count_in: Callable[[int], None],
-        count_out: Callable[[int], None],
-        on_done: Callable[[bool], None],
-        on_unsupported: Callable[[], None],
+        owner: SpliceOwner,
     ) -> None:
         self._reactor = reactor
-        self._transports = (client_transport, target_transport)
+        self._client_transport = client_transport
+        self._target_transport = target_transport
         self._pool = pool
-        self._on_done = on_done
-        self._on_unsupported = on_unsupported
-        self.client = _SpliceSocket(self, client_transport.socket)
-        self.target = _SpliceSocket(self, target_transport.socket)
-        self.upstream = _Direction("in", self.client, self.target, count_in)
-        self.downstream = _Direction("out", self.target, self.client, count_out)
-        self.client.feeds = self.target.drains = self.upstream
-        self.target.feeds = self.client.drains = self.downstream
+        self._owner = owner
+        self.client = _End(self, client_transport.socket, upstream=True)
+        self.target = _End(self, target_transport.socket, upstream=False)
+        self.client.peer = self.target
+        self.target.peer = self.client
         self._moved = False
         self.finished = False
+
+    @property
+    def upstream(self) -> _End:
+        """The client -> target direction (kept by the client's end)."""
+        return self.client
+
+    @property
+    def downstream(self) -> _End:
+        """The target -> client direction."""
+        return self.target
 
     @staticmethod
     def can_take_over(transport: Any) -> bool:
@@ -266,15 +300,16 @@ class SpliceRelay:
         )
 
     def start(self) -> None:
-        for transport in self._transports:
-            transport.stopReading()
-            transport.stopWriting()
+        # Neither transport is writing: nothing is buffered (can_take_over).
+        self._client_transport.stopReading()
+        self._target_transport.stopReading()
         self._reactor.addReader(self.client)
         self._reactor.addReader(self.target)
 
     # -- moving bytes -----------------------------------------------------
 
-    def pump(self, d: _Direction) -> None:
+    def pump(self, d: _End) -> None:
+        """Move what can be moved in the direction C{d} feeds."""
         if self.finished or d.done:
             return
         try:
@@ -282,34 +317,39 @@ class SpliceRelay:
         except OSError as e:
             if not self._moved and e.errno in UNSUPPORTED_ERRNOS:
                 self._give_back()
-                self._on_unsupported()
+                self._owner.splice_unsupported()
                 return
             self.fail(e.strerror or str(e))
 
-    def _pump(self, d: _Direction) -> None:
+    def _pump(self, d: _End) -> None:
+        dst_fd = d.peer.fd
         for _ in range(_BATCHES_PER_EVENT):
             # Deliver what is in the pipe before reading more.
             while d.in_pipe:
                 try:
-                    n = os.splice(d.pipe.read_fd, d.dst.fd, d.in_pipe, flags=_FLAGS)  # type: ignore[union-attr]
+                    n = os.splice(d.pipe.read_fd, dst_fd, d.in_pipe, flags=_FLAGS)  # type: ignore[union-attr]
                 except BlockingIOError:
                     self._wait_writable(d)
                     return
                 d.in_pipe -= n
                 self._moved = True
-                d.count(n)
+                if d.upstream:
+                    self._owner.count_in(n)
+                else:
+                    self._owner.count_out(n)
             if d.waiting_write:
                 self._resume_reading(d)
             if d.eof:
                 self._finish_direction(d)
                 return
-            if d.pipe is None:
-                d.pipe = self._pool.acquire()
+            pipe = d.pipe
+            if pipe is None:
+                pipe = d.pipe = self._pool.acquire()
             try:
-                n = os.splice(d.src.fd, d.pipe.write_fd, d.pipe.capacity, flags=_FLAGS)
+                n = os.splice(d.fd, pipe.write_fd, pipe.capacity, flags=_FLAGS)
             except BlockingIOError:
                 # Nothing to read now: hand the empty pipe back and wait.
-                self._pool.release(d.pipe)
+                self._pool.release(pipe)
                 d.pipe = None
                 return
             if n == 0:
@@ -318,57 +358,60 @@ class SpliceRelay:
                 d.in_pipe += n
         # Budget used: the level-triggered reactor calls again if more is ready.
 
-    def _wait_writable(self, d: _Direction) -> None:
+    def _wait_writable(self, d: _End) -> None:
         """The destination is full: stop reading the source until it drains."""
         if not d.waiting_write:
             d.waiting_write = True
-            self._reactor.removeReader(d.src)
-            self._reactor.addWriter(d.dst)
+            self._reactor.removeReader(d)
+            self._reactor.addWriter(d.peer)
 
-    def _resume_reading(self, d: _Direction) -> None:
+    def _resume_reading(self, d: _End) -> None:
         d.waiting_write = False
-        self._reactor.removeWriter(d.dst)
+        self._reactor.removeWriter(d.peer)
         if not d.eof:
-            self._reactor.addReader(d.src)
+            self._reactor.addReader(d)
 
-    def _finish_direction(self, d: _Direction) -> None:
+    def _finish_direction(self, d: _End) -> None:
         d.done = True
-        self._reactor.removeReader(d.src)
+        self._reactor.removeReader(d)
         if d.pipe is not None:
             self._pool.release(d.pipe)
             d.pipe = None
         try:
-            d.dst.sock.shutdown(socket.SHUT_WR)
+            d.peer.sock.shutdown(socket.SHUT_WR)
         except OSError as e:
             if e.errno != errno.ENOTCONN:
                 self.fail(e.strerror or str(e))
                 return
-        if self.upstream.done and self.downstream.done:
+        if self.client.done and self.target.done:
             self._give_back()
-            self._on_done(False)
+            self._owner.splice_done(False)
 
     # -- ending -----------------------------------------------------------
 
     def fail(self, reason: str) -> None:
-        """An error on either socket: stop and let the caller reset both."""
+        """An error on either socket: stop and let the owner reset both."""
         if self.finished:
             return
         log.debug("splice relay reset: {reason}", event="proxy.splice_reset", reason=reason)
         self._give_back(discard_pipes=True)
-        self._on_done(True)
+        self._owner.splice_done(True)
 
     def stop(self) -> None:
-        """Stop splicing now (the caller is cutting the connection)."""
+        """Stop splicing now (the owner is cutting the connection)."""
         if not self.finished:
             self._give_back(discard_pipes=True)
 
     def _give_back(self, discard_pipes: bool = False) -> None:
         """Unregister from the reactor and return (or discard) pipes."""
         self.finished = True
-        for s in (self.client, self.target):
-            self._reactor.removeReader(s)
-            self._reactor.removeWriter(s)
-        for d in (self.upstream, self.downstream):
+        reactor = self._reactor
+        for d in (self.client, self.target):
+            # Only what is registered: a finished direction already left.
+            if not (d.done or d.waiting_write):
+                reactor.removeReader(d)
+            if d.peer.waiting_write:
+                reactor.removeWriter(d)
             if d.pipe is not None:
                 if discard_pipes and d.in_pipe:
                     d.pipe.close()

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -43,6 +43,7 @@ from portunus.dataplane.splice import PipePool, SpliceRelay
 from portunus.model import Rule, Target
 
 if TYPE_CHECKING:
+    from portunus.dataplane.dial import DialAttempt
     from portunus.dataplane.runtime import RuleRuntime
 
 __all__ = [
@@ -61,6 +62,9 @@ CONNECT_TIMEOUT_SECS = 3.0
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _CONNECTION_DONE = Failure(ConnectionDone())
+#: What a relay has left to dial once every target was tried (shared, so
+#: never mutated: relays only pop from a non-empty list).
+_NO_TARGETS: list[Target] = []
 
 
 class SpliceContext:
@@ -111,16 +115,31 @@ def _reset(transport: Any) -> None:
     transport.abortConnection()
 
 
-@implementer(IHalfCloseableProtocol)
-class _Leg(Protocol):
-    """One socket of a relay; every event goes to the relay."""
+@implementer(IProtocol, IHalfCloseableProtocol)
+class _Leg:
+    """
+    One socket of a relay; every event goes to the relay.
 
-    #: A TCP transport: pausable, half-closeable, abortable.
-    transport: Any
+    A slotted object rather than a L{Protocol} subclass: one lives as long
+    as each socket, and an idle connection should cost little more than
+    its sockets.
+    """
 
-    def __init__(self, relay: TcpRelay, side: _Side) -> None:
+    __slots__ = ("relay", "transport")
+
+    side: _Side
+
+    def __init__(self, relay: TcpRelay) -> None:
         self.relay = relay
-        self.side = side
+        #: A TCP transport: pausable, half-closeable, abortable.
+        self.transport: Any = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.connectionMade()
+
+    def connectionMade(self) -> None:
+        raise NotImplementedError
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.data_received(self.side, data)
@@ -136,52 +155,63 @@ class _Leg(Protocol):
 
 
 class _ClientLeg(_Leg):
-    def __init__(self, relay: TcpRelay) -> None:
-        super().__init__(relay, _Side.CLIENT)
+    __slots__ = ()
+    side = _Side.CLIENT
 
     def connectionMade(self) -> None:
         self.relay.client_connected(self)
 
 
 class _TargetLeg(_Leg):
-    def __init__(self, relay: TcpRelay) -> None:
-        super().__init__(relay, _Side.TARGET)
+    __slots__ = ()
+    side = _Side.TARGET
 
     def connectionMade(self) -> None:
         self.relay.target_connected(self)
 
 
-class _TargetFactory(ClientFactory):
-    """Dials one target for one relay; failures go back to the relay."""
-
-    noisy = False
-
-    def __init__(self, relay: TcpRelay, target: Target) -> None:
-        self.relay = relay
-        self.target = target
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        leg = _TargetLeg(self.relay)
-        leg.factory = self
-        return leg
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.relay.dial_failed(self.target, reason)
-
-
 class TcpRelay:
     """The life of one proxied TCP connection."""
+
+    __slots__ = (
+        "_addresses",
+        "_admitted",
+        "_client_eof",
+        "_client_lost",
+        "_dialing",
+        "_early",
+        "_on_closed",
+        "_pending_targets",
+        "_port_stats",
+        "_runtime",
+        "_splice",
+        "_target_eof",
+        "_target_lost",
+        "_throttle_in",
+        "_throttle_out",
+        "bytes_in",
+        "bytes_out",
+        "chosen",
+        "client",
+        "client_address",
+        "listen_port",
+        "server_address",
+        "state",
+        "target",
+    )
 
     def __init__(
         self,
         runtime: RuleRuntime,
         listen_port: int,
-        on_closed: Callable[[TcpRelay], None],
+        on_closed: Callable[[TcpRelay], None] | None = None,
         client_address: tuple[str, int] | None = None,
         early: bytes = b"",
         server_address: tuple[str, int] | None = None,
     ) -> None:
         """
+        @param on_closed: called once the relay is finished; by default
+            the runtime's C{relay_closed}.
         @param client_address: the original client when a trusted PROXY
             header named it; by default the peer of the accepted socket.
         @param server_address: the address that client connected to, from
@@ -190,12 +220,8 @@ class TcpRelay:
             remainder, a peeked ClientHello) to send ahead of the rest.
         """
         self._runtime = runtime
-        self._reactor = runtime.reactor
-        self._splice_context = runtime.splice
         self._splice: SpliceRelay | None = None
-        self.rule = runtime.rule
         self.listen_port = listen_port
-        self._rule_stats = runtime.stats
         self._port_stats = runtime.stats.for_port(listen_port)
         self._on_closed = on_closed
         self.client_address = client_address
@@ -204,18 +230,22 @@ class TcpRelay:
         self.client: _Leg | None = None
         self.target: _Leg | None = None
         self.chosen: Target | None = None
-        self._pending_targets: list[Target] = []
-        self._addresses: list[str] = []
-        self._eof = {_Side.CLIENT: False, _Side.TARGET: False}
-        self._early: list[bytes] = [early] if early else []
-        self._lost: set[_Side] = set()
-        self._dialing: Any = None
+        self._pending_targets = _NO_TARGETS
+        #: Addresses a resolved name still has to try; None for an IP literal.
+        self._addresses: list[str] | None = None
+        self._client_eof = self._target_eof = False
+        self._client_lost = self._target_lost = False
+        self._early = early
+        self._dialing: DialAttempt | None = None
         self._admitted = False
-        self._throttles: list[Throttle] = []
         self._throttle_in: Throttle | None = None
         self._throttle_out: Throttle | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+
+    @property
+    def rule(self) -> Rule:
+        return self._runtime.rule
 
     # -- client side ------------------------------------------------------
 
@@ -223,29 +253,34 @@ class TcpRelay:
         self.client = leg
         transport = leg.transport
         assert transport is not None
-        # Nothing is read from the client until a target is there to take it.
-        transport.pauseProducing()
         _set_nodelay(transport)
         if self.client_address is None:
             peer = transport.getPeer()
             self.client_address = (peer.host, peer.port)
-        refusal = self._runtime.limiter.admit()
+        runtime = self._runtime
+        refusal = runtime.limiter.admit()
         if refusal is not None:
             log.debug(
                 "rule {rule}: connection from {client} refused: {reason}",
                 event="rule.rate_limit_reject",
-                rule=self.rule.name,
+                rule=runtime.rule.name,
                 client=self.client_address[0],
                 reason=refusal,
             )
             self._close_all(reset=True)
             return
         self._admitted = True
-        for stats in (self._rule_stats, self._port_stats):
-            stats.active_connections += 1
-            stats.total_connections += 1
-        self._pending_targets = self._runtime.selector.dial_order(self.client_address[0])
+        rule_stats, port_stats = runtime.stats, self._port_stats
+        rule_stats.active_connections += 1
+        rule_stats.total_connections += 1
+        port_stats.active_connections += 1
+        port_stats.total_connections += 1
+        self._pending_targets = runtime.selector.dial_order(self.client_address[0])
         self._next_target()
+        if self.state is RelayState.DIALING:
+            # Nothing is read from the client until a target is there to
+            # take it.  (A target that answered at once is relaying already.)
+            transport.pauseProducing()
 
     # -- dialling ---------------------------------------------------------
 
@@ -256,12 +291,15 @@ class TcpRelay:
             self._all_targets_failed()
             return
         target = self.chosen = self._pending_targets.pop(0)
-        resolver = self._runtime.resolver
-        if target.is_ip_literal or resolver is None:
-            self._addresses = [target.host]
-            self._dial_address()
+        if not self._pending_targets:
+            self._pending_targets = _NO_TARGETS
+        runtime = self._runtime
+        resolver = runtime.resolver
+        if resolver is None or runtime.is_ip_literal(target):
+            self._addresses = None
+            self._dial(target.host)
             return
-        resolver.resolve(target.host, self.rule.prefer_ipv6).addCallbacks(
+        resolver.resolve(target.host, runtime.rule.prefer_ipv6).addCallbacks(
             self._resolved, self._resolve_failed
         )
 
@@ -291,8 +329,8 @@ class TcpRelay:
 
     def _count_dns_failure(self, reason: str) -> None:
         assert self.chosen is not None
-        for stats in (self._rule_stats, self._port_stats):
-            stats.dns_failures += 1
+        self._runtime.stats.dns_failures += 1
+        self._port_stats.dns_failures += 1
         log.warn(
             "rule {rule}: resolving {host} failed: {reason}",
             event="rule.dns_failed",
@@ -302,6 +340,7 @@ class TcpRelay:
         )
 
     def _dial_address(self) -> None:
+        """Dial the next address the chosen target's name resolved to."""
         if self.state is not RelayState.DIALING:
             return
         assert self.chosen is not None
@@ -309,19 +348,24 @@ class TcpRelay:
             self._runtime.selector.record_failure(self.chosen)
             self._next_target()
             return
-        address = self._addresses.pop(0)
-        port = self.rule.target_port(self.chosen, self.listen_port)
-        self._dialing = self._reactor.connectTCP(
-            address,
-            port,
-            _TargetFactory(self, self.chosen),
-            timeout=self._runtime.connect_timeout,
-        )
+        self._dial(self._addresses.pop(0))
 
-    def dial_failed(self, target: Target, reason: Failure) -> None:
+    def _dial(self, address: str) -> None:
+        assert self.chosen is not None
+        runtime = self._runtime
+        port = runtime.rule.target_port(self.chosen, self.listen_port)
+        attempt = runtime.dialer.attempt(
+            address, port, runtime.connect_timeout, _TargetLeg(self), self._dial_failed
+        )
+        self._dialing = attempt
+        attempt.start()
+
+    def _dial_failed(self, reason: Failure) -> None:
         self._dialing = None
         if self.state is not RelayState.DIALING:
             return
+        target = self.chosen
+        assert target is not None
         log.info(
             "rule {rule}: dialling {target} failed: {reason}",
             event="rule.target.dial_failed",
@@ -330,11 +374,15 @@ class TcpRelay:
             port=self.rule.target_port(target, self.listen_port),
             reason=reason.getErrorMessage(),
         )
-        self._dial_address()
+        if self._addresses is None:
+            self._runtime.selector.record_failure(target)
+            self._next_target()
+        else:
+            self._dial_address()
 
     def _all_targets_failed(self) -> None:
-        for stats in (self._rule_stats, self._port_stats):
-            stats.connect_failures += 1
+        self._runtime.stats.connect_failures += 1
+        self._port_stats.connect_failures += 1
         self._runtime.selector.record_all_failed(self.listen_port)
         log.warn(
             "rule {rule}: no target reachable for a connection on port {listen_port}",
@@ -347,18 +395,19 @@ class TcpRelay:
 
     def target_connected(self, leg: _Leg) -> None:
         self._dialing = None
+        transport = leg.transport
+        assert transport is not None
         if self.state is not RelayState.DIALING:
             # The client left while we were dialling.
-            assert leg.transport is not None
-            leg.transport.loseConnection()
+            transport.loseConnection()
             return
         assert self.chosen is not None
         self.target = leg
-        assert leg.transport is not None
-        _set_nodelay(leg.transport)
-        self._runtime.selector.record_success(self.chosen)
-        self._runtime.selector.connection_opened(self.chosen)
-        self.start_relaying(self._prelude())
+        _set_nodelay(transport)
+        selector = self._runtime.selector
+        selector.record_success(self.chosen)
+        selector.connection_opened(self.chosen)
+        self.start_relaying(self._prelude() if self.chosen.proxy_protocol is not None else b"")
 
     def _prelude(self) -> bytes:
         """The PROXY header this target wants, or nothing."""
@@ -391,10 +440,9 @@ class TcpRelay:
         client, target = self.client.transport, self.target.transport
         assert client is not None and target is not None
         self.state = RelayState.RELAYING
-        early = b"".join(self._early)
-        self._early.clear()
-        ahead = prelude + early
-        context = self._splice_context
+        early, self._early = self._early, b""
+        ahead = prelude + early if prelude else early
+        context = self._runtime.splice
         if (
             context is not None
             and SpliceRelay.can_take_over(client)
@@ -404,11 +452,16 @@ class TcpRelay:
             # straight on the new socket (it practically always fits).
             sent = _send_now(target, ahead) if ahead else 0
             if sent == len(ahead):
-                self._count_in(len(early))
-                self._start_splice(context, client, target)
+                if early:
+                    self.count_in(len(early))
+                self._splice = SpliceRelay(
+                    self._runtime.reactor, client, target, context.pool, self
+                )
+                self._splice.start()
+                context.announce(self.rule)
                 return
             target.write(ahead[sent:])
-            self._count_in(len(early))
+            self.count_in(len(early))
         else:
             if prelude:
                 target.write(prelude)
@@ -416,44 +469,51 @@ class TcpRelay:
                 self.data_received(_Side.CLIENT, early)
         self._start_userspace(client, target)
 
-    def _start_splice(self, context: SpliceContext, client: Any, target: Any) -> None:
-        self._splice = SpliceRelay(
-            self._reactor,
-            client,
-            target,
-            context.pool,
-            self._count_in,
-            self._count_out,
-            self._splice_done,
-            self._splice_unsupported,
-        )
-        self._splice.start()
-        context.announce(self.rule)
+    # SpliceOwner: what the splice relay reports.
 
-    def _count_in(self, n: int) -> None:
+    def count_in(self, n: int) -> None:
         self.bytes_in += n
-        self._rule_stats.bytes_in += n
+        self._runtime.stats.bytes_in += n
         self._port_stats.bytes_in += n
 
-    def _count_out(self, n: int) -> None:
+    def count_out(self, n: int) -> None:
         self.bytes_out += n
-        self._rule_stats.bytes_out += n
+        self._runtime.stats.bytes_out += n
         self._port_stats.bytes_out += n
 
-    def _splice_done(self, reset: bool) -> None:
-        self._eof[_Side.CLIENT] = self._eof[_Side.TARGET] = True
-        self._close_all(reset=reset)
+    def splice_done(self, reset: bool) -> None:
+        self._client_eof = self._target_eof = True
+        # It has let go of both sockets.
+        self._splice = None
+        if reset:
+            self._close_all(reset=True)
+        else:
+            self._close_spliced()
 
-    def _splice_unsupported(self) -> None:
-        assert self._splice_context is not None
+    def splice_unsupported(self) -> None:
+        context = self._runtime.splice
+        assert context is not None
         assert self.client is not None and self.target is not None
         self._splice = None
-        self._splice_context.fell_back(self.rule)
+        context.fell_back(self.rule)
         self._start_userspace(self.client.transport, self.target.transport)
-        if self.target.transport is not None:
-            self.target.transport.resumeProducing()
+
+    def _close_spliced(self) -> None:
+        """
+        Both directions ended and were delivered, both write sides are shut
+        and the transports hold nothing: close both sockets now, as their
+        transports would one reactor turn later after C{loseConnection()}.
+        """
+        self.state = RelayState.CLOSING
+        for leg in (self.client, self.target):
+            if leg is not None and leg.transport is not None and not self._is_lost(leg.side):
+                leg.transport.connectionLost(_CONNECTION_DONE)
+        self._maybe_finish()
 
     def _start_userspace(self, client: Any, target: Any) -> None:
+        # A target we dialled ourselves is not read until now; one that
+        # was spliced stopped being read.
+        target.resumeProducing()
         limiter = self._runtime.limiter
         if limiter.caps_bandwidth:
             # Pauses from back-pressure and from a bandwidth throttle go
@@ -463,35 +523,37 @@ class TcpRelay:
             target.registerProducer(client_gate.producer, True)
             self._throttle_in = limiter.throttle_in(client_gate)
             self._throttle_out = limiter.throttle_out(target_gate)
-            self._throttles = [t for t in (self._throttle_in, self._throttle_out) if t]
         else:
             client.registerProducer(target, True)
             target.registerProducer(client, True)
-        if self._eof[_Side.CLIENT]:
+        if self._client_eof:
             self._shutdown_peer_writes(_Side.CLIENT)
         else:
             client.resumeProducing()
 
     def data_received(self, side: _Side, data: bytes) -> None:
         if self.state is RelayState.DIALING:
-            self._early.append(data)
+            self._early += data
             return
         if side is _Side.CLIENT:
             assert self.target is not None and self.target.transport is not None
-            self._count_in(len(data))
+            self.count_in(len(data))
             self.target.transport.write(data)
             if self._throttle_in is not None:
                 self._throttle_in.consumed(len(data))
         else:
             assert self.client is not None and self.client.transport is not None
-            self._count_out(len(data))
+            self.count_out(len(data))
             self.client.transport.write(data)
             if self._throttle_out is not None:
                 self._throttle_out.consumed(len(data))
 
     def eof_received(self, side: _Side) -> None:
         """A half-close: pass it to the other socket once its writes drain."""
-        self._eof[side] = True
+        if side is _Side.CLIENT:
+            self._client_eof = True
+        else:
+            self._target_eof = True
         # An EOF while dialling is remembered and passed on by start_relaying:
         # the client may still want the target's reply.
         if self.state is RelayState.RELAYING:
@@ -504,23 +566,30 @@ class TcpRelay:
         assert peer.transport is not None and own.transport is not None
         # The EOF'd side produces nothing more: stop it being resumed.
         _unregister_producer(peer.transport)
-        if all(self._eof.values()):
+        if self._client_eof and self._target_eof:
             _unregister_producer(own.transport)
             own.transport.loseConnection()
             peer.transport.loseConnection()
         else:
             peer.transport.loseWriteConnection()
 
+    def _is_lost(self, side: _Side) -> bool:
+        return self._client_lost if side is _Side.CLIENT else self._target_lost
+
     def leg_lost(self, side: _Side, reason: Failure) -> None:
         leg = self.client if side is _Side.CLIENT else self.target
         if leg is None:
             # A target that connected after the client left, closed at once.
             return
-        self._lost.add(side)
-        if self.state is RelayState.CLOSING:
+        if side is _Side.CLIENT:
+            self._client_lost = True
+        else:
+            self._target_lost = True
+        state = self.state
+        if state is RelayState.CLOSING:
             self._maybe_finish()
             return
-        if self.state is RelayState.CLOSED:
+        if state is RelayState.CLOSED:
             return
         clean = reason.check(ConnectionDone) is not None
         if not clean:
@@ -539,17 +608,19 @@ class TcpRelay:
         reset).  The relay is finished only once both are gone, so a reply
         still being written counts as a live connection and is drained.
         """
-        if self.state in (RelayState.CLOSING, RelayState.CLOSED):
+        state = self.state
+        if state is RelayState.CLOSING or state is RelayState.CLOSED:
             return
-        was_dialing = self.state is RelayState.DIALING
+        was_dialing = state is RelayState.DIALING
         self.state = RelayState.CLOSING
         if self._splice is not None:
             self._splice.stop()
+            self._splice = None
         if was_dialing and self._dialing is not None:
-            self._dialing.disconnect()
+            self._dialing.cancel()
             self._dialing = None
         for leg in (self.client, self.target):
-            if leg is None or leg.side in self._lost or leg.transport is None:
+            if leg is None or self._is_lost(leg.side) or leg.transport is None:
                 continue
             if reset:
                 _reset(leg.transport)
@@ -558,21 +629,32 @@ class TcpRelay:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        legs = {leg.side for leg in (self.client, self.target) if leg is not None}
-        if self.state is not RelayState.CLOSING or not legs <= self._lost:
+        if self.state is not RelayState.CLOSING:
+            return
+        if (self.client is not None and not self._client_lost) or (
+            self.target is not None and not self._target_lost
+        ):
             return
         self.state = RelayState.CLOSED
-        for throttle in self._throttles:
-            throttle.stop()
+        runtime = self._runtime
+        for throttle in (self._throttle_in, self._throttle_out):
+            if throttle is not None:
+                throttle.stop()
         if self.target is not None and self.chosen is not None:
-            selector = self._runtime.selector
+            selector = runtime.selector
             selector.connection_closed(self.chosen)
             selector.add_bytes(self.chosen, self.bytes_in, self.bytes_out)
         if self._admitted:
-            self._runtime.limiter.release()
-            for stats in (self._rule_stats, self._port_stats):
-                stats.active_connections -= 1
-        self._on_closed(self)
+            runtime.limiter.release()
+            runtime.stats.active_connections -= 1
+            self._port_stats.active_connections -= 1
+        if self._on_closed is not None:
+            self._on_closed(self)
+        else:
+            runtime.relay_closed(self)
+        # Both sockets are gone: drop the legs (each points back here), so
+        # reference counting frees the connection without the cyclic GC.
+        self.client = self.target = None
 
     def abort(self) -> None:
         """Cut the connection now (drain deadline passed, rule removed)."""
@@ -580,9 +662,10 @@ class TcpRelay:
             return
         if self._splice is not None:
             self._splice.stop()
+            self._splice = None
         self.state = RelayState.CLOSING
         for leg in (self.client, self.target):
-            if leg is not None and leg.side not in self._lost and leg.transport is not None:
+            if leg is not None and not self._is_lost(leg.side) and leg.transport is not None:
                 leg.transport.abortConnection()
         self._maybe_finish()
 
@@ -603,12 +686,15 @@ def _unregister_producer(transport: Any) -> None:
 
 
 def _set_nodelay(transport: Any) -> None:
-    if ITCPTransport.providedBy(transport):
-        with contextlib.suppress(OSError):
-            transport.setTcpNoDelay(True)
+    set_nodelay = getattr(transport, "setTcpNoDelay", None)
+    if set_nodelay is not None:
+        try:  # noqa: SIM105 -- no context manager per connection
+            set_nodelay(True)
+        except OSError:
+            pass
 
 
-def client_leg_for(relay: TcpRelay) -> Protocol:
+def client_leg_for(relay: TcpRelay) -> IProtocol:
     """The protocol that gives an accepted socket to C{relay}."""
     return _ClientLeg(relay)
 
@@ -626,9 +712,8 @@ class InboundFactory(Factory):
         self.runtime = runtime
         self.listen_port = listen_port
 
-    def buildProtocol(self, addr: Any) -> Protocol:
-        relay = TcpRelay(self.runtime, self.listen_port, self.runtime.relay_closed)
-        self.runtime.relay_opened(relay)
-        leg = _ClientLeg(relay)
-        leg.factory = self
-        return leg
+    def buildProtocol(self, addr: Any) -> IProtocol:  # type: ignore[override]
+        runtime = self.runtime
+        relay = TcpRelay(runtime, self.listen_port)
+        runtime.relay_opened(relay)
+        return _ClientLeg(relay)

@@ -39,7 +39,7 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
 
 
 class FakeTransport:
-    """The two calls SpliceRelay makes of a Twisted transport, and its socket."""
+    """The call SpliceRelay makes of a Twisted transport, and its socket."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -49,8 +49,27 @@ class FakeTransport:
     def stopReading(self) -> None:
         self.reading = False
 
-    def stopWriting(self) -> None:
-        pass
+
+class Owner:
+    """Records what a SpliceRelay reports to its owner."""
+
+    def __init__(self) -> None:
+        self.bytes_in: list[int] = []
+        self.bytes_out: list[int] = []
+        self.done: list[bool] = []
+        self.unsupported: list[bool] = []
+
+    def count_in(self, n: int) -> None:
+        self.bytes_in.append(n)
+
+    def count_out(self, n: int) -> None:
+        self.bytes_out.append(n)
+
+    def splice_done(self, reset: bool) -> None:
+        self.done.append(reset)
+
+    def splice_unsupported(self) -> None:
+        self.unsupported.append(True)
 
 
 def until(predicate: Callable[[], bool], turns: int = 20000) -> Deferred[None]:
@@ -90,19 +109,13 @@ class SpliceRelayTests(TestCase):
         self.target.setblocking(False)
         self.pool = PipePool()
         self.addCleanup(self.pool.close)
-        self.bytes_in: list[int] = []
-        self.bytes_out: list[int] = []
-        self.done: list[bool] = []
-        self.unsupported: list[bool] = []
+        owner = Owner()
+        self.bytes_in = owner.bytes_in
+        self.bytes_out = owner.bytes_out
+        self.done = owner.done
+        self.unsupported = owner.unsupported
         self.relay = SpliceRelay(
-            reactor,
-            FakeTransport(client_side),
-            FakeTransport(target_side),
-            self.pool,
-            self.bytes_in.append,
-            self.bytes_out.append,
-            self.done.append,
-            lambda: self.unsupported.append(True),
+            reactor, FakeTransport(client_side), FakeTransport(target_side), self.pool, owner
         )
         self.relay.start()
         self.addCleanup(self.relay.stop)
@@ -203,20 +216,13 @@ class SpliceFallbackTests(TestCase):
             raise OSError(errno.EINVAL, "Invalid argument")
 
         self.patch(splice_module.os, "splice", refuse)
-        unsupported: list[bool] = []
+        owner = Owner()
         relay = SpliceRelay(
-            reactor,
-            FakeTransport(client_side),
-            FakeTransport(target_side),
-            PipePool(),
-            lambda n: None,
-            lambda n: None,
-            lambda reset: None,
-            lambda: unsupported.append(True),
+            reactor, FakeTransport(client_side), FakeTransport(target_side), PipePool(), owner
         )
         relay.start()
         client.sendall(b"keep me")
-        yield until(lambda: unsupported == [True])
+        yield until(lambda: owner.unsupported == [True])
         self.assertTrue(relay.finished)
         client_side.setblocking(True)
         self.assertEqual(client_side.recv(100), b"keep me")
