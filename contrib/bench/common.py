@@ -35,6 +35,14 @@ class Settings:
     workers_available: bool
     connbench: Path | None
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Only these variants run (None: all); see C{run.py --variants}.
+    only_variants: frozenset[str] | None = None
+
+    def pick(self, variants: Sequence[str]) -> list[str]:
+        """C{variants}, in order, less those C{--variants} leaves out."""
+        if self.only_variants is None:
+            return list(variants)
+        return [v for v in variants if v in self.only_variants]
 
 
 def run_rounds(

@@ -46,15 +46,16 @@ def measure(server: IperfServer, proxy: Proxy, secs: int) -> dict[str, float]:
 
 
 def run(settings: Settings) -> dict[str, Any]:
+    variants = settings.pick(VARIANTS)
     with (
         iperf_server(settings.workdir) as server,
-        running(VARIANTS, server.port, settings.workdir) as proxies,
+        running(variants, server.port, settings.workdir) as proxies,
     ):
 
         def one(case: str, variant: str) -> dict[str, float]:
             return measure(server, proxies[variant], settings.cpu_secs)
 
-        trials: list[Trial] = run_rounds(settings.rounds, [CASE], VARIANTS, one)
+        trials: list[Trial] = run_rounds(settings.rounds, [CASE], variants, one)
         modes = {k: p.relay_mode() for k, p in proxies.items() if p.relay_mode()}
     return {
         "trials": trials,

@@ -234,7 +234,7 @@ def run(settings: Settings) -> dict[str, Any]:
             f"{', '.join(f'{c:,}' for c in settings.tcp_counts)}"
         )
         log(f"  note: {result['note']}")
-    trials = tcp_rounds(settings, VARIANTS, counts) if counts else []
+    trials = tcp_rounds(settings, settings.pick(VARIANTS), counts) if counts else []
     result.update(trials=trials, summary=summarize(trials, METRICS))
     try:
         result["udp_flows"] = udp_flows(settings)

@@ -4,6 +4,9 @@ Portunus benchmark suite: one entry point, every figure in docs/performance.md.
     .venv/bin/python contrib/bench/run.py [--quick] [--rounds N] [--only tcp,conns,...]
     make bench
 
+--variants direct,standalone,haproxy runs only those variants (keys in
+proxies.py), for a quick before/after of one change.
+
 Sections (each its own module, whose docstring gives the exact method):
 
     tcp     TCP throughput, iperf3, 1 and 4 streams           (tcp.py)
@@ -79,12 +82,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated sections; the other sections of the previous "
         "latest.json are kept, so one disturbed section can be rerun",
     )
+    parser.add_argument(
+        "--variants",
+        help="comma-separated variant keys to run (default: all), e.g. "
+        "direct,standalone,standalone-2w,haproxy; see proxies.py",
+    )
     parser.add_argument("--output-dir", type=Path, default=REPO / "bench-results")
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; pick from {SECTIONS}")
+    if args.variants:
+        unknown = set(args.variants.split(",")) - set(ALL_TCP)
+        if unknown:
+            parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; pick from {ALL_TCP}")
     return args
 
 
@@ -102,6 +114,7 @@ def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
         workdir=workdir,
         workers_available=workers_available(workdir),
         connbench=None,
+        only_variants=frozenset(args.variants.split(",")) if args.variants else None,
     )
     if not settings.workers_available:
         settings.skipped["standalone, 2 workers"] = "--workers not available"
@@ -120,8 +133,8 @@ def _with_connbench(settings: Settings) -> Settings:
 
 def tcp_variants(settings: Settings) -> list[str]:
     if settings.workers_available:
-        return list(ALL_TCP)
-    return [key for key in ALL_TCP if not key.startswith("standalone-2w")]
+        return settings.pick(ALL_TCP)
+    return settings.pick([key for key in ALL_TCP if not key.startswith("standalone-2w")])
 
 
 def section_runners(settings: Settings) -> dict[str, Callable[[], dict[str, Any]]]:

@@ -55,13 +55,14 @@ def measure(server: IperfServer, proxy: Proxy, secs: int, extra: list[str]) -> d
 
 
 def run(settings: Settings) -> dict[str, Any]:
+    variants = settings.pick(VARIANTS)
     with (
         iperf_server(settings.workdir, udp=True) as server,
-        running(VARIANTS, server.port, settings.workdir, udp=True) as proxies,
+        running(variants, server.port, settings.workdir, udp=True) as proxies,
     ):
 
         def one(case: str, variant: str) -> dict[str, float]:
             return measure(server, proxies[variant], settings.udp_secs, CASES[case])
 
-        trials: list[Trial] = run_rounds(settings.rounds, list(CASES), VARIANTS, one)
+        trials: list[Trial] = run_rounds(settings.rounds, list(CASES), variants, one)
     return {"trials": trials, "summary": summarize(trials, METRICS), "seconds": settings.udp_secs}
