@@ -123,7 +123,10 @@ class EdgeAgent:
         d.addErrback(lambda f: log.failure("draining rule {rule_id}", f, rule_id=rule_id))
 
     def stats_entries(self) -> list[dict[str, Any]]:
-        """One JSON-ready entry per rule: cumulative counters, per port."""
+        """
+        One JSON-ready entry per rule: cumulative counters, per port (rules
+        on several ports) and per target (rules with several targets).
+        """
         entries = []
         for rule_id, stats in self.forwarder.stats().items():
             if rule_id not in self._rules:
@@ -134,6 +137,9 @@ class EdgeAgent:
                     stats.for_port(port)
             entry: dict[str, Any] = {"rule_id": rule_id}
             entry.update(stats.snapshot(per_port=len(listen) > 1))
+            targets = self.forwarder.target_states(rule_id)
+            if targets is not None:
+                entry["per_target"] = targets
             entries.append(entry)
         return entries
 

@@ -181,20 +181,27 @@ class StatsReport(amp.Command):
     errors = dict(_AUTH_ERRORS)
 
 
+#: What an oversized stats entry sheds, in this order.
+_DROPPABLE_DETAIL = ("ports", "per_target")
+
+
 def chunk_stats(
     entries: Sequence[dict[str, Any]], limit: int = MAX_VALUE_BYTES
 ) -> Iterator[list[dict[str, Any]]]:
     """
     Split per-rule stats entries into lists whose JSON fits one AMP value.
     An entry larger than C{limit} on its own loses its per-port detail
-    (C{ports}) rather than the whole report.
+    (C{ports}), then its per-target detail (C{per_target}), rather than
+    the whole report.
     """
     chunk: list[dict[str, Any]] = []
     size = 2
     for entry in entries:
         encoded = len(json.dumps(entry, separators=(",", ":")))
-        if encoded + 1 > limit:
-            entry = {k: v for k, v in entry.items() if k != "ports"}
+        for detail in _DROPPABLE_DETAIL:
+            if encoded + 1 <= limit:
+                break
+            entry = {k: v for k, v in entry.items() if k != detail}
             encoded = len(json.dumps(entry, separators=(",", ":")))
         if chunk and size + encoded + 1 > limit:
             yield chunk

@@ -375,6 +375,21 @@ class Forwarder:
             raise PortunusError("rule_not_found", f"rule {rule_id} is not a TCP rule")
         return runtime
 
+    def target_states(self, rule_id: int) -> list[dict[str, Any]] | None:
+        """
+        Health and counters of each target of a multi-target rule, in
+        config order; None for a single-target rule (its rule counters say
+        it all) or a rule this forwarder does not hold.
+        """
+        active = self._active.get(rule_id)
+        if active is None:
+            return None
+        selector = getattr(getattr(active, "runtime", active), "selector", None)
+        if selector is None or len(selector.targets) < 2:
+            return None
+        states: list[dict[str, Any]] = selector.snapshot()
+        return states
+
     def stats_for(self, rule_id: int) -> RuleStats:
         return _refresh(self._active[rule_id])
 

@@ -119,3 +119,34 @@ class EdgeAgentTests(SynchronousTestCase):
         self.assertNotIn("ports", entries[1])
         self.assertEqual(sorted(entries[2]["ports"]), sorted(str(p) for p in ranged.listen))
         self.assertEqual(entries[1]["bytes_in"], 0)
+
+    def test_stats_entries_carry_target_health_for_multi_target_rules(self) -> None:
+        """
+        A rule with several targets reports each one's health and counters,
+        in config order, with the health the selector keeps; a single-target
+        rule reports none (its rule counters are the target's).
+        """
+        single = make_rule(1, free_port())
+        multi = Rule(
+            id=2,
+            name="multi",
+            protocol=Protocol.TCP,
+            listen=PortRange.single(free_port()),
+            targets=(
+                Target("10.0.0.5", PortRange.single(9000), priority=1),
+                Target("10.0.0.6", PortRange.single(9001), priority=2),
+            ),
+            listen_addresses=(LOOPBACK,),
+        )
+        self.agent.push(rule_to_dict(single))
+        self.agent.push(rule_to_dict(multi))
+        self.reactor.advance(100)
+        self.forwarder.runtime_for(2).selector.record_failure(multi.targets[1])
+        entries = {e["rule_id"]: e for e in self.agent.stats_entries()}
+        self.assertNotIn("per_target", entries[1])
+        rows = entries[2]["per_target"]
+        self.assertEqual([r["target"] for r in rows], ["10.0.0.5:9000", "10.0.0.6:9001"])
+        self.assertEqual([r["priority"] for r in rows], [1, 2])
+        self.assertEqual(rows[1]["consecutive_failures"], 1)
+        self.assertEqual(rows[1]["last_failure_at"], 100)
+        self.assertIsNone(rows[0]["last_failure_at"])

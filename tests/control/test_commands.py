@@ -27,3 +27,14 @@ class ChunkStatsTests(SynchronousTestCase):
         entry = {"rule_id": 1, "bytes_in": 5, "ports": ports}
         (chunk,) = list(chunk_stats([entry], limit=500))
         self.assertEqual(chunk, [{"rule_id": 1, "bytes_in": 5}])
+
+    def test_oversized_entry_sheds_ports_then_targets(self) -> None:
+        """Per-port detail goes first; per-target detail only if still too big."""
+        ports = {str(p): {"bytes_in": p} for p in range(1000, 1010)}
+        targets = [{"target": f"10.0.0.{i}:80", "health": "healthy"} for i in range(40)]
+        entry = {"rule_id": 1, "bytes_in": 5, "ports": ports, "per_target": targets}
+        (chunk,) = list(chunk_stats([entry], limit=500))
+        self.assertEqual(chunk, [{"rule_id": 1, "bytes_in": 5}])
+        small = {"rule_id": 2, "ports": ports, "per_target": targets[:2]}
+        (chunk,) = list(chunk_stats([small], limit=300))
+        self.assertEqual(chunk, [{"rule_id": 2, "per_target": targets[:2]}])

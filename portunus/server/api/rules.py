@@ -114,7 +114,10 @@ def stats_json(
         data["per_port"] = sorted(rows, key=lambda row: row["port"])
     if not per_port:
         data.pop("per_port", None)
-    if not per_target:
+    if per_target:
+        # Edges report targets only for rules with several of them.
+        data.setdefault("per_target", [])
+    else:
         data.pop("per_target", None)
     return data
 
@@ -130,9 +133,7 @@ def install(ctx: ApiContext) -> None:
             raise validation_error(parsed)
         client = await resolve_client(plane, parsed.client)
         rule = parsed.rule
-        call.note(
-            "client", client.client_id, listen=str(rule.listen), protocol=rule.protocol.value
-        )
+        call.note("client", client.client_id, listen=str(rule.listen), protocol=rule.protocol.value)
         grant_id = None
         if not call.who.is_superadmin:
             grants = await ctx.accounts.grants_for(call.who.user_id)
