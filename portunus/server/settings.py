@@ -649,7 +649,7 @@ class _Parser:
         ):
             self.add(
                 key,
-                f"must be an origin such as \"https://ops.example.com\" (scheme and host[:port], "
+                f'must be an origin such as "https://ops.example.com" (scheme and host[:port], '
                 f"no path), not {_describe(raw)}",
             )
             return None

@@ -12,6 +12,17 @@ import {
 const POLL_MS = 5000;
 const PAGE_SIZE = 50;
 
+/**
+ * An entry's outcome: denied (authentication, permission, CSRF, throttle),
+ * allowed and done, or allowed but refused by the handler (a validation
+ * error, a conflict: the reason is its error code).
+ */
+function outcomeBadge(e) {
+  if (e.outcome === 'deny') return badge(`Denied · ${e.reason}`, 'danger');
+  if (e.reason && e.reason !== 'ok') return badge(`Failed · ${e.reason}`, 'warning', { title: 'Allowed, but the request was refused: see Details' });
+  return badge('Allowed', 'success');
+}
+
 function what(entry) {
   return h('div', { class: 'cell-title' },
     h('span', null, entry.action || h('span', { class: 'muted' }, 'request')),
@@ -123,7 +134,7 @@ export async function auditPage(root, ctx) {
       mount(list, emptyState({ title: 'No audit entries', text: outcome ? 'Nothing with this outcome yet.' : 'Writes and refused requests are recorded here.', iconName: 'audit' }));
       return;
     }
-    const columns = [{ label: 'When' }, { label: 'Actor' }, { label: 'What' }, { label: 'Resource' }, { label: 'Outcome' }, { label: 'Details' }];
+    const columns = [{ label: 'When', className: 'nowrap' }, { label: 'Actor' }, { label: 'What' }, { label: 'Resource' }, { label: 'Outcome' }, { label: 'Details' }];
     mount(list, table({
       columns,
       caption: 'Audit entries',
@@ -132,7 +143,7 @@ export async function auditPage(root, ctx) {
         h('div', { class: 'cell-title' }, h('span', null, e.actor), e.role ? h('span', { class: 'muted small' }, e.role) : null),
         what(e),
         resource(e),
-        e.outcome === 'deny' ? badge(`Denied · ${e.reason}`, 'danger') : badge(e.reason && e.reason !== 'ok' ? `Allowed · ${e.reason}` : 'Allowed', 'success'),
+        outcomeBadge(e),
         detailsCell(e),
       ])),
     }));

@@ -192,7 +192,8 @@ export async function dashboardPage(root, ctx) {
         const cols = [{ label: 'When' }, { label: 'Who' }, { label: 'What' }, { label: 'Outcome' }];
         mount(audit, table({ columns: cols, caption: 'Recent audit events', className: 'table-compact', rows: events.map((e) => row(cols, [
           timeAgo(e.timestamp), e.actor, h('span', { class: 'mono small' }, auditSummary(e)),
-          badge(e.outcome === 'deny' ? `denied · ${e.reason}` : 'allowed', e.outcome === 'deny' ? 'danger' : 'success'),
+          e.outcome === 'deny' ? badge(`denied · ${e.reason}`, 'danger')
+            : e.reason && e.reason !== 'ok' ? badge(`failed · ${e.reason}`, 'warning') : badge('allowed', 'success'),
         ])) }));
       }
     }

@@ -100,20 +100,38 @@ export async function ruleDetailPage(root, ctx) {
 
   function drawTargets() {
     const rows = matchTargetRows(view.rule, lastStats);
+    // Edges track health per target only where there is a choice to make:
+    // a single target's traffic and failures are the rule's own (above).
     const multi = view.rule.targets.length > 1;
-    const columns = [{ label: 'Target' }, ...(multi ? [{ label: 'Priority' }] : []), { label: 'PROXY' }, { label: 'Health' }, { label: 'Last success' }, { label: 'Last failure' }];
+    const columns = multi
+      ? [{ label: 'Target' }, { label: 'Priority' }, { label: 'PROXY' }, { label: 'Health' },
+        { label: 'Conns', className: 'num' }, { label: 'In · out', className: 'num' },
+        { label: 'Succeeded' }, { label: 'Failed' }]
+      : [{ label: 'Target' }, { label: 'PROXY' }, { label: 'Health' }];
+    const when = (t) => (t ? timeAgo(t) : h('span', { class: 'muted' }, '—'));
     mount(targetsBox, table({
       columns,
       caption: 'Targets',
       rows: view.rule.targets.map((t, i) => {
+        const proxy = t.proxy_protocol ? badge(t.proxy_protocol, 'info') : h('span', { class: 'muted' }, 'off');
+        if (!multi) {
+          return row(columns, [
+            h('span', { class: 'mono' }, targetText(t)), proxy,
+            h('span', { class: 'muted', title: 'Health is tracked per target for rules with several targets' },
+              'as the rule (see connect failures above)'),
+          ]);
+        }
         const health = targetHealth(rows[i]);
+        const r = rows[i] || {};
         return row(columns, [
           h('span', { class: 'mono' }, targetText(t)),
-          ...(multi ? [String(t.priority ?? 0)] : []),
-          t.proxy_protocol ? badge(t.proxy_protocol, 'info') : h('span', { class: 'muted' }, 'off'),
+          String(t.priority ?? 0),
+          proxy,
           healthBadge(health),
-          health && health.lastSuccess ? timeAgo(health.lastSuccess) : h('span', { class: 'muted' }, '—'),
-          health && health.lastFailure ? timeAgo(health.lastFailure) : h('span', { class: 'muted' }, '—'),
+          r.total_connections !== undefined ? `${fmtNumber(r.active_connections || 0)} · ${fmtNumber(r.total_connections)}` : '—',
+          r.bytes_in !== undefined ? `${fmtBytes(r.bytes_in)} · ${fmtBytes(r.bytes_out || 0)}` : '—',
+          when(health && health.lastSuccess),
+          when(health && health.lastFailure),
         ]);
       }),
     }));
