@@ -507,7 +507,12 @@ class TcpRelay:
         self.state = RelayState.CLOSING
         for leg in (self.client, self.target):
             if leg is not None and leg.transport is not None and not self._is_lost(leg.side):
-                leg.transport.connectionLost(_CONNECTION_DONE)
+                transport = leg.transport
+                # Both ways are already shut down (each write side by the
+                # splice relay, each read side at its EOF): close() alone
+                # ends the socket, without Twisted's shutdown(SHUT_RDWR).
+                transport._shouldShutdown = False
+                transport.connectionLost(_CONNECTION_DONE)
         self._maybe_finish()
 
     def _start_userspace(self, client: Any, target: Any) -> None:
