@@ -14,6 +14,7 @@ own reactor and relays:
 Workers report their counters once a second; the parent sums them (plus
 the final counters of workers that exited) for its stats events.  A worker
 that dies is restarted with backoff; stopping the service drains them all.
+What this shares with the edge's workers is in L{portunus.dataplane.workerpool}.
 """
 
 from __future__ import annotations
@@ -21,95 +22,39 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from portunus.dataplane.listeners import bind_datagram_sockets, bind_stream_sockets
-from portunus.dataplane.stats import PortStats, RuleStats
-from portunus.model import Protocol, Rule
+from portunus.dataplane.stats import RuleStats
+from portunus.dataplane.workerpool import (
+    KILL_GRACE_SECS,
+    RESTART_MAX_SECS,
+    RESTART_MIN_SECS,
+    RestartBackoff,
+    WorkerListeners,
+    bind_for_workers,
+    parse_worker_count,
+    sum_snapshots,
+    without_gauges,
+)
+from portunus.model import Rule
 from portunus.standalone.worker import EXIT_CONFIG_CHANGED, config_digest
 
-__all__ = ["WorkerSupervisor", "bind_for_workers", "parse_worker_count"]
+__all__ = [
+    "RESTART_MAX_SECS",
+    "RESTART_MIN_SECS",
+    "WorkerListeners",
+    "WorkerSupervisor",
+    "bind_for_workers",
+    "parse_worker_count",
+    "sum_snapshots",
+]
 
 log = Logger()
-
-#: Restart delays for a worker that keeps dying quickly.
-RESTART_MIN_SECS = 0.5
-RESTART_MAX_SECS = 30.0
-#: A worker that ran at least this long resets its restart backoff.
-HEALTHY_RUN_SECS = 10.0
-#: Grace beyond the drain deadline before stragglers are killed.
-KILL_GRACE_SECS = 5.0
-
-_COUNTERS = tuple(a.name for a in attrs.fields(RuleStats) if a.name != "ports")
-
-
-def parse_worker_count(text: str) -> int:
-    """C{auto} is the CPU count; otherwise a whole number from 1 to 64."""
-    if text.strip().lower() == "auto":
-        return max(1, os.cpu_count() or 1)
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= 64:
-        raise ValueError(f"--workers must be 'auto' or a whole number from 1 to 64, got {text!r}")
-    return count
-
-
-@attrs.frozen
-class WorkerListeners:
-    """The sockets bound for a rule: shared ones, and one set per worker."""
-
-    rule: Rule
-    shared: tuple[Any, ...]
-    per_worker: tuple[tuple[Any, ...], ...]
-
-    def close(self) -> None:
-        for bound in (*self.shared, *(b for group in self.per_worker for b in group)):
-            bound.sock.close()
-
-
-def bind_for_workers(rule: Rule, count: int) -> WorkerListeners:
-    """Bind a rule's sockets for C{count} workers, all or nothing."""
-    if rule.protocol is Protocol.TCP:
-        sockets = bind_stream_sockets(rule.listen_addresses, rule.listen)
-        return WorkerListeners(rule, tuple(sockets), ())
-    groups: list[tuple[Any, ...]] = []
-    try:
-        for _ in range(count):
-            bound = bind_datagram_sockets(rule.listen_addresses, rule.listen, reuse_port=True)
-            groups.append(tuple(bound))
-    except BaseException:
-        for group in groups:
-            for b in group:
-                b.sock.close()
-        raise
-    return WorkerListeners(rule, (), tuple(groups))
-
-
-def _add_snapshot(total: PortStats, snapshot: dict[str, Any]) -> None:
-    for name in _COUNTERS:
-        if hasattr(total, name):
-            setattr(total, name, getattr(total, name) + snapshot.get(name, 0))
-
-
-def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[int, RuleStats]:
-    """Add per-rule (and per-port) counters reported by several workers."""
-    totals: dict[int, RuleStats] = {}
-    for snapshot in snapshots:
-        for rule_id, rule_snapshot in snapshot.items():
-            stats = totals.setdefault(int(rule_id), RuleStats())
-            _add_snapshot(stats, rule_snapshot)
-            for port, port_snapshot in rule_snapshot.get("ports", {}).items():
-                _add_snapshot(stats.for_port(int(port)), port_snapshot)
-    return totals
 
 
 class _WorkerProcess(ProcessProtocol):
@@ -161,7 +106,7 @@ class WorkerSupervisor:
         self._log_args = ["--log-level", log_level, "--log-format", log_format]
         self.workers: dict[int, _WorkerProcess] = {}
         self._retired: list[dict[str, Any]] = []
-        self._backoff = dict.fromkeys(range(count), RESTART_MIN_SECS)
+        self._backoff = RestartBackoff()
         self._restarts: dict[int, Any] = {}
         self.stopping = False
         self.restarts = 0
@@ -179,8 +124,7 @@ class WorkerSupervisor:
         entries = []
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: 2}
         for group in self._listeners:
-            sockets = group.shared + (group.per_worker[index] if group.per_worker else ())
-            for bound in sockets:
+            for bound in group.for_worker(index):
                 fd = bound.sock.fileno()
                 child_fds[fd] = fd
                 entries.append(
@@ -213,17 +157,12 @@ class WorkerSupervisor:
 
     def worker_ended(self, process: _WorkerProcess, code: int | None, signal: int | None) -> None:
         self.workers.pop(process.index, None)
-        self._retired.append(process.last)
+        # What it counted stays counted; what it had open is gone with it.
+        self._retired.append({rule: without_gauges(s) for rule, s in process.last.items()})
         if self.stopping:
             return
         ran = self._reactor.seconds() - process.started
-        if code == EXIT_CONFIG_CHANGED:
-            delay = RESTART_MAX_SECS
-        elif ran >= HEALTHY_RUN_SECS:
-            delay = RESTART_MIN_SECS
-        else:
-            delay = self._backoff[process.index]
-        self._backoff[process.index] = min(delay * 2, RESTART_MAX_SECS)
+        delay = self._backoff.delay(process.index, ran, longest=code == EXIT_CONFIG_CHANGED)
         log.error(
             "worker {index} exited (code {code}, signal {signal}); restarting in {delay}s",
             event="standalone.worker_exited",

@@ -118,6 +118,15 @@ class SupervisorTests(SynchronousTestCase):
         p0.processEnded(exited(None, 9))
         self.assertEqual(self.supervisor.stats()[1].total_connections, 3)
 
+    def test_a_dead_worker_has_nothing_open(self) -> None:
+        """An exited worker's counters stay in the sums; its open connections do not."""
+        p0, p1 = (p for p, _, _ in self.clock.spawned)
+        p0.outReceived(b'{"rules": {"1": {"bytes_in": 100, "active_connections": 4}}}\n')
+        p1.outReceived(b'{"rules": {"1": {"bytes_in": 50, "active_connections": 1}}}\n')
+        p0.processEnded(exited(None, 9))
+        stats = self.supervisor.stats()[1]
+        self.assertEqual((stats.bytes_in, stats.active_connections), (150, 1))
+
     def test_dead_worker_restarts_with_backoff(self) -> None:
         """A worker that dies is restarted; quick repeated deaths back off."""
         first = self.clock.spawned[0][0]
