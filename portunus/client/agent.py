@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from portunus.dataplane.forwarder import Forwarder
+from portunus.client.forwarding import EdgeForwarder
 from portunus.errors import PortunusError
 from portunus.model import Rule
 from portunus.rulejson import RuleDecodeError, rule_from_dict
@@ -40,7 +40,7 @@ def failure_reason(rule: Rule, error: PortunusError) -> str:
 class EdgeAgent:
     """Installs, replaces and removes pushed rules; reports their counters."""
 
-    def __init__(self, forwarder: Forwarder, drain_timeout: float = 30.0) -> None:
+    def __init__(self, forwarder: EdgeForwarder, drain_timeout: float = 30.0) -> None:
         self.forwarder = forwarder
         self.drain_timeout = drain_timeout
         self._rules: dict[int, Rule] = {}

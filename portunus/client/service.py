@@ -28,10 +28,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portunus.client.agent import EdgeAgent
+from portunus.client.forwarding import EdgeForwarder
 from portunus.client.session import ClientSession
 from portunus.control.enrollment import Bundle, parse_endpoint
 from portunus.control.tls import PinMismatch, PinnedClientTLS
-from portunus.dataplane.forwarder import Forwarder
 from portunus.exitcode import stop_with_status
 
 __all__ = ["EdgeClientService", "full_jitter_backoff"]
@@ -61,7 +61,7 @@ class EdgeClientService(MultiService):
         self,
         bundle: Bundle,
         reactor: Any,
-        forwarder: Forwarder,
+        forwarder: EdgeForwarder,
         *,
         initial_delay: float = 0.5,
         max_delay: float = 30.0,

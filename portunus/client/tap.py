@@ -21,7 +21,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from portunus.client.enroll import enroll
+from portunus.client.forwarding import EdgeForwarder
 from portunus.client.service import EdgeClientService
+from portunus.client.workers import WorkerForwarder, WorkerPoolService
 from portunus.control.enrollment import (
     ENV_BUNDLE,
     default_bundle_paths,
@@ -32,6 +34,7 @@ from portunus.control.enrollment import (
 )
 from portunus.dataplane.forwarder import Forwarder
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
+from portunus.dataplane.workerpool import parse_worker_count
 from portunus.errors import PortunusError
 from portunus.exitcode import stop_with_status
 from portunus.logging import make_observer
@@ -94,8 +97,21 @@ class Options(LoggingOptions):
             "Seconds between stats reports to the server.",
             _positive(float, "stats-report-interval-secs"),
         ],
+        [
+            "workers",
+            None,
+            "1",
+            "Processes forwarding the rules: a number (1-64) or 'auto' (one per CPU).",
+        ],
         *LOG_OPTIONS,
     ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        try:
+            self.workers = parse_worker_count(self["workers"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 class _EnrollFirst(Service):
@@ -156,17 +172,36 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     observer = make_observer(options["log-format"], options.level, sys.stderr)
     root = _Root(observer)
 
-    def build(bundle: Any) -> EdgeClientService:
-        forwarder = Forwarder(reactor, resolver=TargetResolver(reactor, ResolverSettings()))
-        return EdgeClientService(
+    def build(bundle: Any) -> IService:
+        drain = options["shutdown-drain-timeout-secs"]
+        pool = None
+        forwarder: EdgeForwarder
+        if options.workers > 1:
+            forwarder = pool = WorkerForwarder(
+                reactor,
+                options.workers,
+                drain_secs=drain,
+                log_level=options["log-level"],
+                log_format=options["log-format"],
+            )
+        else:
+            forwarder = Forwarder(reactor, resolver=TargetResolver(reactor, ResolverSettings()))
+        edge = EdgeClientService(
             bundle,
             reactor,
             forwarder,
             initial_delay=options["reconnect-initial-delay-ms"] / 1000.0,
             max_delay=options["reconnect-max-delay-secs"],
-            drain_timeout=options["shutdown-drain-timeout-secs"],
+            drain_timeout=drain,
             stats_interval=options["stats-report-interval-secs"],
         )
+        if pool is None:
+            return edge
+        # Workers start before the first push; stopping either service drains them.
+        both = MultiService()
+        WorkerPoolService(pool, drain).setServiceParent(both)
+        edge.setServiceParent(both)
+        return both
 
     path, tried = _find_bundle(options, environ)
     enroll_uri = environ.get(ENROLL_URI_ENV, "").strip()

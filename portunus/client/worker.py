@@ -1,0 +1,247 @@
+"""
+One worker process of an edge started with C{--workers N}.
+
+Started by L{portunus.client.workers.WorkerForwarder} as
+C{python -m portunus.client.worker}, it holds one end of a socketpair to
+the edge's main process (a L{WorkerLink} on descriptor C{--link-fd}).
+Over it the main process hands over each rule with its bound listening
+sockets; the worker serves them with its own reactor and L{Forwarder},
+removes them when told, and reports its counters once a second.
+
+It drains and exits on SIGTERM or SIGINT, when the main process says
+C{exit}, and when the link closes (the main process is gone).
+
+The main process logs C{rule.activated} and C{rule.removed} once for the
+whole edge, so a worker leaves those out of its log; every event it does
+log carries C{worker}, its index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver, LogEvent, Logger, globalLogBeginner
+from twisted.python.failure import Failure
+
+from portunus.client.workerlink import WorkerLink
+from portunus.dataplane.forwarder import BoundRule, Forwarder
+from portunus.dataplane.listeners import BoundSocket
+from portunus.dataplane.resolver import ResolverSettings, TargetResolver
+from portunus.errors import PortunusError
+from portunus.logging import make_observer, parse_log_level
+from portunus.rulejson import RuleDecodeError, rule_from_dict
+
+__all__ = ["REPORT_INTERVAL_SECS", "WorkerRules", "main", "worker_observer"]
+
+log = Logger()
+
+#: How often counters are sent to the main process.
+REPORT_INTERVAL_SECS = 1.0
+
+#: Logged once for the whole edge, by the main process.
+PARENT_EVENTS = frozenset({"rule.activated", "rule.removed"})
+
+
+class WorkerRules:
+    """The rules this worker serves, as the main process's messages say."""
+
+    def __init__(self, forwarder: Forwarder, send: Callable[[dict[str, Any]], None]) -> None:
+        self.forwarder = forwarder
+        self._send = send
+        #: The main process's key of each rule served -> the rule's id.
+        self._ids: dict[int, int] = {}
+        #: Rules draining, by key: who waits for each to finish.
+        self._drains: dict[int, list[Deferred[int]]] = {}
+
+    def handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        op = message.get("op")
+        if op == "add":
+            self.add(message, fds)
+            return
+        for fd in fds:
+            os.close(fd)
+        if op == "remove":
+            key = int(message["key"])
+            d = self.remove(key, float(message.get("drain", 30.0)))
+            d.addCallback(lambda cut: self._send({"op": "removed", "key": key, "cut": cut}))
+        else:
+            log.warn(
+                "unknown message {op!r} from the main process",
+                event="client.worker_bad_message",
+                op=op,
+            )
+
+    def add(self, message: dict[str, Any], fds: list[int]) -> None:
+        """Adopt the handed-over sockets and serve the rule; say how it went."""
+        key = int(message.get("key", -1))
+        sockets: list[BoundSocket] = []
+        try:
+            entries = message.get("sockets", [])
+            if len(entries) != len(fds):
+                raise ValueError(f"{len(fds)} descriptors for {len(entries)} sockets")
+            while fds:
+                entry = entries[len(sockets)]
+                sock = socket.socket(fileno=fds.pop(0))
+                sockets.append(BoundSocket(sock, str(entry["address"]), int(entry["port"])))
+            rule = rule_from_dict(message["rule"])
+            self.forwarder.activate(BoundRule(rule, tuple(sockets)))
+        except (RuleDecodeError, PortunusError, OSError, ValueError, KeyError, TypeError) as e:
+            for fd in fds:
+                os.close(fd)
+            for bound in sockets:
+                bound.sock.close()
+            code = e.code if isinstance(e, PortunusError) else "bind_failed"
+            text = e.message if isinstance(e, PortunusError) else str(e)
+            log.error(
+                "could not serve rule key {key}: {code}: {message}",
+                event="client.worker_rule_failed",
+                key=key,
+                code=code,
+                message=text,
+            )
+            self._send({"op": "add_failed", "key": key, "code": code, "message": text})
+            return
+        self._ids[key] = rule.id
+        self._send({"op": "added", "key": key})
+
+    def remove(self, key: int, drain: float) -> Deferred[int]:
+        """Stop the rule's listeners now; fire with the connections cut after C{drain}."""
+        waiter: Deferred[int] = Deferred()
+        if key in self._drains:
+            self._drains[key].append(waiter)
+            return waiter
+        rule_id = self._ids.pop(key, None)
+        if rule_id is None:
+            return succeed(0)
+        self._drains[key] = [waiter]
+
+        def drained(result: int | Failure) -> None:
+            if isinstance(result, Failure):
+                log.failure("draining rule {rule_id}", result, rule_id=rule_id)
+            for w in self._drains.pop(key):
+                w.callback(result if isinstance(result, int) else 0)
+
+        self.forwarder.remove(rule_id, drain).addBoth(drained)
+        return waiter
+
+    def stop(self, drain: float) -> Deferred[Any]:
+        """Drain every rule (those already draining included), then the resolver."""
+        waits = [self.remove(key, drain) for key in list(self._ids)]
+        waits += [self.remove(key, drain) for key in list(self._drains)]
+        return DeferredList(waits).addCallback(lambda _: self.forwarder.stop(drain))
+
+    def report(self) -> dict[str, Any]:
+        """Counters and target health of every rule served, by key."""
+        stats = self.forwarder.stats()
+        rules = {}
+        for key, rule_id in self._ids.items():
+            if rule_id in stats:
+                rules[str(key)] = {
+                    "stats": stats[rule_id].snapshot(per_port=True),
+                    "targets": self.forwarder.target_states(rule_id),
+                }
+        return {"op": "report", "rules": rules}
+
+
+def worker_observer(observer: ILogObserver, index: int) -> ILogObserver:
+    """Tag every event with the worker's index; leave out the main process's events."""
+
+    def observe(event: LogEvent) -> None:
+        if event.get("event") in PARENT_EVENTS:
+            return
+        observer({**event, "worker": index})
+
+    return cast(ILogObserver, observe)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="portunus-client-worker")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--link-fd", type=int, required=True)
+    parser.add_argument("--drain-secs", type=float, default=30.0)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default="json")
+    return parser.parse_args(argv)
+
+
+class _LinkFactory(Factory):
+    def __init__(self, link: WorkerLink) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: Any) -> WorkerLink:
+        return self.link
+
+
+def run(reactor: Any, args: argparse.Namespace) -> int:
+    observer = make_observer(args.log_format, parse_log_level(args.log_level), sys.stderr)
+    globalLogBeginner.beginLoggingTo(
+        [worker_observer(observer, args.index)], redirectStandardIO=False
+    )
+    forwarder = Forwarder(reactor, resolver=TargetResolver(reactor, ResolverSettings()))
+    stopping = False
+
+    def shut_down() -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            reactor.stop()
+
+    def on_message(message: dict[str, Any], fds: list[int]) -> None:
+        if message.get("op") == "exit":
+            shut_down()
+        else:
+            rules.handle(message, fds)
+
+    def on_lost(reason: Failure) -> None:
+        if not stopping:
+            log.warn("the edge's main process went away; draining", event="client.worker_orphaned")
+            shut_down()
+
+    link = WorkerLink(on_message, on_lost)
+    rules = WorkerRules(forwarder, link.send)
+    sock = socket.socket(fileno=args.link_fd)
+    sock.setblocking(False)
+    try:
+        reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, _LinkFactory(link))
+    finally:
+        sock.close()
+
+    reporter = LoopingCall(lambda: link.send(rules.report()))
+    reporter.clock = reactor
+    reporter.start(REPORT_INTERVAL_SECS, now=False)
+
+    def drain() -> Deferred[Any]:
+        if reporter.running:
+            reporter.stop()
+        return rules.stop(args.drain_secs)
+
+    reactor.addSystemEventTrigger("before", "shutdown", drain)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: reactor.callFromThread(shut_down))
+    log.info(
+        "worker {index} started (pid {pid})",
+        event="client.worker_started",
+        index=args.index,
+        pid=os.getpid(),
+    )
+    reactor.run(installSignalHandlers=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from twisted.internet import reactor
+
+    return run(reactor, _parse_args(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""
+An edge's data plane in N worker processes (C{--workers N}).
+
+L{WorkerForwarder} stands in for the in-process L{Forwarder}, so the
+L{EdgeAgent} drives it the same way.  The main process keeps the control
+session and binds each pushed rule's listeners itself, so a bind error
+(C{port_in_use} ...) is answered to the server exactly as with one
+process and nothing is half applied.  It then hands the bound sockets and
+the rule to every worker over that worker's link
+(L{portunus.client.workerlink}):
+
+  - a TCP listener is shared: every worker accepts from the same queue;
+  - a UDP port is bound once per worker with C{SO_REUSEPORT}, so a
+    client's datagrams (and its flow) stay with one worker;
+  - SNI-routed rules on one port share its listener, as in one process.
+
+The main process keeps its own copy of every socket, so a worker that
+dies is restarted (with backoff) and gets every current rule again, its
+listeners included.  A removal reaches every worker and completes when
+all have drained.  Counters are the sum of the workers' reports (sent
+once a second) plus what exited workers had counted; per-target health
+is merged by L{merge_target_states}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from portunus.client.workerlink import WorkerLink
+from portunus.dataplane.forwarder import DEFAULT_DRAIN_SECS, SUPPORTED_PROTOCOLS
+from portunus.dataplane.listeners import BoundSocket
+from portunus.dataplane.sni import SniError, SniRouteTable
+from portunus.dataplane.stats import RuleStats
+from portunus.dataplane.workerpool import (
+    KILL_GRACE_SECS,
+    RestartBackoff,
+    WorkerListeners,
+    bind_for_workers,
+    merge_target_states,
+    sum_snapshots,
+    without_gauges,
+)
+from portunus.errors import PortunusError
+from portunus.model import Protocol, Rule
+from portunus.rulejson import rule_to_dict
+
+__all__ = ["WorkerForwarder", "WorkerPoolService"]
+
+log = Logger()
+
+#: The descriptor a worker finds its link on.
+LINK_FD = 3
+
+
+def _is_sni(rule: Rule) -> bool:
+    return rule.sni_pattern is not None or rule.sni_fallback
+
+
+def _sni_key(rule: Rule) -> tuple[tuple[str, ...], int]:
+    return (rule.listen_addresses, rule.listen.start)
+
+
+@attrs.define
+class _Installed:
+    """A rule being served: its key (per installation) and its sockets."""
+
+    key: int
+    listeners: WorkerListeners
+    sni: tuple[tuple[str, ...], int] | None
+
+    @property
+    def rule(self) -> Rule:
+        return self.listeners.rule
+
+
+@attrs.define
+class _SniPort:
+    """One listener shared by the SNI-routed rules on its port."""
+
+    sockets: tuple[BoundSocket, ...]
+    table: SniRouteTable[int] = attrs.field(factory=SniRouteTable)
+    #: Rule ids in the order they were installed; a (re)started worker is
+    #: handed the listener with the first of them.
+    members: list[int] = attrs.field(factory=list)
+
+
+class _LinkFactory(Factory):
+    def __init__(self, link: WorkerLink) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: Any) -> WorkerLink:
+        return self.link
+
+
+class WorkerProcess(ProcessProtocol):
+    """One worker process and its link, as the main process sees them."""
+
+    def __init__(self, pool: WorkerForwarder, index: int, started: float) -> None:
+        self.pool = pool
+        self.index = index
+        self.started = started
+        self.link = WorkerLink(self._message, self._link_lost)
+        #: The latest report: key -> {"stats": ..., "targets": ...}.
+        self.last: dict[int, dict[str, Any]] = {}
+        self.ended: Deferred[None] = Deferred()
+        #: Duplicates of the descriptors handed over, kept until acknowledged.
+        self._held: dict[int, list[int]] = {}
+        self._removing: dict[int, list[Deferred[int]]] = {}
+
+    @property
+    def linked(self) -> bool:
+        return bool(self.link.connected)
+
+    def add(self, key: int, rule: Rule, sockets: tuple[BoundSocket, ...]) -> None:
+        if not self.linked:
+            return
+        fds = [os.dup(bound.sock.fileno()) for bound in sockets]
+        self._held.setdefault(key, []).extend(fds)
+        entries = [{"address": b.address, "port": b.port} for b in sockets]
+        message = {"op": "add", "key": key, "rule": rule_to_dict(rule), "sockets": entries}
+        self.link.send(message, fds)
+
+    def remove(self, key: int, drain: float) -> Deferred[int]:
+        """Fires with the connections the worker cut, or 0 if it goes away first."""
+        self.last.pop(key, None)
+        if not self.linked:
+            return succeed(0)
+        d: Deferred[int] = Deferred()
+        self._removing.setdefault(key, []).append(d)
+        self.link.send({"op": "remove", "key": key, "drain": drain})
+        return d
+
+    def exit(self) -> None:
+        """Ask the worker to exit (its rules are already drained)."""
+        self.link.send({"op": "exit"})
+
+    def signal(self, name: str) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(ProcessExitedAlready):
+                self.transport.signalProcess(name)
+
+    def _release(self, key: int) -> None:
+        for fd in self._held.pop(key, []):
+            os.close(fd)
+
+    def _message(self, message: dict[str, Any], fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+        op = message.get("op")
+        if op == "report":
+            rules = message.get("rules", {})
+            self.last = {int(k): v for k, v in rules.items() if isinstance(v, dict)}
+        elif op == "added":
+            self._release(int(message["key"]))
+        elif op == "add_failed":
+            self._release(int(message["key"]))
+            self.pool.worker_add_failed(self, int(message["key"]), message)
+        elif op == "removed":
+            for d in self._removing.pop(int(message["key"]), []):
+                d.callback(int(message.get("cut", 0)))
+
+    def _link_lost(self, reason: Failure) -> None:
+        for key in list(self._held):
+            self._release(key)
+        removing, self._removing = self._removing, {}
+        for waiters in removing.values():
+            for d in waiters:
+                d.callback(0)
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.pool.worker_ended(self, code, getattr(reason.value, "signal", None))
+        self.ended.callback(None)
+
+
+Launch = Callable[[WorkerProcess], None]
+
+
+class WorkerForwarder:
+    """The L{Forwarder} interface the edge agent uses, served by N processes."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        count: int,
+        *,
+        drain_secs: float = DEFAULT_DRAIN_SECS,
+        log_level: str = "info",
+        log_format: str = "json",
+        launch: Launch | None = None,
+    ) -> None:
+        """
+        @param drain_secs: how long a worker told to stop by a signal (not
+            by this process) lets its connections finish.
+        @param launch: starts a worker process and connects its link; the
+            default spawns C{python -m portunus.client.worker}.
+        """
+        self._reactor = reactor
+        self.count = count
+        self._drain_secs = drain_secs
+        self._log_args = ["--log-level", log_level, "--log-format", log_format]
+        self._launch = launch if launch is not None else self._spawn
+        self.workers: dict[int, WorkerProcess] = {}
+        self._installed: dict[int, _Installed] = {}
+        self._sni: dict[tuple[tuple[str, ...], int], _SniPort] = {}
+        self._keys = itertools.count(1)
+        #: What workers that exited had counted, by key (gauges at zero).
+        self._retired: dict[int, dict[str, Any]] = {}
+        self._retired_targets: dict[int, list[dict[str, Any]]] = {}
+        self._backoff = RestartBackoff()
+        self._restarts: dict[int, Any] = {}
+        self._stopped: Deferred[Any] | None = None
+        self.stopping = False
+        #: Workers restarted so far.
+        self.restarts = 0
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(i.rule for i in self._installed.values())
+
+    # -- workers ---------------------------------------------------------
+
+    def start(self) -> None:
+        for index in range(self.count):
+            self._start_worker(index)
+
+    def _start_worker(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        worker = WorkerProcess(self, index, self._reactor.seconds())
+        self.workers[index] = worker
+        try:
+            self._launch(worker)
+        except Exception:
+            del self.workers[index]
+            log.failure(
+                "could not start worker {index}", event="client.worker_spawn_failed", index=index
+            )
+            self._restart_later(index, 0.0)
+            return
+        for installed in self._installed.values():
+            worker.add(installed.key, installed.rule, self._sockets_for(installed, index))
+
+    def _spawn(self, worker: WorkerProcess) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            parent_end.setblocking(False)
+            self._reactor.adoptStreamConnection(
+                parent_end.fileno(), socket.AF_UNIX, _LinkFactory(worker.link)
+            )
+            args = [
+                sys.executable,
+                "-m",
+                "portunus.client.worker",
+                "--index",
+                str(worker.index),
+                "--link-fd",
+                str(LINK_FD),
+                "--drain-secs",
+                str(self._drain_secs),
+                *self._log_args,
+            ]
+            self._reactor.spawnProcess(
+                worker,
+                sys.executable,
+                args,
+                env=dict(os.environ),
+                childFDs={0: "w", 1: "r", 2: 2, LINK_FD: child_end.fileno()},
+            )
+        finally:
+            parent_end.close()
+            child_end.close()
+
+    def worker_ended(self, worker: WorkerProcess, code: int | None, signal: int | None) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        self._retire(worker.last)
+        if self.stopping:
+            return
+        delay = self._restart_later(worker.index, self._reactor.seconds() - worker.started)
+        log.error(
+            "worker {index} exited (code {code}, signal {signal}); restarting in {delay}s",
+            event="client.worker_exited",
+            index=worker.index,
+            code=code,
+            signal=signal,
+            delay=delay,
+        )
+
+    def _restart_later(self, index: int, ran_secs: float) -> float:
+        delay = self._backoff.delay(index, ran_secs)
+        self.restarts += 1
+        self._restarts[index] = self._reactor.callLater(delay, self._start_worker, index)
+        return delay
+
+    def worker_add_failed(self, worker: WorkerProcess, key: int, message: dict[str, Any]) -> None:
+        rule = next((i.rule for i in self._installed.values() if i.key == key), None)
+        log.error(
+            "worker {index} could not serve rule {rule}: {code}",
+            event="client.worker_rule_failed",
+            index=worker.index,
+            rule=rule.name if rule is not None else None,
+            rule_id=str(rule.id) if rule is not None else None,
+            code=message.get("code"),
+            detail=message.get("message"),
+        )
+
+    def _retire(self, last: dict[int, dict[str, Any]]) -> None:
+        """Keep what an exited worker counted for the rules still served."""
+        current = {i.key for i in self._installed.values()}
+        for key, entry in last.items():
+            if key not in current:
+                continue
+            counted = without_gauges(entry.get("stats") or {})
+            before = self._retired.get(key)
+            if before is not None:
+                total = sum_snapshots([{key: before}, {key: counted}])[key]
+                counted = total.snapshot(per_port=True)
+            self._retired[key] = counted
+            targets = entry.get("targets")
+            if targets:
+                closed = [{**t, "active_connections": 0} for t in targets]
+                self._retired_targets[key] = merge_target_states(
+                    [self._retired_targets.get(key, []), closed]
+                )
+
+    # -- the Forwarder interface -----------------------------------------
+
+    def bind(self, rule: Rule) -> WorkerListeners:
+        """
+        Bind every listen socket of C{rule} here, all or nothing.
+
+        @raise PortunusError: as L{Forwarder.bind}.
+        """
+        if rule.id in self._installed:
+            raise PortunusError(
+                "rule_exists", f"rule {rule.name!r} is already installed", rule=rule.name
+            )
+        if rule.protocol not in SUPPORTED_PROTOCOLS:
+            raise PortunusError(
+                "protocol_unsupported",
+                f"rule {rule.name!r}: {rule.protocol.value} forwarding is not supported yet",
+                rule=rule.name,
+            )
+        if _is_sni(rule) and _sni_key(rule) in self._sni:
+            return WorkerListeners(rule, (), ())  # joins the listener its port already has
+        return bind_for_workers(rule, self.count)
+
+    def activate(self, bound: WorkerListeners) -> None:
+        """Hand a bound rule to every worker."""
+        rule = bound.rule
+        sni = None
+        if _is_sni(rule):
+            sni = _sni_key(rule)
+            port = self._sni.get(sni) or _SniPort(bound.shared)
+            try:
+                port.table.add(rule.sni_pattern, rule.id)
+            except SniError as e:
+                bound.close()
+                raise PortunusError(e.code, e.message, rule=rule.name) from e
+            port.members.append(rule.id)
+            self._sni[sni] = port
+        installed = _Installed(next(self._keys), bound, sni)
+        self._installed[rule.id] = installed
+        for worker in self.workers.values():
+            worker.add(installed.key, rule, self._sockets_for(installed, worker.index))
+        log.info(
+            "rule {rule} activated: {protocol} {listen} -> {targets}",
+            event="rule.activated",
+            rule=rule.name,
+            rule_id=str(rule.id),
+            protocol=rule.protocol.value,
+            listen=str(rule.listen),
+            targets=", ".join(t.display() for t in rule.targets),
+            workers=self.count,
+        )
+
+    def _sockets_for(self, installed: _Installed, index: int) -> tuple[BoundSocket, ...]:
+        if installed.sni is not None:
+            port = self._sni[installed.sni]
+            return port.sockets if port.members[0] == installed.rule.id else ()
+        return installed.listeners.for_worker(index)
+
+    def remove(self, rule_id: int, drain_timeout: float = DEFAULT_DRAIN_SECS) -> Deferred[int]:
+        """
+        Stop accepting at once in every worker; fire, once all have
+        drained, with the connections cut (or UDP flows closed) in total.
+
+        @raise PortunusError: C{rule_not_found}.
+        """
+        installed = self._installed.pop(rule_id, None)
+        if installed is None:
+            raise PortunusError("rule_not_found", f"no rule with id {rule_id} is installed")
+        key = installed.key
+        self._retired.pop(key, None)
+        self._retired_targets.pop(key, None)
+        waits = [worker.remove(key, drain_timeout) for worker in self.workers.values()]
+        self._release(rule_id, installed)
+        rule = installed.rule
+
+        def removed(cuts: list[int]) -> int:
+            cut = sum(cuts)
+            if rule.protocol is Protocol.UDP:
+                text = "rule {rule} removed ({cut} UDP flows closed)"
+            else:
+                text = "rule {rule} removed ({cut} connections cut at the drain deadline)"
+            log.info(text, event="rule.removed", rule=rule.name, cut=cut)
+            return cut
+
+        return gatherResults(waits).addCallback(removed)
+
+    def _release(self, rule_id: int, installed: _Installed) -> None:
+        """Close this process's copy of the rule's sockets (the workers hold their own)."""
+        if installed.sni is None:
+            installed.listeners.close()
+            return
+        port = self._sni[installed.sni]
+        port.table.remove(rule_id)
+        port.members.remove(rule_id)
+        if not port.members:
+            del self._sni[installed.sni]
+            for bound in port.sockets:
+                bound.sock.close()
+
+    def stats(self) -> dict[int, RuleStats]:
+        """Every rule's counters, summed over the workers (exited ones included)."""
+        ids = {i.key: rule_id for rule_id, i in self._installed.items()}
+        snapshots: list[dict[int, Any]] = [
+            {ids[k]: s for k, s in self._retired.items() if k in ids}
+        ]
+        for worker in self.workers.values():
+            snapshots.append(
+                {ids[k]: e.get("stats") or {} for k, e in worker.last.items() if k in ids}
+            )
+        totals = sum_snapshots(snapshots)
+        return {rule_id: totals.get(rule_id, RuleStats()) for rule_id in self._installed}
+
+    def target_states(self, rule_id: int) -> list[dict[str, Any]] | None:
+        """Per-target health and counters of a multi-target rule, merged over workers."""
+        installed = self._installed.get(rule_id)
+        if installed is None:
+            return None
+        key = installed.key
+        reports = [w.last[key].get("targets") for w in self.workers.values() if key in w.last]
+        reports.append(self._retired_targets.get(key))
+        present = [r for r in reports if r]
+        return merge_target_states(present) if present else None
+
+    def stop(self, drain_timeout: float = DEFAULT_DRAIN_SECS) -> Deferred[Any]:
+        """
+        Remove every rule (each worker drains up to C{drain_timeout}), then
+        let the workers exit; any still running C{KILL_GRACE_SECS} after
+        the drain deadline are killed.
+        """
+        if self._stopped is None:
+            self._stopped = self._stop(drain_timeout)
+        waiter: Deferred[Any] = Deferred()
+
+        def fire(result: Any) -> Any:
+            waiter.callback(None)
+            return result
+
+        self._stopped.addBoth(fire)
+        return waiter
+
+    def _stop(self, drain_timeout: float) -> Deferred[Any]:
+        self.stopping = True
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        killer = self._reactor.callLater(drain_timeout + KILL_GRACE_SECS, self._kill_all)
+        removals = [self.remove(rule_id, drain_timeout) for rule_id in list(self._installed)]
+
+        def exit_workers(_: object) -> Deferred[Any]:
+            ended = []
+            for worker in list(self.workers.values()):
+                worker.exit()
+                ended.append(worker.ended)
+            return DeferredList(ended)
+
+        def done(result: Any) -> Any:
+            if killer.active():
+                killer.cancel()
+            return result
+
+        return DeferredList(removals).addCallback(exit_workers).addBoth(done)
+
+    def _kill_all(self) -> None:
+        for worker in list(self.workers.values()):
+            log.warn(
+                "worker {index} still running after the drain; killing it",
+                event="client.worker_killed",
+                index=worker.index,
+            )
+            worker.signal("KILL")
+
+
+class WorkerPoolService(Service):
+    """Starts the workers with the edge; stops them if nothing else has."""
+
+    def __init__(self, forwarder: WorkerForwarder, drain_timeout: float) -> None:
+        self.forwarder = forwarder
+        self._drain_timeout = drain_timeout
+
+    def startService(self) -> None:
+        super().startService()
+        self.forwarder.start()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return self.forwarder.stop(self._drain_timeout)

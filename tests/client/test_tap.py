@@ -1,0 +1,63 @@
+"""
+twistd portunus-client options: --workers picks the data plane; with more
+than one, the edge gets a WorkerForwarder and a service that starts its
+workers.  makeService is given a memory reactor (nothing starts).
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from portunus.client.service import EdgeClientService
+from portunus.client.tap import Options, makeService
+from portunus.client.workers import WorkerForwarder, WorkerPoolService
+from portunus.dataplane import Forwarder
+
+BUNDLE = {
+    "version": 1,
+    "client_name": "edge-01",
+    "server_endpoint": "127.0.0.1:7443",
+    "server_cert_sha256": "ab" * 32,
+    "token": "t" * 32,
+}
+
+
+class WorkersOptionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.bundle = self.mktemp()
+        with open(self.bundle, "w") as f:
+            json.dump(BUNDLE, f)
+
+    def options(self, *args: str) -> Options:
+        options = Options()
+        options.parseOptions(["--bundle", self.bundle, *args])
+        return options
+
+    def test_default_is_one_process(self) -> None:
+        """Without --workers the edge forwards in its own process, as before."""
+        options = self.options()
+        self.assertEqual(options.workers, 1)
+        [edge] = list(makeService(options, MemoryReactorClock()))  # type: ignore[call-overload]
+        self.assertIsInstance(edge, EdgeClientService)
+        self.assertIsInstance(edge.agent.forwarder, Forwarder)
+
+    def test_workers_serve_from_worker_processes(self) -> None:
+        """--workers 3: a WorkerForwarder of 3, started by a service beside the edge."""
+        root = makeService(self.options("--workers", "3"), MemoryReactorClock())
+        [both] = list(root)  # type: ignore[call-overload]
+        pool, edge = list(both)
+        self.assertIsInstance(pool, WorkerPoolService)
+        self.assertIsInstance(edge, EdgeClientService)
+        self.assertIsInstance(edge.agent.forwarder, WorkerForwarder)
+        self.assertIs(pool.forwarder, edge.agent.forwarder)
+        self.assertEqual(pool.forwarder.count, 3)
+
+    def test_auto_and_bad_counts(self) -> None:
+        self.assertGreaterEqual(self.options("--workers", "auto").workers, 1)
+        for bad in ("0", "65", "many"):
+            error = self.assertRaises(usage.UsageError, self.options, "--workers", bad)
+            self.assertIn("'auto' or a whole number from 1 to 64", str(error))
