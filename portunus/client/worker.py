@@ -27,12 +27,11 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogEvent, Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
-from portunus.client.workerlink import WorkerLink
+from portunus.client.workerlink import OneLinkFactory, WorkerLink
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.dataplane.listeners import BoundSocket
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
@@ -173,14 +172,6 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _LinkFactory(Factory):
-    def __init__(self, link: WorkerLink) -> None:
-        self.link = link
-
-    def buildProtocol(self, addr: Any) -> WorkerLink:
-        return self.link
-
-
 def run(reactor: Any, args: argparse.Namespace) -> int:
     observer = make_observer(args.log_format, parse_log_level(args.log_level), sys.stderr)
     globalLogBeginner.beginLoggingTo(
@@ -211,7 +202,7 @@ def run(reactor: Any, args: argparse.Namespace) -> int:
     sock = socket.socket(fileno=args.link_fd)
     sock.setblocking(False)
     try:
-        reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, _LinkFactory(link))
+        reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, OneLinkFactory(link))
     finally:
         sock.close()
 

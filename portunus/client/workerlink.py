@@ -40,12 +40,13 @@ from typing import Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["MAX_MESSAGE_BYTES", "WorkerLink"]
+__all__ = ["MAX_MESSAGE_BYTES", "OneLinkFactory", "WorkerLink"]
 
 log = Logger()
 
@@ -121,3 +122,13 @@ class WorkerLink(Int32StringReceiver):
         while self._fds:
             os.close(self._fds.popleft())
         self._on_lost(reason)
+
+
+class OneLinkFactory(Factory):
+    """Gives an adopted socket the link made for it."""
+
+    def __init__(self, link: WorkerLink) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: Any) -> WorkerLink:
+        return self.link

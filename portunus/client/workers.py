@@ -24,23 +24,16 @@ is merged by L{merge_target_states}.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import socket
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from portunus.client.workerlink import WorkerLink
+from portunus.client.workerprocess import WorkerProcess, spawn_worker
 from portunus.dataplane.forwarder import DEFAULT_DRAIN_SECS, SUPPORTED_PROTOCOLS
 from portunus.dataplane.listeners import BoundSocket
 from portunus.dataplane.sni import SniError, SniRouteTable
@@ -56,14 +49,10 @@ from portunus.dataplane.workerpool import (
 )
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
-from portunus.rulejson import rule_to_dict
 
 __all__ = ["WorkerForwarder", "WorkerPoolService"]
 
 log = Logger()
-
-#: The descriptor a worker finds its link on.
-LINK_FD = 3
 
 
 def _is_sni(rule: Rule) -> bool:
@@ -96,95 +85,6 @@ class _SniPort:
     #: Rule ids in the order they were installed; a (re)started worker is
     #: handed the listener with the first of them.
     members: list[int] = attrs.field(factory=list)
-
-
-class _LinkFactory(Factory):
-    def __init__(self, link: WorkerLink) -> None:
-        self.link = link
-
-    def buildProtocol(self, addr: Any) -> WorkerLink:
-        return self.link
-
-
-class WorkerProcess(ProcessProtocol):
-    """One worker process and its link, as the main process sees them."""
-
-    def __init__(self, pool: WorkerForwarder, index: int, started: float) -> None:
-        self.pool = pool
-        self.index = index
-        self.started = started
-        self.link = WorkerLink(self._message, self._link_lost)
-        #: The latest report: key -> {"stats": ..., "targets": ...}.
-        self.last: dict[int, dict[str, Any]] = {}
-        self.ended: Deferred[None] = Deferred()
-        #: Duplicates of the descriptors handed over, kept until acknowledged.
-        self._held: dict[int, list[int]] = {}
-        self._removing: dict[int, list[Deferred[int]]] = {}
-
-    @property
-    def linked(self) -> bool:
-        return bool(self.link.connected)
-
-    def add(self, key: int, rule: Rule, sockets: tuple[BoundSocket, ...]) -> None:
-        if not self.linked:
-            return
-        fds = [os.dup(bound.sock.fileno()) for bound in sockets]
-        self._held.setdefault(key, []).extend(fds)
-        entries = [{"address": b.address, "port": b.port} for b in sockets]
-        message = {"op": "add", "key": key, "rule": rule_to_dict(rule), "sockets": entries}
-        self.link.send(message, fds)
-
-    def remove(self, key: int, drain: float) -> Deferred[int]:
-        """Fires with the connections the worker cut, or 0 if it goes away first."""
-        self.last.pop(key, None)
-        if not self.linked:
-            return succeed(0)
-        d: Deferred[int] = Deferred()
-        self._removing.setdefault(key, []).append(d)
-        self.link.send({"op": "remove", "key": key, "drain": drain})
-        return d
-
-    def exit(self) -> None:
-        """Ask the worker to exit (its rules are already drained)."""
-        self.link.send({"op": "exit"})
-
-    def signal(self, name: str) -> None:
-        if self.transport is not None:
-            with contextlib.suppress(ProcessExitedAlready):
-                self.transport.signalProcess(name)
-
-    def _release(self, key: int) -> None:
-        for fd in self._held.pop(key, []):
-            os.close(fd)
-
-    def _message(self, message: dict[str, Any], fds: list[int]) -> None:
-        for fd in fds:
-            os.close(fd)
-        op = message.get("op")
-        if op == "report":
-            rules = message.get("rules", {})
-            self.last = {int(k): v for k, v in rules.items() if isinstance(v, dict)}
-        elif op == "added":
-            self._release(int(message["key"]))
-        elif op == "add_failed":
-            self._release(int(message["key"]))
-            self.pool.worker_add_failed(self, int(message["key"]), message)
-        elif op == "removed":
-            for d in self._removing.pop(int(message["key"]), []):
-                d.callback(int(message.get("cut", 0)))
-
-    def _link_lost(self, reason: Failure) -> None:
-        for key in list(self._held):
-            self._release(key)
-        removing, self._removing = self._removing, {}
-        for waiters in removing.values():
-            for d in waiters:
-                d.callback(0)
-
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", None)
-        self.pool.worker_ended(self, code, getattr(reason.value, "signal", None))
-        self.ended.callback(None)
 
 
 Launch = Callable[[WorkerProcess], None]
@@ -255,34 +155,9 @@ class WorkerForwarder:
             worker.add(installed.key, installed.rule, self._sockets_for(installed, index))
 
     def _spawn(self, worker: WorkerProcess) -> None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            parent_end.setblocking(False)
-            self._reactor.adoptStreamConnection(
-                parent_end.fileno(), socket.AF_UNIX, _LinkFactory(worker.link)
-            )
-            args = [
-                sys.executable,
-                "-m",
-                "portunus.client.worker",
-                "--index",
-                str(worker.index),
-                "--link-fd",
-                str(LINK_FD),
-                "--drain-secs",
-                str(self._drain_secs),
-                *self._log_args,
-            ]
-            self._reactor.spawnProcess(
-                worker,
-                sys.executable,
-                args,
-                env=dict(os.environ),
-                childFDs={0: "w", 1: "r", 2: 2, LINK_FD: child_end.fileno()},
-            )
-        finally:
-            parent_end.close()
-            child_end.close()
+        spawn_worker(
+            self._reactor, worker, ["--drain-secs", str(self._drain_secs), *self._log_args]
+        )
 
     def worker_ended(self, worker: WorkerProcess, code: int | None, signal: int | None) -> None:
         if self.workers.get(worker.index) is worker:

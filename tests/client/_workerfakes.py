@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.testing import StringTransport
 
-from portunus.client.workers import WorkerProcess
+from portunus.client.workerprocess import WorkerProcess
 
 
 def frame(message: dict[str, Any]) -> bytes:

@@ -13,11 +13,10 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from portunus.client.workerlink import WorkerLink
+from portunus.client.workerlink import OneLinkFactory, WorkerLink
 from tests.client._workerfakes import FdTransport, decode, frame
 
 reactor: Any = _reactor
@@ -89,14 +88,6 @@ class WorkerLinkTests(SynchronousTestCase):
         self.assertEqual((self.transport.value(), self.transport.fds), (b"", []))
 
 
-class _One(Factory):
-    def __init__(self, link: WorkerLink) -> None:
-        self.link = link
-
-    def buildProtocol(self, addr: Any) -> WorkerLink:
-        return self.link
-
-
 class RealSocketpairTests(TestCase):
     timeout = 10
 
@@ -111,7 +102,9 @@ class RealSocketpairTests(TestCase):
         a, b = socket.socketpair()
         for sock, link in ((a, sender), (b, receiver)):
             sock.setblocking(False)
-            transport = reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, _One(link))
+            transport = reactor.adoptStreamConnection(
+                sock.fileno(), socket.AF_UNIX, OneLinkFactory(link)
+            )
             self.addCleanup(transport.loseConnection)
             sock.close()
         r, w = os.pipe()

@@ -17,7 +17,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.client.agent import ACTIVATED, FAILED, EdgeAgent
-from portunus.client.workers import WorkerForwarder, WorkerProcess
+from portunus.client.workerprocess import WorkerProcess
+from portunus.client.workers import WorkerForwarder
 from portunus.dataplane.workerpool import KILL_GRACE_SECS, RESTART_MIN_SECS
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
