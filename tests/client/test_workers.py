@@ -374,6 +374,23 @@ class RestartTests(WorkerForwarderTestCase):
         self.assertIn(0, self.forwarder.workers)
         self.assertEqual(self.forwarder.restarts, 2)
 
+    def test_a_worker_that_cannot_be_started_is_tried_again(self) -> None:
+        """A failed spawn is logged and retried with the same backoff."""
+        attempts: list[int] = []
+
+        def failing(worker: WorkerProcess) -> None:
+            attempts.append(worker.index)
+            if len(attempts) == 1:
+                raise OSError("no more processes")
+            self.launcher(worker)
+
+        forwarder = WorkerForwarder(self.clock, 1, launch=failing)
+        forwarder.start()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(forwarder.workers, {})
+        self.clock.advance(RESTART_MIN_SECS)
+        self.assertEqual((attempts, list(forwarder.workers)), ([0, 0], [0]))
+
 
 class SniTests(WorkerForwarderTestCase):
     def test_sni_rules_on_one_port_share_its_listener(self) -> None:
