@@ -62,6 +62,11 @@ CONNECT_TIMEOUT_SECS = 3.0
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _CONNECTION_DONE = Failure(ConnectionDone())
+#: Bytes an uncapped userspace relay reads at a time, and how much it lets
+#: queue for a slow side before pausing the other (Twisted's default is
+#: 64 KiB; 256 KiB moved about 1.2x the bytes per second in a 1-stream
+#: iperf3 A/B on loopback).
+USERSPACE_BUFFER_SIZE = 256 * 1024
 #: What a relay has left to dial once every target was tried (shared, so
 #: never mutated: relays only pop from a non-empty list).
 _NO_TARGETS: list[Target] = []
@@ -531,6 +536,9 @@ class TcpRelay:
         else:
             client.registerProducer(target, True)
             target.registerProducer(client, True)
+            # Fewer, larger reads (Twisted reads its bufferSize at a time);
+            # a capped rule keeps the default, which its pacing is tuned to.
+            client.bufferSize = target.bufferSize = USERSPACE_BUFFER_SIZE
         if self._client_eof:
             self._shutdown_peer_writes(_Side.CLIENT)
         else:
@@ -543,13 +551,13 @@ class TcpRelay:
         if side is _Side.CLIENT:
             assert self.target is not None and self.target.transport is not None
             self.count_in(len(data))
-            self.target.transport.write(data)
+            _forward(self.target.transport, data)
             if self._throttle_in is not None:
                 self._throttle_in.consumed(len(data))
         else:
             assert self.client is not None and self.client.transport is not None
             self.count_out(len(data))
-            self.client.transport.write(data)
+            _forward(self.client.transport, data)
             if self._throttle_out is not None:
                 self._throttle_out.consumed(len(data))
 
@@ -683,6 +691,33 @@ def _send_now(transport: Any, data: bytes) -> int:
         # Would block, or the socket already failed: the transport's own
         # write path sends (or reports) it.
         return 0
+
+
+def _forward(transport: Any, data: bytes) -> None:
+    """
+    Relay C{data} to C{transport}: straight to its socket while nothing is
+    queued in it, the rest (if the socket is full) through its own write
+    path, which keeps the order and pauses the producer as usual.
+
+    Twisted's C{write()} only queues and sends on the next turn of the
+    reactor, after two C{epoll_ctl} calls and a wakeup; sending at once
+    saves those for every chunk of a busy stream.
+    """
+    # None: not a socket transport of Twisted's (a test's fake), which
+    # only has write().
+    queued = getattr(transport, "_tempDataBuffer", None)
+    if (
+        queued is not None
+        and not queued
+        and not transport.dataBuffer
+        and transport.connected
+        and not transport.disconnecting
+    ):
+        sent = _send_now(transport, data)
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def _unregister_producer(transport: Any) -> None:
