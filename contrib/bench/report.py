@@ -21,6 +21,7 @@ from proxies import LABELS
 
 UDP_LABELS = {
     "standalone": "Portunus standalone (TCP + UDP rule)",
+    "standalone-2w": "Portunus standalone, 2 workers (TCP + UDP rule)",
     "socat": "socat, fork (TCP + UDP relay)",
 }
 

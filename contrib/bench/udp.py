@@ -10,6 +10,7 @@ UDP4:127.0.0.1:T}).  Per round, case and variant:
 
     iperf3 -c 127.0.0.1 -p PORT -t SECS -J -u -w 4M -l 1400 -b RATE   (500M, 1G, 2G)
     iperf3 -c 127.0.0.1 -p PORT -t SECS -J -u -w 4M -l 64 -b 0   (as fast as it can)
+    iperf3 ... -l 64 -b 0 -P 4   (the same over 4 flows, for the 2-worker forwarder)
 
 C{-w 4M} gives iperf3's own sockets 4 MiB buffers (the forwarder's UDP
 listener has the same), so the measuring endpoints are not what drops.
@@ -28,12 +29,15 @@ from common import Settings, Trial, run_rounds, summarize
 from iperf import IperfServer, client, iperf_server
 from proxies import Proxy, running
 
-VARIANTS = ["direct", "standalone", "socat"]
+VARIANTS = ["direct", "standalone", "standalone-2w", "socat"]
 CASES = {
     "1400 B @ 500 Mbit/s": ["-l", "1400", "-b", "500M"],
     "1400 B @ 1 Gbit/s": ["-l", "1400", "-b", "1G"],
     "1400 B @ 2 Gbit/s": ["-l", "1400", "-b", "2G"],
     "64 B, unlimited": ["-l", "64", "-b", "0"],
+    # Four flows (four source ports): what lets SO_REUSEPORT spread them
+    # over workers; one flow always stays in one worker.
+    "64 B, 4 flows, unlimited": ["-l", "64", "-b", "0", "-P", "4"],
 }
 METRICS = ("offered_mbps", "delivered_mbps", "loss_pct", "delivered_pps")
 
