@@ -110,13 +110,14 @@ status = json.load(urllib.request.urlopen("http://127.0.0.1:7080/v1/auth/status"
 sys.exit(0 if status["onboarding_required"] else 1)
 PYEOF
 then
-  ONBOARDING="  first superadmin  POST /v1/auth/onboarding with setup token $SETUP_TOKEN (30 min)"
+  ONBOARDING="  first superadmin  open the web console and paste the setup token $SETUP_TOKEN (30 min)"
 else
-  ONBOARDING="  accounts        log in with your user (onboarding is done)"
+  ONBOARDING="  accounts        log in to the web console with your user (onboarding is done)"
 fi
 
 cat <<MSG
 Portunus is running on loopback:
+  web console     http://127.0.0.1:7080/
   control plane   127.0.0.1:7443 (TLS, pinned)      logs: $DATA/server.log
   operator API    http://127.0.0.1:7080/v1/          logs: $DATA/client.log (edge)
   metrics         http://127.0.0.1:7081/metrics
