@@ -147,3 +147,61 @@ class ReplyAfterEof(Protocol):
 
     def writeConnectionLost(self) -> None:
         pass
+
+
+class TaggedReply(ReplyAfterEof):
+    """
+    Answers C{<tag>:got <request>} after the client's EOF (the factory's
+    C{tag}), so a test sees which target it reached; fires the Deferreds
+    in the factory's C{arrived} list when a request's first bytes arrive.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        arrived: list[Deferred[None]] = getattr(self.factory, "arrived", [])
+        while arrived:
+            arrived.pop(0).callback(None)
+
+    def readConnectionLost(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.factory.tag + b":")  # type: ignore[attr-defined]
+        super().readConnectionLost()
+
+
+def tagged_factory(tag: bytes) -> Factory:
+    factory = Factory.forProtocol(TaggedReply)
+    factory.tag = tag  # type: ignore[attr-defined]
+    factory.arrived = []  # type: ignore[attr-defined]
+    return factory
+
+
+class CollectingClient(Protocol):
+    """
+    Sends C{first} once connected (then half-closes, with C{half_close});
+    C{done} fires with everything received once the connection ends.
+    """
+
+    def __init__(self, first: bytes, half_close: bool = False) -> None:
+        self.first = first
+        self.half_close = half_close
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.first)
+        if self.half_close:
+            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done.callback(self.received)
+
+
+def collect(reactor: Any, port: int, payload: bytes) -> Deferred[bytes]:
+    """Send C{payload} to C{port} on 127.0.0.1, half-close; fire with the answer."""
+    client = CollectingClient(payload, half_close=True)
+    reactor.connectTCP(LOOPBACK, port, OneShotClientFactory(client), timeout=10)
+    return client.done

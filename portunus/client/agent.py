@@ -69,11 +69,15 @@ class EdgeAgent:
         current = self._rules.get(rule.id)
         if current == rule:
             return ACTIVATED, None
+        inherited = None
         if current is not None:
-            # A changed rule: make room on its ports, then bind the new one.
+            # A changed rule: the old one stops accepting and drains, and
+            # the new one listens on the same sockets where their ports
+            # match, so those ports never close.
+            inherited = self.forwarder.inherit(rule.id)
             self._remove(rule.id, "replaced")
         try:
-            bound = self.forwarder.bind(rule)
+            bound = self.forwarder.bind(rule, inherited)
         except PortunusError as e:
             reason = failure_reason(rule, e)
             log.error(

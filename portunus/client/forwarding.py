@@ -19,9 +19,17 @@ __all__ = ["EdgeForwarder"]
 
 
 class EdgeForwarder(Protocol):
-    def bind(self, rule: Rule) -> Any:
+    def inherit(self, rule_id: int) -> Any:
         """
-        Bind every listen socket of C{rule}, all or nothing.
+        Duplicates of the listening sockets rule C{rule_id} holds, taken
+        before it is removed for a new version of itself (see L{bind}).
+        """
+
+    def bind(self, rule: Rule, inherited: Any = None) -> Any:
+        """
+        Bind every listen socket of C{rule}, all or nothing, reusing the
+        C{inherited} sockets (what L{inherit} returned) on the pairs they
+        cover; those not reused are closed, whatever the outcome.
 
         @raise PortunusError: C{port_in_use}, C{permission_denied},
             C{bind_failed} (naming the port), C{rule_exists} ...

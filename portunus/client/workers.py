@@ -35,15 +35,17 @@ from twisted.logger import Logger
 
 from portunus.client.workerprocess import WorkerProcess, spawn_worker
 from portunus.dataplane.forwarder import DEFAULT_DRAIN_SECS, SUPPORTED_PROTOCOLS
-from portunus.dataplane.listeners import BoundSocket
+from portunus.dataplane.listeners import BoundSocket, InheritedSockets
 from portunus.dataplane.sni import SniError, SniRouteTable
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.workerpool import (
     KILL_GRACE_SECS,
+    InheritedListeners,
     RestartBackoff,
     WorkerListeners,
     bind_for_workers,
     merge_target_states,
+    sni_listener_key,
     sum_snapshots,
     without_gauges,
 )
@@ -53,14 +55,6 @@ from portunus.model import Protocol, Rule
 __all__ = ["WorkerForwarder", "WorkerPoolService"]
 
 log = Logger()
-
-
-def _is_sni(rule: Rule) -> bool:
-    return rule.sni_pattern is not None or rule.sni_fallback
-
-
-def _sni_key(rule: Rule) -> tuple[tuple[str, ...], int]:
-    return (rule.listen_addresses, rule.listen.start)
 
 
 @attrs.define
@@ -214,12 +208,38 @@ class WorkerForwarder:
 
     # -- the Forwarder interface -----------------------------------------
 
-    def bind(self, rule: Rule) -> WorkerListeners:
+    def inherit(self, rule_id: int) -> InheritedListeners:
         """
-        Bind every listen socket of C{rule} here, all or nothing.
+        Duplicates of the sockets this process holds for rule C{rule_id}
+        and releases when it is removed (an SNI-routed rule: its port's
+        listener, unless other rules share it), for the rule's new version
+        to L{bind} with: the workers are then handed the very sockets they
+        were serving.  Empty for a rule not installed.
+        """
+        installed = self._installed.get(rule_id)
+        if installed is None:
+            return InheritedListeners()
+        if installed.sni is not None:
+            port = self._sni[installed.sni]
+            if port.members != [rule_id]:
+                return InheritedListeners()
+            return InheritedListeners(InheritedSockets.duplicate(port.sockets))
+        return installed.listeners.duplicate()
+
+    def bind(self, rule: Rule, inherited: InheritedListeners | None = None) -> WorkerListeners:
+        """
+        Bind every listen socket of C{rule} here, all or nothing, reusing
+        what L{inherit} took where the pairs match (the rest is closed).
 
         @raise PortunusError: as L{Forwarder.bind}.
         """
+        try:
+            return self._bind(rule, inherited)
+        finally:
+            if inherited is not None:
+                inherited.close()
+
+    def _bind(self, rule: Rule, inherited: InheritedListeners | None) -> WorkerListeners:
         if rule.id in self._installed:
             raise PortunusError(
                 "rule_exists", f"rule {rule.name!r} is already installed", rule=rule.name
@@ -230,16 +250,15 @@ class WorkerForwarder:
                 f"rule {rule.name!r}: {rule.protocol.value} forwarding is not supported yet",
                 rule=rule.name,
             )
-        if _is_sni(rule) and _sni_key(rule) in self._sni:
+        if sni_listener_key(rule) in self._sni:
             return WorkerListeners(rule, (), ())  # joins the listener its port already has
-        return bind_for_workers(rule, self.count)
+        return bind_for_workers(rule, self.count, inherited)
 
     def activate(self, bound: WorkerListeners) -> None:
         """Hand a bound rule to every worker."""
         rule = bound.rule
-        sni = None
-        if _is_sni(rule):
-            sni = _sni_key(rule)
+        sni = sni_listener_key(rule)
+        if sni is not None:
             port = self._sni.get(sni) or _SniPort(bound.shared)
             try:
                 port.table.add(rule.sni_pattern, rule.id)

@@ -13,6 +13,13 @@ and its flows at once, since a flow has nothing in flight to wait for.
 Binding and serving are two steps (L{Forwarder.bind} then
 L{Forwarder.activate}) so a service can bind privileged ports before it
 sheds privileges and so bound sockets can be handed to worker processes.
+
+Replacing a rule with a new version of itself keeps its ports open:
+L{Forwarder.inherit} takes duplicates of the old version's listening
+sockets before it is removed, and the new version's L{Forwarder.bind}
+reuses them (see L{InheritedSockets}).  Removal stops the old version's
+accepting at once (the reactor closes its descriptor a turn later), so
+without them the new bind would find its own port still in use.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from twisted.logger import Logger
 
 from portunus.dataplane.listeners import (
     BoundSocket,
+    InheritedSockets,
+    Listening,
     bind_datagram_sockets,
     bind_stream_sockets,
 )
@@ -102,6 +111,10 @@ class _Serving(TypingProtocol):
 
     def drain(self, timeout: float) -> Deferred[int]: ...
 
+    def listening(self) -> list[Listening]:
+        """The listen sockets that close when this rule is removed."""
+        ...
+
 
 class _ActiveRule:
     """A serving TCP rule: its runtime (relays, counters) and listening ports."""
@@ -110,7 +123,7 @@ class _ActiveRule:
         self.runtime = runtime
         self.rule = runtime.rule
         self.stats = runtime.stats
-        self.ports: list[Any] = []
+        self.ports: list[Listening] = []
 
     def serve(self, sockets: Iterable[BoundSocket]) -> None:
         runtime = self.runtime
@@ -126,6 +139,9 @@ class _ActiveRule:
             self.ports.append(_adopt(runtime.reactor, bound, factory))
         runtime.start()
 
+    def listening(self) -> list[Listening]:
+        return list(self.ports)
+
     @property
     def relays(self) -> set[TcpRelay]:
         return self.runtime.relays
@@ -135,7 +151,7 @@ class _ActiveRule:
 
     def stop_accepting(self) -> Deferred[Any]:
         ports, self.ports = self.ports, []
-        return DeferredList([maybeDeferred(p.stopListening) for p in ports])
+        return DeferredList([maybeDeferred(p.listener.stopListening) for p in ports])
 
     def drain(self, timeout: float) -> Deferred[int]:
         """Stop accepting now, then let the runtime drain its connections."""
@@ -143,12 +159,13 @@ class _ActiveRule:
         return self.runtime.drain(timeout)
 
 
-def _adopt(reactor: Any, bound: BoundSocket, factory: Factory) -> Any:
+def _adopt(reactor: Any, bound: BoundSocket, factory: Factory) -> Listening:
     try:
-        return reactor.adoptStreamPort(bound.sock.fileno(), bound.family, factory)
+        port = reactor.adoptStreamPort(bound.sock.fileno(), bound.family, factory)
     finally:
         # The reactor holds its own duplicate of the descriptor.
         bound.sock.close()
+    return Listening(bound.address, bound.port, port)
 
 
 def _sni_key(rule: Rule) -> tuple[tuple[str, ...], int]:
@@ -161,7 +178,7 @@ class _SniGroup:
     def __init__(self, reactor: Any, trusted: TrustedSources | None) -> None:
         self.reactor = reactor
         self.routes = ListenerRoutes(trusted=trusted)
-        self.ports: list[Any] = []
+        self.ports: list[Listening] = []
 
     @property
     def table(self) -> SniRouteTable[RuleRuntime]:
@@ -176,7 +193,7 @@ class _SniGroup:
     def stop_accepting(self) -> None:
         ports, self.ports = self.ports, []
         for port in ports:
-            port.stopListening()
+            port.listener.stopListening()
 
 
 class _SniRule:
@@ -193,6 +210,13 @@ class _SniRule:
 
     def active_count(self) -> int:
         return self.runtime.active_count()
+
+    def listening(self) -> list[Listening]:
+        """
+        The port's listener while this is the port's only rule; none while
+        others share it (the listener stays theirs).
+        """
+        return list(self._group.ports) if len(self._group.table) == 1 else []
 
     def drain(self, timeout: float) -> Deferred[int]:
         self._group.table.remove(self.runtime)
@@ -235,14 +259,38 @@ class Forwarder:
     def rules(self) -> tuple[Rule, ...]:
         return tuple(a.rule for a in self._active.values())
 
-    def bind(self, rule: Rule) -> BoundRule:
+    def inherit(self, rule_id: int) -> InheritedSockets:
+        """
+        Duplicates of the listening sockets that close when rule C{rule_id}
+        is removed, for the new version of the rule to L{bind} with.  An
+        SNI-routed rule holds its port's listener only while no other rule
+        shares it.  Empty for a rule not installed.
+        """
+        active = self._active.get(rule_id)
+        if active is None:
+            return InheritedSockets()
+        duplicates = (listening.duplicate() for listening in active.listening())
+        return InheritedSockets(d for d in duplicates if d is not None)
+
+    def bind(self, rule: Rule, inherited: InheritedSockets | None = None) -> BoundRule:
         """
         Bind every listen socket of C{rule}, all or nothing.
 
+        @param inherited: what L{inherit} took from the version of the rule
+            this one replaces: the (address, port) pairs found there are
+            reused rather than bound.  They are the bind's in any case:
+            those it does not use are closed before it returns or raises.
         @raise PortunusError: C{rule_exists}, C{protocol_unsupported}, or a
             L{BindError} (C{port_in_use}, C{permission_denied},
             C{bind_failed}) naming the port.
         """
+        try:
+            return self._bind(rule, inherited)
+        finally:
+            if inherited is not None:
+                inherited.close()
+
+    def _bind(self, rule: Rule, inherited: InheritedSockets | None) -> BoundRule:
         if rule.id in self._active:
             raise PortunusError(
                 "rule_exists", f"rule {rule.name!r} is already installed", rule=rule.name
@@ -254,11 +302,11 @@ class Forwarder:
                 rule=rule.name,
             )
         if rule.protocol is Protocol.UDP:
-            sockets = bind_datagram_sockets(rule.listen_addresses, rule.listen)
+            sockets = bind_datagram_sockets(rule.listen_addresses, rule.listen, inherited=inherited)
         elif _is_sni(rule) and _sni_key(rule) in self._sni_groups:
             sockets = []  # joins the listener its port already has
         else:
-            sockets = bind_stream_sockets(rule.listen_addresses, rule.listen)
+            sockets = bind_stream_sockets(rule.listen_addresses, rule.listen, inherited)
         return BoundRule(rule, tuple(sockets))
 
     def activate(self, bound: BoundRule) -> None:
@@ -316,6 +364,8 @@ class Forwarder:
         if created:
             group.serve(bound.sockets)
             self._sni_groups[key] = group
+        else:
+            bound.close()  # the port's listener is served already
         runtime.start()
         return _SniRule(runtime, group, lambda: self._sni_groups.pop(key, None))
 

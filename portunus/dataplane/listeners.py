@@ -11,15 +11,23 @@ be adopted by this reactor or handed to a worker process later.
 UDP sockets do not get C{SO_REUSEADDR}: on Linux it lets two UDP sockets
 bind the same address and port, which would hide a real C{port_in_use}
 (and UDP has no TIME_WAIT for it to help with).
+
+A rule replaced by a new version of itself hands its listening sockets on
+(L{InheritedSockets}): the new version's bind takes duplicates of the
+sockets already listening on the (address, port) pairs it keeps, so those
+ports never close and never refuse a connection, and binds only the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
+import os
 import socket
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -30,9 +38,12 @@ __all__ = [
     "UDP_RCVBUF",
     "BindError",
     "BoundSocket",
+    "InheritedSockets",
+    "Listening",
     "bind_datagram_sockets",
     "bind_stream_sockets",
     "classify_bind_error",
+    "duplicate_socket",
     "receive_buffer_size",
 ]
 
@@ -75,6 +86,82 @@ class BoundSocket:
     @property
     def family(self) -> socket.AddressFamily:
         return self.sock.family
+
+
+def duplicate_socket(fileno: int) -> socket.socket:
+    """A new descriptor, as a non-blocking socket, for the socket C{fileno} names."""
+    sock = socket.socket(fileno=os.dup(fileno))
+    sock.setblocking(False)
+    return sock
+
+
+@attrs.frozen
+class Listening:
+    """A listen socket a reactor serves: where it is bound, and the reactor's port."""
+
+    address: str
+    port: int
+    listener: Any
+
+    def duplicate(self) -> BoundSocket | None:
+        """
+        A duplicate of the socket, or None when the reactor's port has no
+        descriptor (a test's memory reactor).
+        """
+        fileno = getattr(self.listener, "fileno", None)
+        if fileno is None:
+            return None
+        return BoundSocket(duplicate_socket(fileno()), self.address, self.port)
+
+
+def _same_address(address: str) -> str:
+    try:
+        return ipaddress.ip_address(address).compressed
+    except ValueError:
+        return address
+
+
+class InheritedSockets:
+    """
+    The listening sockets a replaced rule leaves to its new version,
+    by (address, port, kind).
+
+    They are duplicates: the old version stops accepting and drains as on
+    any removal, while the kernel socket stays open for the new version,
+    and connections waiting in its accept queue are accepted by the new
+    one.  The new version's bind L{take}s what it listens on again;
+    L{close} releases the rest, which closes the ports no longer used.
+    """
+
+    def __init__(self, sockets: Iterable[BoundSocket] = ()) -> None:
+        self._sockets: dict[tuple[str, int, int], BoundSocket] = {}
+        for bound in sockets:
+            key = (_same_address(bound.address), bound.port, int(bound.sock.type))
+            previous = self._sockets.get(key)
+            if previous is not None:
+                previous.sock.close()
+            self._sockets[key] = bound
+
+    @classmethod
+    def duplicate(cls, sockets: Iterable[BoundSocket]) -> InheritedSockets:
+        """Duplicates of C{sockets} (which stay open and stay the caller's)."""
+        return cls(
+            BoundSocket(duplicate_socket(b.sock.fileno()), b.address, b.port) for b in sockets
+        )
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def take(self, address: str, port: int, kind: socket.SocketKind) -> socket.socket | None:
+        """The socket bound on C{address}:C{port} for C{kind}, now the caller's; or None."""
+        bound = self._sockets.pop((_same_address(address), port, int(kind)), None)
+        return None if bound is None else bound.sock
+
+    def close(self) -> None:
+        """Close every socket not taken."""
+        sockets, self._sockets = self._sockets, {}
+        for bound in sockets.values():
+            bound.sock.close()
 
 
 def classify_bind_error(error: OSError) -> str:
@@ -141,12 +228,17 @@ def _bind_all(
     ports: Iterable[int],
     kind: socket.SocketKind,
     reuse_port: bool = False,
+    inherited: InheritedSockets | None = None,
 ) -> list[BoundSocket]:
     addresses = tuple(addresses)
     bound: list[BoundSocket] = []
     try:
         for port in ports:
             for address in addresses:
+                kept = inherited.take(address, port, kind) if inherited is not None else None
+                if kept is not None:
+                    bound.append(BoundSocket(kept, address, port))
+                    continue
                 try:
                     sock = _bind_one(address, port, kind, reuse_port)
                 except OSError as e:
@@ -163,7 +255,11 @@ def _bind_all(
     return bound
 
 
-def bind_stream_sockets(addresses: Iterable[str], ports: Iterable[int]) -> list[BoundSocket]:
+def bind_stream_sockets(
+    addresses: Iterable[str],
+    ports: Iterable[int],
+    inherited: InheritedSockets | None = None,
+) -> list[BoundSocket]:
     """
     Bind and listen on every (address, port) pair, all or nothing.
 
@@ -171,12 +267,18 @@ def bind_stream_sockets(addresses: Iterable[str], ports: Iterable[int]) -> list[
     default dual-stack rule still starts there.  On any other failure every
     socket bound so far is closed and L{BindError} names the first port
     that failed.
+
+    @param inherited: listening sockets of the rule this one replaces; a
+        pair found there is taken rather than bound again.
     """
-    return _bind_all(addresses, ports, socket.SOCK_STREAM)
+    return _bind_all(addresses, ports, socket.SOCK_STREAM, inherited=inherited)
 
 
 def bind_datagram_sockets(
-    addresses: Iterable[str], ports: Iterable[int], reuse_port: bool = False
+    addresses: Iterable[str],
+    ports: Iterable[int],
+    reuse_port: bool = False,
+    inherited: InheritedSockets | None = None,
 ) -> list[BoundSocket]:
     """
     Bind a UDP socket on every (address, port) pair, all or nothing, with
@@ -189,4 +291,4 @@ def bind_datagram_sockets(
     Each socket asks for L{UDP_RCVBUF} bytes of receive buffer; the kernel
     may grant less (see L{receive_buffer_size}) and the bind still succeeds.
     """
-    return _bind_all(addresses, ports, socket.SOCK_DGRAM, reuse_port)
+    return _bind_all(addresses, ports, socket.SOCK_DGRAM, reuse_port, inherited)

@@ -54,7 +54,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portunus.dataplane.failover import TargetSelector
-from portunus.dataplane.listeners import UDP_RCVBUF, BoundSocket, receive_buffer_size
+from portunus.dataplane.listeners import (
+    UDP_RCVBUF,
+    BoundSocket,
+    Listening,
+    receive_buffer_size,
+)
 from portunus.dataplane.ratelimit import RULE_UDP_REASONS, DatagramBudget, RuleLimiter
 from portunus.dataplane.stats import PortStats, RuleStats
 from portunus.model import Rule, Target
@@ -832,7 +837,7 @@ class UdpRuntime:
             self.selector,
             self.limiter if rule.rate_limit is not None else None,
         )
-        self.ports: list[Any] = []
+        self.ports: list[Listening] = []
 
     def serve(self, sockets: Iterable[BoundSocket]) -> None:
         """Start reading the rule's bound listener sockets."""
@@ -857,10 +862,13 @@ class UdpRuntime:
             finally:
                 # The reactor holds its own duplicate of the descriptor.
                 bound.sock.close()
-            self.ports.append(port)
+            self.ports.append(Listening(bound.address, bound.port, port))
 
     def active_count(self) -> int:
         return len(self.table)
+
+    def listening(self) -> list[Listening]:
+        return list(self.ports)
 
     def drain(self, timeout: float | None = None) -> Deferred[int]:
         """
@@ -872,6 +880,6 @@ class UdpRuntime:
         TCP drain deadline) is accepted for symmetry and not used.
         """
         ports, self.ports = self.ports, []
-        stopped = DeferredList([maybeDeferred(p.stopListening) for p in ports])
+        stopped = DeferredList([maybeDeferred(p.listener.stopListening) for p in ports])
         closed = self.table.close_all()
         return stopped.addCallback(lambda _: closed)

@@ -19,7 +19,11 @@ from typing import Any
 
 import attrs
 
-from portunus.dataplane.listeners import bind_datagram_sockets, bind_stream_sockets
+from portunus.dataplane.listeners import (
+    InheritedSockets,
+    bind_datagram_sockets,
+    bind_stream_sockets,
+)
 from portunus.dataplane.stats import PortStats, RuleStats
 from portunus.model import Protocol, Rule
 
@@ -29,11 +33,13 @@ __all__ = [
     "KILL_GRACE_SECS",
     "RESTART_MAX_SECS",
     "RESTART_MIN_SECS",
+    "InheritedListeners",
     "RestartBackoff",
     "WorkerListeners",
     "bind_for_workers",
     "merge_target_states",
     "parse_worker_count",
+    "sni_listener_key",
     "sum_snapshots",
     "without_gauges",
 ]
@@ -68,6 +74,16 @@ def parse_worker_count(text: str) -> int:
     return count
 
 
+def sni_listener_key(rule: Rule) -> tuple[tuple[str, ...], int] | None:
+    """
+    The listener an SNI-routed rule shares with the other SNI rules on its
+    port (bound once, for the first of them); None for any other rule.
+    """
+    if rule.sni_pattern is None and not rule.sni_fallback:
+        return None
+    return (rule.listen_addresses, rule.listen.start)
+
+
 @attrs.frozen
 class WorkerListeners:
     """The sockets bound for a rule: shared ones, and one set per worker."""
@@ -84,21 +100,60 @@ class WorkerListeners:
         for bound in (*self.shared, *(b for group in self.per_worker for b in group)):
             bound.sock.close()
 
+    def duplicate(self) -> InheritedListeners:
+        """Duplicates of these sockets, for the rule's next version to bind with."""
+        return InheritedListeners(
+            InheritedSockets.duplicate(self.shared),
+            tuple(InheritedSockets.duplicate(group) for group in self.per_worker),
+        )
 
-def bind_for_workers(rule: Rule, count: int) -> WorkerListeners:
+
+@attrs.frozen
+class InheritedListeners:
+    """
+    The sockets a replaced rule leaves to its new version: the shared
+    ones, and each worker's own (UDP), so worker C{i} keeps its socket
+    and the clients the kernel sends to it.
+    """
+
+    shared: InheritedSockets = attrs.field(factory=InheritedSockets)
+    per_worker: tuple[InheritedSockets, ...] = ()
+
+    def for_worker(self, index: int) -> InheritedSockets | None:
+        return self.per_worker[index] if index < len(self.per_worker) else None
+
+    def close(self) -> None:
+        """Close every socket not taken."""
+        for inherited in (self.shared, *self.per_worker):
+            inherited.close()
+
+
+def bind_for_workers(
+    rule: Rule, count: int, inherited: InheritedListeners | None = None
+) -> WorkerListeners:
     """
     Bind a rule's sockets for C{count} workers, all or nothing: a TCP
     listener is shared by every worker; UDP ports are bound once per
     worker with C{SO_REUSEPORT}, so each client's datagrams (and so its
     flow) stay with one worker.
+
+    @param inherited: the sockets of the version of the rule this one
+        replaces; those on the same (address, port) pairs are taken rather
+        than bound again.  The caller closes what is left.
     """
     if rule.protocol is Protocol.TCP:
-        sockets = bind_stream_sockets(rule.listen_addresses, rule.listen)
+        shared = inherited.shared if inherited is not None else None
+        sockets = bind_stream_sockets(rule.listen_addresses, rule.listen, shared)
         return WorkerListeners(rule, tuple(sockets), ())
     groups: list[tuple[Any, ...]] = []
     try:
-        for _ in range(count):
-            bound = bind_datagram_sockets(rule.listen_addresses, rule.listen, reuse_port=True)
+        for index in range(count):
+            bound = bind_datagram_sockets(
+                rule.listen_addresses,
+                rule.listen,
+                reuse_port=True,
+                inherited=inherited.for_worker(index) if inherited is not None else None,
+            )
             groups.append(tuple(bound))
     except BaseException:
         for group in groups:

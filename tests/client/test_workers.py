@@ -477,3 +477,89 @@ class AgentOverWorkersTests(WorkerForwarderTestCase):
             self.report(worker, {add["key"]: stats_report(add["key"], bytes_in=4)})
         [entry] = agent.stats_entries()
         self.assertEqual((entry["rule_id"], entry["bytes_in"]), (1, 8))
+
+
+class ReplaceTests(WorkerForwarderTestCase):
+    """
+    A rule replaced by a new version of itself on the same port: every
+    worker is told to remove the old version, then handed the new one with
+    the very sockets it was serving, although the workers still hold them
+    (here: nobody has acknowledged the first hand-over yet).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.agent = EdgeAgent(self.forwarder, drain_timeout=1.0)
+        self.agent.begin_session()
+
+    def replace(self, old: Rule, new: Rule) -> dict[int, tuple[list[dict[str, Any]], list[int]]]:
+        """
+        Push C{old} then C{new}; per worker, the messages the second push
+        sent and the inodes of the sockets handed over, first push's then
+        the second's.
+        """
+        self.assertEqual(self.agent.push(rule_to_dict(old)), (ACTIVATED, None))
+        for worker in self.launcher.launched:
+            link_of(worker).messages()
+        self.assertEqual(self.agent.push(rule_to_dict(new)), (ACTIVATED, None))
+        return {
+            w.index: (
+                link_of(w).messages(),
+                [inode(fd) for fd in link_of(w).fds if is_open(fd)],
+            )
+            for w in self.launcher.launched
+        }
+
+    def test_tcp_workers_get_the_same_listener(self) -> None:
+        port = free_port()
+        seen = self.replace(make_rule(1, port), make_rule(1, port, targets=2))
+        for messages, inodes in seen.values():
+            self.assertEqual([m["op"] for m in messages], ["remove", "add"])
+            self.assertEqual(messages[1]["rule"]["targets"][1]["host"], "10.0.0.6")
+            old, new = inodes
+            self.assertEqual(new, old)
+        # Nothing kept beyond the rule's life: once it is gone, so is the port.
+        for index, (messages, _) in seen.items():
+            for message in messages:
+                reply(self.worker(index), {"op": "added", "key": message["key"]})
+        self.agent.remove(1)
+        self.assertTrue(port_is_free(port))
+
+    def test_udp_workers_each_keep_their_own_socket(self) -> None:
+        """Worker i is handed its own socket again, so the kernel's spread stays."""
+        port = free_port(socket.SOCK_DGRAM)
+        seen = self.replace(
+            make_rule(1, port, Protocol.UDP), make_rule(1, port, Protocol.UDP, targets=2)
+        )
+        (_, (_, (old0, new0))), (_, (_, (old1, new1))) = sorted(seen.items())
+        self.assertEqual((new0, new1), (old0, old1))
+        self.assertNotEqual(old0, old1)
+
+    def test_the_only_sni_rule_of_a_port_hands_its_listener_on(self) -> None:
+        port = free_port()
+        seen = self.replace(
+            make_rule(1, port, sni="a.example"), make_rule(1, port, sni="b.example")
+        )
+        for messages, (old_inode, new_inode) in seen.values():
+            self.assertEqual(messages[1]["rule"]["sni_pattern"], "b.example")
+            self.assertEqual(new_inode, old_inode)
+
+    def test_one_of_several_sni_rules_joins_the_port_again(self) -> None:
+        """
+        The port's listener stays with the other rule; the new version is
+        handed no socket, and what it inherited is released.
+        """
+        port = free_port()
+        self.install(make_rule(2, port, sni="b.example"))
+        old, new = (
+            make_rule(1, port, sni="a.example"),
+            make_rule(1, port, targets=2, sni="a.example"),
+        )
+        seen = self.replace(old, new)
+        for index, (messages, _) in seen.items():
+            self.assertEqual(messages[1]["sockets"], [])
+            for message in messages:
+                reply(self.worker(index), {"op": "added", "key": message["key"]})
+        self.forwarder.remove(2, 0)
+        self.forwarder.remove(1, 0)
+        self.assertTrue(port_is_free(port))

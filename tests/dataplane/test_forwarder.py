@@ -1,19 +1,30 @@
 """
-Forwarder lifecycle on a memory reactor: install, drain deadline, errors.
+Forwarder lifecycle on a memory reactor: install, drain deadline, errors,
+and replacing a rule on its own sockets.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
+from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from portunus.dataplane import Forwarder
-from portunus.dataplane.listeners import classify_bind_error
+from portunus.client.agent import ACTIVATED, FAILED, EdgeAgent
+from portunus.dataplane import BindError, Forwarder
+from portunus.dataplane.listeners import (
+    BoundSocket,
+    InheritedSockets,
+    bind_datagram_sockets,
+    bind_stream_sockets,
+    classify_bind_error,
+)
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
+from portunus.rulejson import rule_to_dict
 from tests._fakes import FakeTCPTransport
 from tests._net import LOOPBACK, free_port, free_port_range
 
@@ -146,3 +157,311 @@ class ClassifyBindErrorTests(SynchronousTestCase):
         finally:
             for b in bound:
                 b.sock.close()
+
+
+def inode(fd: int) -> int:
+    return os.fstat(fd).st_ino
+
+
+def port_is_free(port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> bool:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        if kind == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class InheritedSocketsTests(SynchronousTestCase):
+    """The sockets a replaced rule hands on, and binding with them."""
+
+    def listening(self, port: int) -> BoundSocket:
+        [bound] = bind_stream_sockets((LOOPBACK,), [port])
+        self.addCleanup(bound.sock.close)
+        return bound
+
+    def test_take_hands_each_pair_over_once(self) -> None:
+        """A socket is found by (address, port, kind), once; others are not there."""
+        original = self.listening(free_port())
+        inherited = InheritedSockets.duplicate([original])
+        self.addCleanup(inherited.close)
+        port = original.port
+        self.assertIsNone(inherited.take(LOOPBACK, port, socket.SOCK_DGRAM))
+        self.assertIsNone(inherited.take(LOOPBACK, port + 1, socket.SOCK_STREAM))
+        self.assertIsNone(inherited.take("127.0.0.2", port, socket.SOCK_STREAM))
+        taken = inherited.take(LOOPBACK, port, socket.SOCK_STREAM)
+        assert taken is not None
+        self.addCleanup(taken.close)
+        self.assertNotEqual(taken.fileno(), original.sock.fileno())
+        self.assertEqual(inode(taken.fileno()), inode(original.sock.fileno()))
+        self.assertIsNone(inherited.take(LOOPBACK, port, socket.SOCK_STREAM))
+        self.assertEqual(len(inherited), 0)
+
+    def test_ipv6_addresses_match_however_written(self) -> None:
+        """C{::1} and C{0:0::1} are the same listen address."""
+        try:
+            [bound] = bind_stream_sockets(("::1",), [free_port()])
+        except PortunusError:
+            self.skipTest("::1 not configured")
+        inherited = InheritedSockets([bound])
+        self.addCleanup(inherited.close)
+        taken = inherited.take("0:0::1", bound.port, socket.SOCK_STREAM)
+        self.assertIs(taken, bound.sock)
+
+    def test_bind_reuses_kept_pairs_and_binds_the_rest(self) -> None:
+        """
+        With the old socket still listening, the pair it covers is reused
+        (no port_in_use) and only the other pair is bound.
+        """
+        start = free_port_range(2)
+        original = self.listening(start)
+        inherited = InheritedSockets.duplicate([original])
+        bound = bind_stream_sockets((LOOPBACK,), [start, start + 1], inherited)
+        for b in bound:
+            self.addCleanup(b.sock.close)
+        self.assertEqual([b.port for b in bound], [start, start + 1])
+        self.assertEqual(inode(bound[0].sock.fileno()), inode(original.sock.fileno()))
+        self.assertEqual(bound[1].sock.getsockname(), (LOOPBACK, start + 1))
+        self.assertEqual(len(inherited), 0)
+
+    def test_udp_pairs_are_reused_too(self) -> None:
+        [original] = bind_datagram_sockets((LOOPBACK,), [free_port(socket.SOCK_DGRAM)])
+        self.addCleanup(original.sock.close)
+        inherited = InheritedSockets.duplicate([original])
+        [bound] = bind_datagram_sockets((LOOPBACK,), [original.port], inherited=inherited)
+        self.addCleanup(bound.sock.close)
+        self.assertEqual(inode(bound.sock.fileno()), inode(original.sock.fileno()))
+
+    def test_a_failed_bind_closes_what_it_took(self) -> None:
+        """
+        All or nothing: when another pair is in use, the inherited socket
+        taken is closed with the rest, so the old port is released.
+        """
+        start = free_port_range(2)
+        original = self.listening(start)
+        blocker = self.listening(start + 1)
+        inherited = InheritedSockets.duplicate([original])
+        error = self.assertRaises(
+            BindError, bind_stream_sockets, (LOOPBACK,), [start, start + 1], inherited
+        )
+        self.assertEqual((error.code, error.port), ("port_in_use", start + 1))
+        self.assertEqual(len(inherited), 0)
+        original.sock.close()
+        blocker.sock.close()
+        self.assertTrue(port_is_free(start))
+
+    def test_close_releases_what_was_not_taken(self) -> None:
+        original = self.listening(free_port())
+        inherited = InheritedSockets.duplicate([original])
+        original.sock.close()
+        self.assertFalse(port_is_free(original.port))
+        inherited.close()
+        self.assertTrue(port_is_free(original.port))
+
+
+class _HeldPort:
+    """
+    A memory reactor's listening port that, like a real one, holds its own
+    descriptor and closes it one turn after C{stopListening}.
+    """
+
+    def __init__(self, clock: MemoryReactorClock, fileno: int) -> None:
+        self._clock = clock
+        self.sock = socket.socket(fileno=os.dup(fileno))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def stopListening(self) -> None:
+        self._clock.callLater(0, self.sock.close)
+
+
+class HeldPortsReactor(MemoryReactorClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[_HeldPort] = []
+
+    def _hold(self, fileno: int) -> _HeldPort:
+        port = _HeldPort(self, fileno)
+        self.held.append(port)
+        return port
+
+    def adoptStreamPort(self, fileno: int, addressFamily: Any, factory: Any) -> _HeldPort:
+        super().adoptStreamPort(fileno, addressFamily, factory)
+        return self._hold(fileno)
+
+    def adoptDatagramPort(
+        self, fileno: int, addressFamily: Any, protocol: Any, maxPacketSize: int = 8192
+    ) -> _HeldPort:
+        super().adoptDatagramPort(fileno, addressFamily, protocol, maxPacketSize)
+        return self._hold(fileno)
+
+
+class ReplaceTests(SynchronousTestCase):
+    """
+    An edge replacing a rule with a new version of itself: the new version
+    listens on the old one's sockets where their pairs match, although the
+    old ones are still open (as on a real reactor, for one more turn).
+    """
+
+    def setUp(self) -> None:
+        self.reactor = HeldPortsReactor()
+        self.forwarder = Forwarder(self.reactor)
+        self.agent = EdgeAgent(self.forwarder, drain_timeout=1.0)
+        self.agent.begin_session()
+        self.addCleanup(self._close)
+
+    def _close(self) -> None:
+        self.agent.stop()
+        self.reactor.advance(2)
+        for port in self.reactor.held:
+            port.sock.close()
+
+    def rule(
+        self,
+        listen: PortRange,
+        target: str = "10.0.0.5",
+        protocol: Protocol = Protocol.TCP,
+        rule_id: int = 1,
+        sni: str | None = None,
+    ) -> Rule:
+        return Rule(
+            id=rule_id,
+            name=f"rule-{rule_id}",
+            protocol=protocol,
+            listen=listen,
+            targets=(Target(target, PortRange(9000, 9000 + len(listen) - 1)),),
+            listen_addresses=(LOOPBACK,),
+            sni_pattern=sni,
+        )
+
+    def push(self, rule: Rule) -> tuple[str, str | None]:
+        return self.agent.push(rule_to_dict(rule))
+
+    def inodes(self, first: int, last: int | None = None) -> list[int]:
+        return [inode(p.fileno()) for p in self.reactor.held[first:last]]
+
+    def test_tcp_rule_keeps_its_socket(self) -> None:
+        """
+        The new version is adopted on the old version's socket (activated,
+        not port_in_use); the old descriptor closes a turn later; the port
+        closes only when the rule goes; nothing leaks.
+        """
+        port = PortRange.single(free_port())
+        before = open_fds()
+        self.assertEqual(self.push(self.rule(port)), (ACTIVATED, None))
+        self.assertEqual(self.push(self.rule(port, "10.0.0.6")), (ACTIVATED, None))
+        old, new = self.reactor.held
+        self.assertEqual(inode(new.fileno()), inode(old.fileno()))
+        self.assertEqual(self.forwarder.rules[0].targets[0].host, "10.0.0.6")
+        self.reactor.advance(0)
+        self.assertEqual(old.sock.fileno(), -1)
+        self.assertFalse(port_is_free(port.start))
+        self.agent.remove(1)
+        self.reactor.advance(2)
+        self.assertTrue(port_is_free(port.start))
+        self.assertEqual(open_fds(), before)
+
+    def test_only_the_pairs_still_used_are_kept(self) -> None:
+        """
+        A range moved by one port: the two ports both versions listen on
+        keep their sockets, the new one is bound, the dropped one closes.
+        """
+        start = free_port_range(4)
+        self.push(self.rule(PortRange(start, start + 2)))
+        self.assertEqual(self.push(self.rule(PortRange(start + 1, start + 3))), (ACTIVATED, None))
+        self.assertEqual(self.inodes(3), [*self.inodes(1, 3), self.inodes(5)[0]])
+        self.assertNotIn(self.inodes(5)[0], self.inodes(0, 3))
+        self.reactor.advance(0)
+        self.assertTrue(port_is_free(start))
+        self.assertFalse(port_is_free(start + 3))
+
+    def test_udp_rule_keeps_its_socket(self) -> None:
+        port = PortRange.single(free_port(socket.SOCK_DGRAM))
+        self.push(self.rule(port, protocol=Protocol.UDP))
+        changed = self.rule(port, "10.0.0.6", Protocol.UDP)
+        self.assertEqual(self.push(changed), (ACTIVATED, None))
+        old, new = self.reactor.held
+        self.assertEqual(inode(new.fileno()), inode(old.fileno()))
+
+    def test_a_new_protocol_binds_anew_and_closes_the_old_socket(self) -> None:
+        port = free_port()
+        self.push(self.rule(PortRange.single(port)))
+        changed = self.rule(PortRange.single(port), protocol=Protocol.UDP)
+        self.assertEqual(self.push(changed), (ACTIVATED, None))
+        _, new = self.reactor.held
+        self.assertEqual(new.sock.type, socket.SOCK_DGRAM)
+        self.reactor.advance(0)
+        self.assertTrue(port_is_free(port))
+
+    def test_only_sni_rule_of_a_port_keeps_its_listener(self) -> None:
+        """Replacing the only SNI rule of a port hands the port's listener on."""
+        port = PortRange.single(free_port())
+        self.push(self.rule(port, sni="a.example"))
+        self.assertEqual(self.push(self.rule(port, "10.0.0.6", sni="a.example")), (ACTIVATED, None))
+        old, new = self.reactor.held
+        self.assertEqual(inode(new.fileno()), inode(old.fileno()))
+        self.assertEqual(self.forwarder.rules[0].targets[0].host, "10.0.0.6")
+
+    def test_one_of_several_sni_rules_binds_nothing(self) -> None:
+        """
+        Replacing one SNI rule of a shared port adopts nothing new, and
+        what it inherited is released: the port closes with its last rule.
+        """
+        port = PortRange.single(free_port())
+        self.push(self.rule(port, sni="a.example"))
+        self.push(self.rule(port, rule_id=2, sni="b.example"))
+        self.assertEqual(self.push(self.rule(port, "10.0.0.6", sni="a.example")), (ACTIVATED, None))
+        self.assertEqual(len(self.reactor.held), 1)
+        self.assertEqual(sorted(r.id for r in self.forwarder.rules), [1, 2])
+        self.agent.remove(1)
+        self.agent.remove(2)
+        self.reactor.advance(2)
+        self.assertTrue(port_is_free(port.start))
+
+    def test_a_listener_other_sni_rules_share_is_not_handed_on(self) -> None:
+        """
+        One of two SNI rules of a port replaced by a plain rule on that
+        port: the listener stays with the other SNI rule, so the plain rule
+        conflicts with it (port_in_use) rather than sharing its socket.
+        """
+        port = PortRange.single(free_port())
+        self.push(self.rule(port, sni="a.example"))
+        self.push(self.rule(port, rule_id=2, sni="b.example"))
+        self.assertEqual(self.push(self.rule(port)), (FAILED, "port_in_use"))
+        self.assertEqual([r.id for r in self.forwarder.rules], [2])
+        self.assertEqual(len(self.reactor.held), 1)
+
+    def test_a_real_conflict_is_still_port_in_use(self) -> None:
+        """
+        A new version that also needs a port somebody else holds fails
+        with port_in_use naming it; the old version is removed and its
+        port released, as before.
+        """
+        start = free_port_range(2)
+        blocker = socket.socket()
+        self.addCleanup(blocker.close)
+        blocker.bind((LOOPBACK, start + 1))
+        blocker.listen(1)
+        self.push(self.rule(PortRange.single(start)))
+        outcome = self.push(self.rule(PortRange(start, start + 1)))
+        self.assertEqual(outcome, (FAILED, f"port_in_use:{start + 1}"))
+        self.assertEqual((self.forwarder.rules, self.agent.rules), ((), {}))
+        self.reactor.advance(0)
+        self.assertTrue(port_is_free(start))
+
+    def test_inherit_without_descriptors(self) -> None:
+        """
+        Nothing is inherited from a rule not installed, nor from ports
+        without a descriptor (a plain memory reactor's).
+        """
+        self.assertEqual(len(self.forwarder.inherit(7)), 0)
+        forwarder = Forwarder(MemoryReactorClock())
+        forwarder.install(self.rule(PortRange.single(free_port())))
+        self.assertEqual(len(forwarder.inherit(1)), 0)

@@ -10,6 +10,10 @@ and serves the rule again (both original workers are killed, so only
 restarted ones are left to serve it); removal stops the rule in every
 worker; SIGTERM drains everything and exits 0 with the workers gone.
 Workers whose main process is killed exit by themselves.
+
+A rule replaced on its own port is served by both workers from the same
+sockets at once, without a refused connection, while its old version
+drains.
 """
 
 from __future__ import annotations
@@ -22,10 +26,26 @@ import socket
 from typing import Any
 
 import treq
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
 
-from tests._net import LOOPBACK, HashingClient, OneShotClientFactory, echo_factory, free_port
+from portunus.client.agent import EdgeAgent
+from portunus.client.workers import WorkerForwarder
+from portunus.model import PortRange, Protocol, Rule, Target
+from portunus.rulejson import rule_to_dict
+from tests._net import (
+    LOOPBACK,
+    CollectingClient,
+    HashingClient,
+    OneShotClientFactory,
+    collect,
+    echo_factory,
+    free_port,
+    tagged_factory,
+)
 from tests.dataplane.test_udp_integration import Client as UdpClient
 from tests.dataplane.test_udp_integration import Echo as UdpEcho
 from tests.e2e.test_control_plane_process import CLIENT_CLI, SERVER_CLI, _ProcessCase, reactor
@@ -214,3 +234,111 @@ class EdgeWorkersProcessTests(_ProcessCase):
         yield edge.exited
         orphaned = [e for e in edge.events if e.get("event") == "client.worker_orphaned"]
         self.assertEqual(sorted(e["worker"] for e in orphaned), [0, 1])
+
+
+class ReplaceWithWorkersTests(TestCase):
+    """
+    Replacing a rule on its own port with C{--workers 2}: the edge's agent
+    and L{WorkerForwarder} in this process, with two real worker processes
+    (C{python -m portunus.client.worker}) and no server, since the server
+    has no way to change a rule under the same id but a restored backup.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.forwarder = WorkerForwarder(reactor, 2, drain_secs=10.0, log_level="warn")
+        self.forwarder.start()
+        self.agent = EdgeAgent(self.forwarder, drain_timeout=10.0)
+        self.agent.begin_session()
+        self.addCleanup(self.forwarder.stop, 5.0)
+
+    def target(self, tag: bytes) -> tuple[int, Factory]:
+        factory = tagged_factory(tag)
+        port = reactor.listenTCP(0, factory, interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port), factory
+
+    def push(self, listen: int, target: int, protocol: Protocol = Protocol.TCP) -> None:
+        rule = Rule(
+            id=1,
+            name="replaced",
+            protocol=protocol,
+            listen=PortRange.single(listen),
+            targets=(Target(LOOPBACK, PortRange.single(target)),),
+            listen_addresses=(LOOPBACK,),
+        )
+        self.assertEqual(self.agent.push(rule_to_dict(rule)), ("activated", None))
+
+    def removed(self) -> Deferred[dict[str, Any]]:
+        """
+        The main process's next rule.removed: every worker has drained the
+        old version, so none accepts for it any more.
+        """
+        d: Deferred[dict[str, Any]] = Deferred()
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("event") == "rule.removed":
+                globalLogPublisher.removeObserver(observe)
+                d.callback(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(lambda: None if d.called else globalLogPublisher.removeObserver(observe))
+        return d
+
+    @inlineCallbacks
+    def test_tcp_rule_replaced_on_its_port(self) -> Any:
+        """
+        The replacement activates (not port_in_use); connections made as
+        it happens are all answered, by one version or the other; one
+        opened before completes through the old target; once the old
+        version has drained, every connection reaches the new target.
+        """
+        listen = free_port()
+        (old_target, old_factory), (new_target, _) = self.target(b"A"), self.target(b"B")
+        self.push(listen, old_target)
+        self.assertEqual((yield collect(reactor, listen, b"before")), b"A:got before")
+        arrived: Deferred[None] = Deferred()
+        old_factory.arrived.append(arrived)  # type: ignore[attr-defined]
+        held = CollectingClient(b"held")
+        reactor.connectTCP(LOOPBACK, listen, OneShotClientFactory(held), timeout=10)
+        yield arrived
+        drained = self.removed()
+
+        self.push(listen, new_target)
+
+        during = yield gatherResults([collect(reactor, listen, b"%d" % i) for i in range(20)])
+        for i, reply in enumerate(during):
+            self.assertIn(reply, (b"A:got %d" % i, b"B:got %d" % i))
+        assert held.transport is not None
+        held.transport.loseWriteConnection()
+        self.assertEqual((yield held.done), b"A:got held")
+        self.assertEqual((yield drained)["cut"], 0)
+        for _ in range(10):
+            self.assertEqual((yield collect(reactor, listen, b"after")), b"B:got after")
+
+    @inlineCallbacks
+    def test_udp_rule_replaced_on_its_port(self) -> Any:
+        """
+        Each worker keeps its own socket: the client's datagrams reach the
+        new target, and its replies come from the same listen port.
+        """
+        listen = free_port(socket.SOCK_DGRAM)
+        old_target = reactor.listenUDP(0, UdpEcho(b"A:"), interface=LOOPBACK)
+        self.addCleanup(old_target.stopListening)
+        new_target = reactor.listenUDP(0, UdpEcho(b"B:"), interface=LOOPBACK)
+        self.addCleanup(new_target.stopListening)
+        self.push(listen, old_target.getHost().port, Protocol.UDP)
+        client = UdpClient()
+        listening = reactor.listenUDP(0, client, interface=LOOPBACK)
+        self.addCleanup(listening.stopListening)
+        client.send(b"one", listen)
+        self.assertEqual((yield client.wait_for(1)), [b"A:one"])
+        drained = self.removed()
+
+        self.push(listen, new_target.getHost().port, Protocol.UDP)
+
+        yield drained
+        client.send(b"two", listen)
+        self.assertEqual((yield client.wait_for(2)), [b"A:one", b"B:two"])
+        self.assertEqual(client.senders, {(LOOPBACK, listen)})
