@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 
 from portunus.dataplane.forwarder import BoundRule, Forwarder
+from portunus.dataplane.workerpool import sni_listener_key
 from portunus.errors import PortunusError
 from portunus.standalone.config import StandaloneConfig
 from portunus.standalone.forwarder import forwarder_for
@@ -80,10 +81,19 @@ class StandaloneService(MultiService):
         """
         failures: list[tuple[str, PortunusError]] = []
         bound: list[BoundRule] = []
+        #: SNI-routed ports bound for workers: their other rules share the listener.
+        sni_ports: set[tuple[tuple[str, ...], int]] = set()
         for rule in self.config.rules:
             try:
                 if self.workers > 1:
-                    self._worker_listeners.append(bind_for_workers(rule, self.workers))
+                    sni = sni_listener_key(rule)
+                    if sni in sni_ports:
+                        listeners = WorkerListeners(rule, (), ())
+                    else:
+                        listeners = bind_for_workers(rule, self.workers)
+                    if sni is not None:
+                        sni_ports.add(sni)
+                    self._worker_listeners.append(listeners)
                 else:
                     bound.append(self.forwarder.bind(rule))
             except PortunusError as e:

@@ -59,12 +59,18 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _bound_rules(config: StandaloneConfig, listeners: list[dict[str, Any]]) -> list[BoundRule]:
+    """
+    Every rule of the config with the sockets inherited for it, in config
+    order, except that the rules holding sockets come first: the SNI rules
+    of a port share one listener, handed over with one of them, and it
+    must be served before the others join it.
+    """
     by_rule: dict[str, list[BoundSocket]] = defaultdict(list)
     for entry in listeners:
         sock = socket.socket(fileno=entry["fd"])
         by_rule[entry["rule"]].append(BoundSocket(sock, entry["address"], entry["port"]))
-    rules = {rule.name: rule for rule in config.rules}
-    return [BoundRule(rules[name], tuple(sockets)) for name, sockets in by_rule.items()]
+    bound = [BoundRule(rule, tuple(by_rule.get(rule.name, ()))) for rule in config.rules]
+    return sorted(bound, key=lambda b: not b.sockets)
 
 
 class _ParentLink(Protocol):

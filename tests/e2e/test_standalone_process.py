@@ -25,7 +25,9 @@ from tests._net import (
     ReplyAfterEof,
     echo_factory,
     free_port,
+    tagged_factory,
 )
+from tests.dataplane.test_sni import client_hello
 from tests.e2e._process import TWISTD, spawn_standalone
 
 reactor: Any = _reactor
@@ -252,3 +254,56 @@ class WorkersTests(StandaloneProcessTestCase):
         self.assertEqual(code, 0, process.stderr.decode())
         removed = [e for e in process.events if e.get("event") == "rule.removed"]
         self.assertEqual(len(removed), 2)
+
+
+class SniWorkersTests(StandaloneProcessTestCase):
+    def tagged(self, tag: bytes) -> int:
+        return self.target(tagged_factory(tag))
+
+    @inlineCallbacks
+    def test_two_workers_serve_sni_rules_sharing_a_port(self) -> Any:
+        """
+        --workers 2 with two SNI rules on one port starts (the port is bound
+        once, for both), and each worker routes each name to its target.
+        """
+        listen_port = free_port()
+        a, b = self.tagged(b"A"), self.tagged(b"B")
+        config = self.write_config(
+            f"""
+[global]
+log_level = "info"
+log_format = "json"
+shutdown_drain_secs = 5
+listen_addresses = ["{LOOPBACK}"]
+
+[[rule]]
+name = "a"
+listen_port = {listen_port}
+target = "{LOOPBACK}:{a}"
+sni_pattern = "a.example"
+
+[[rule]]
+name = "b"
+listen_port = {listen_port}
+target = "{LOOPBACK}:{b}"
+sni_pattern = "b.example"
+"""
+        )
+        process = self.start(config, "--workers", "2")
+        yield process.wait_for_count("standalone.worker_started", 2)
+        activated = yield process.wait_for_count("rule.activated", 4)
+        self.assertEqual(sorted(e["rule"] for e in activated), ["a", "a", "b", "b"])
+        # Connections spread over both workers: enough of them reach each.
+        for i in range(10):
+            name = b"a.example" if i % 2 == 0 else b"b.example"
+            hello = client_hello(name)
+            client = HashingClient(hello)
+            reactor.connectTCP(LOOPBACK, listen_port, OneShotClientFactory(client))
+            _, digest = yield client.done
+            tag = b"A" if i % 2 == 0 else b"B"
+            expected = hashlib.sha256(tag + b":got " + hello).hexdigest()
+            self.assertEqual(digest, expected, process.stderr.decode()[-3000:])
+
+        process.signal(signal.SIGTERM)
+        code = yield process.exited
+        self.assertEqual(code, 0, process.stderr.decode()[-3000:])

@@ -1,5 +1,6 @@
 """
-The multi-process supervisor: worker counts, stats summing, restarts, stop.
+The multi-process supervisor: worker counts, stats summing, restarts, stop;
+binding SNI rules that share a port for the workers.
 """
 
 from __future__ import annotations
@@ -8,12 +9,17 @@ from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
+from portunus.dataplane import Forwarder
+from portunus.dataplane.listeners import bind_stream_sockets
 from portunus.model import PortRange, Protocol, Rule, Target
-from portunus.standalone.worker import EXIT_CONFIG_CHANGED
+from portunus.standalone.config import StandaloneConfig
+from portunus.standalone.service import StandaloneService
+from portunus.standalone.worker import EXIT_CONFIG_CHANGED, _bound_rules
 from portunus.standalone.workers import (
     RESTART_MAX_SECS,
     RESTART_MIN_SECS,
@@ -170,3 +176,52 @@ class SupervisorTests(SynchronousTestCase):
         for p in processes:
             p.processEnded(exited(None, 9))
         self.successResultOf(d)
+
+
+class SniWorkersBindTests(SynchronousTestCase):
+    """SNI rules sharing a port, with --workers: one listener, handed over once."""
+
+    def setUp(self) -> None:
+        port = free_port()
+        self.rules = tuple(
+            Rule(
+                name=name,
+                protocol=Protocol.TCP,
+                listen=PortRange.single(port),
+                targets=(Target(LOOPBACK, PortRange.single(9)),),
+                listen_addresses=(LOOPBACK,),
+                sni_pattern=pattern,
+                sni_fallback=pattern is None,
+            )
+            for name, pattern in (("a", "a.example"), ("b", "b.example"), ("rest", None))
+        )
+        self.config = StandaloneConfig(source="test.toml", rules=self.rules)
+
+    def test_the_port_is_bound_once_for_all_its_rules(self) -> None:
+        """
+        The first SNI rule of a port binds it; the others share that
+        listener and bind nothing (before, they failed with port_in_use).
+        """
+        service = StandaloneService(self.config, Clock(), forwarder=Forwarder(Clock()), workers=2)
+        self.assertEqual(service.bind_all(), [])
+        listeners = service._worker_listeners
+        self.addCleanup(lambda: [group.close() for group in listeners])
+        self.assertEqual([len(group.shared) for group in listeners], [1, 0, 0])
+        self.assertEqual([group.rule.name for group in listeners], ["a", "b", "rest"])
+
+    def test_a_worker_serves_every_rule_the_listener_first(self) -> None:
+        """
+        A worker activates every rule of its config, those handed sockets
+        first, so the shared listener is served before the others join it.
+        """
+        [bound] = bind_stream_sockets((LOOPBACK,), [self.rules[0].listen.start])
+        entry = {"rule": "b", "address": LOOPBACK, "port": bound.port, "fd": bound.sock.detach()}
+        rules = _bound_rules(self.config, [entry])
+        self.addCleanup(lambda: [r.close() for r in rules])
+        self.assertEqual(
+            [(r.rule.name, len(r.sockets)) for r in rules], [("b", 1), ("a", 0), ("rest", 0)]
+        )
+        forwarder = Forwarder(MemoryReactorClock())
+        for r in rules:
+            forwarder.activate(r)
+        self.assertEqual(sorted(r.name for r in forwarder.rules), ["a", "b", "rest"])
