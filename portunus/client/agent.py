@@ -78,6 +78,9 @@ class EdgeAgent:
             self._remove(rule.id, "replaced")
         try:
             bound = self.forwarder.bind(rule, inherited)
+            # Activation can refuse too: an SNI pattern that clashes with a
+            # rule already routed on the same port (conflict.sni_route_duplicate).
+            self.forwarder.activate(bound)
         except PortunusError as e:
             reason = failure_reason(rule, e)
             log.error(
@@ -89,7 +92,6 @@ class EdgeAgent:
                 detail=e.message,
             )
             return FAILED, reason
-        self.forwarder.activate(bound)
         self._rules[rule.id] = rule
         return ACTIVATED, None
 

@@ -150,3 +150,28 @@ class EdgeAgentTests(SynchronousTestCase):
         self.assertEqual(rows[1]["consecutive_failures"], 1)
         self.assertEqual(rows[1]["last_failure_at"], 100)
         self.assertIsNone(rows[0]["last_failure_at"])
+
+    def test_sni_conflict_at_activation_is_a_failed_push(self) -> None:
+        """
+        Two rules routing the same SNI name on one port: the second push is
+        answered failed with the conflict's code, the first keeps serving.
+        """
+        port = free_port()
+
+        def sni_rule(rule_id: int) -> Rule:
+            return Rule(
+                id=rule_id,
+                name=f"sni-{rule_id}",
+                protocol=Protocol.TCP,
+                listen=PortRange.single(port),
+                targets=(Target("10.0.0.5", PortRange.single(443)),),
+                listen_addresses=(LOOPBACK,),
+                sni_pattern="app.example.com",
+            )
+
+        self.assertEqual(self.agent.push(rule_to_dict(sni_rule(1))), (ACTIVATED, None))
+        self.assertEqual(
+            self.agent.push(rule_to_dict(sni_rule(2))), (FAILED, "conflict.sni_route_duplicate")
+        )
+        self.assertEqual([r.id for r in self.forwarder.rules], [1])
+        self.assertEqual(len(self.reactor.adoptedPorts), 1)
