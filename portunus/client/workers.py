@@ -34,7 +34,11 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
 from portunus.client.workerprocess import WorkerProcess, spawn_worker
-from portunus.dataplane.forwarder import DEFAULT_DRAIN_SECS, SUPPORTED_PROTOCOLS
+from portunus.dataplane.forwarder import (
+    DEFAULT_DRAIN_SECS,
+    SUPPORTED_PROTOCOLS,
+    refuse_unless_installable,
+)
 from portunus.dataplane.listeners import BoundSocket, InheritedSockets
 from portunus.dataplane.sni import SniError, SniRouteTable
 from portunus.dataplane.stats import RuleStats
@@ -240,16 +244,7 @@ class WorkerForwarder:
                 inherited.close()
 
     def _bind(self, rule: Rule, inherited: InheritedListeners | None) -> WorkerListeners:
-        if rule.id in self._installed:
-            raise PortunusError(
-                "rule_exists", f"rule {rule.name!r} is already installed", rule=rule.name
-            )
-        if rule.protocol not in SUPPORTED_PROTOCOLS:
-            raise PortunusError(
-                "protocol_unsupported",
-                f"rule {rule.name!r}: {rule.protocol.value} forwarding is not supported yet",
-                rule=rule.name,
-            )
+        refuse_unless_installable(rule, self._installed, SUPPORTED_PROTOCOLS)
         if sni_listener_key(rule) in self._sni:
             return WorkerListeners(rule, (), ())  # joins the listener its port already has
         return bind_for_workers(rule, self.count, inherited)

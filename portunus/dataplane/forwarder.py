@@ -24,7 +24,7 @@ without them the new bind would find its own port still in use.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -80,6 +80,27 @@ def _refresh(active: Any) -> RuleStats:
         stats.throttle_seconds_in = limits.throttle_seconds_in
         stats.throttle_seconds_out = limits.throttle_seconds_out
     return stats
+
+
+def refuse_unless_installable(
+    rule: Rule, installed: Container[int], supported: Container[Protocol]
+) -> None:
+    """
+    The checks before binding a rule, shared by every forwarder.
+
+    @raise PortunusError: C{rule_exists} if its id is in C{installed},
+        C{protocol_unsupported} if its protocol is not in C{supported}.
+    """
+    if rule.id in installed:
+        raise PortunusError(
+            "rule_exists", f"rule {rule.name!r} is already installed", rule=rule.name
+        )
+    if rule.protocol not in supported:
+        raise PortunusError(
+            "protocol_unsupported",
+            f"rule {rule.name!r}: {rule.protocol.value} forwarding is not supported yet",
+            rule=rule.name,
+        )
 
 
 class _Auto:
@@ -291,16 +312,7 @@ class Forwarder:
                 inherited.close()
 
     def _bind(self, rule: Rule, inherited: InheritedSockets | None) -> BoundRule:
-        if rule.id in self._active:
-            raise PortunusError(
-                "rule_exists", f"rule {rule.name!r} is already installed", rule=rule.name
-            )
-        if rule.protocol not in self._supported:
-            raise PortunusError(
-                "protocol_unsupported",
-                f"rule {rule.name!r}: {rule.protocol.value} forwarding is not supported yet",
-                rule=rule.name,
-            )
+        refuse_unless_installable(rule, self._active, self._supported)
         if rule.protocol is Protocol.UDP:
             sockets = bind_datagram_sockets(rule.listen_addresses, rule.listen, inherited=inherited)
         elif _is_sni(rule) and _sni_key(rule) in self._sni_groups:
