@@ -34,6 +34,7 @@ from portunus.control.enrollment import (
 )
 from portunus.dataplane.forwarder import Forwarder
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
+from portunus.dataplane.rlimits import raise_nofile_limit
 from portunus.dataplane.workerpool import parse_worker_count
 from portunus.errors import PortunusError
 from portunus.exitcode import stop_with_status
@@ -240,3 +241,8 @@ class _Root(MultiService):
     def setServiceParent(self, parent: Any) -> None:
         install_log_observer(parent, self._observer)
         super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        # Before the workers start: they inherit the limit.
+        raise_nofile_limit("client")
+        super().startService()

@@ -9,7 +9,6 @@ periodically, and drains in-flight connections on shutdown.
 
 from __future__ import annotations
 
-import resource
 import signal
 import sys
 from typing import IO, Any
@@ -20,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 
 from portunus.dataplane.forwarder import BoundRule, Forwarder
+from portunus.dataplane.rlimits import RLIMIT_NOFILE_LOW, raise_nofile_limit
 from portunus.dataplane.workerpool import sni_listener_key
 from portunus.errors import PortunusError
 from portunus.standalone.config import StandaloneConfig
@@ -32,7 +32,6 @@ __all__ = ["RLIMIT_NOFILE_LOW", "StandaloneService"]
 log = Logger()
 
 #: Below this many open files a busy forwarder runs out of descriptors.
-RLIMIT_NOFILE_LOW = 4096
 
 
 class StandaloneService(MultiService):
@@ -133,7 +132,7 @@ class StandaloneService(MultiService):
             self.privilegedStartService()
         assert self._bound is not None
         bound, self._bound = self._bound, []
-        _raise_nofile_limit()
+        raise_nofile_limit("standalone")
         for b in bound:
             self.forwarder.activate(b)
         if self.workers > 1:
@@ -231,31 +230,3 @@ class StandaloneService(MultiService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-
-
-def _raise_nofile_limit() -> None:
-    """
-    Raise the soft open-file limit to the hard one: every proxied
-    connection costs two descriptors, and distributions default to 1024.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    log.info(
-        "open-file limit {soft} (hard {hard})",
-        event="standalone.rlimit_nofile",
-        soft=soft,
-        hard=hard,
-    )
-    if soft < RLIMIT_NOFILE_LOW:
-        log.warn(
-            "open-file limit {soft} is low: each connection needs two; "
-            "raise LimitNOFILE (systemd) or ulimit -n to at least {low}",
-            event="standalone.rlimit_nofile_low",
-            soft=soft,
-            low=RLIMIT_NOFILE_LOW,
-        )
