@@ -9,6 +9,7 @@ feature added here is available everywhere at once.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Iterator
@@ -110,7 +111,17 @@ class PortRange:
         return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
 
 
-@attrs.frozen
+@functools.lru_cache(maxsize=4096)
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# Targets key the per-target state every connection updates: hash once.
+@attrs.frozen(cache_hash=True)
 class Target:
     """
     Where a rule's connections go.
@@ -129,11 +140,8 @@ class Target:
 
     @property
     def is_ip_literal(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        """Parsed once per host name, not on every connection that asks."""
+        return _is_ip_literal(self.host)
 
     def display(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -153,10 +153,6 @@ class TargetSelector:
         self._states: dict[Target, _TargetState] = {}
         for index, target in enumerate(rule.targets):
             self._states.setdefault(target, _TargetState(target, index))
-        #: The same states by the identity of the rule's own Target objects,
-        #: which is what relays pass back: hashing an attrs value on every
-        #: connection event costs more than the update it guards.
-        self._by_id = {id(s.target): s for s in self._states.values()}
         #: Distinct targets, lower priority first, ties in config order.
         self._by_priority: tuple[_TargetState, ...] = tuple(
             sorted(self._states.values(), key=lambda s: (s.target.priority, s.index))
@@ -172,10 +168,6 @@ class TargetSelector:
     def targets(self) -> tuple[Target, ...]:
         """The distinct targets in priority order."""
         return tuple(s.target for s in self._by_priority)
-
-    def _state(self, target: Target) -> _TargetState:
-        state = self._by_id.get(id(target))
-        return state if state is not None else self._states[target]
 
     # -- ordering ---------------------------------------------------------
 
@@ -244,7 +236,7 @@ class TargetSelector:
 
     def record_success(self, target: Target) -> None:
         """A dial (or probe) of C{target} connected."""
-        state = self._state(target)
+        state = self._states[target]
         state.last_success_at = self._clock.seconds()
         state.consecutive_failures = 0
         state.recent_failures.clear()
@@ -254,7 +246,7 @@ class TargetSelector:
 
     def record_failure(self, target: Target) -> None:
         """A dial (or probe) of C{target} failed: refused, timed out, unresolved."""
-        state = self._state(target)
+        state = self._states[target]
         now = self._clock.seconds()
         state.last_failure_at = now
         state.consecutive_successes = 0
@@ -294,17 +286,17 @@ class TargetSelector:
     # -- counters ---------------------------------------------------------
 
     def add_bytes(self, target: Target, bytes_in: int, bytes_out: int) -> None:
-        state = self._state(target)
+        state = self._states[target]
         state.bytes_in += bytes_in
         state.bytes_out += bytes_out
 
     def connection_opened(self, target: Target) -> None:
-        state = self._state(target)
+        state = self._states[target]
         state.active_connections += 1
         state.total_connections += 1
 
     def connection_closed(self, target: Target) -> None:
-        self._state(target).active_connections -= 1
+        self._states[target].active_connections -= 1
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Per-target stats, in config order."""

@@ -174,7 +174,11 @@ class Preamble(Protocol):
         transport = self.transport
         assert transport is not None
         relay = TcpRelay(
-            runtime, self._port, runtime.relay_closed, self._client, early, self._server
+            runtime,
+            self._port,
+            client_address=self._client,
+            early=early,
+            server_address=self._server,
         )
         runtime.relay_opened(relay)
         leg = client_leg_for(relay)

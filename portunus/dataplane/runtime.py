@@ -21,7 +21,7 @@ from portunus.dataplane.ratelimit import RuleLimiter
 from portunus.dataplane.resolver import TargetResolver
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, SpliceContext, TcpRelay
-from portunus.model import Rule, Target
+from portunus.model import Rule
 
 __all__ = ["RuleRuntime"]
 
@@ -53,7 +53,6 @@ class RuleRuntime:
         self.connect_timeout = connect_timeout
         self.dialer = dialer if dialer is not None else dialer_for(reactor)
         self._splice = splice
-        self._literal_hosts = {t.host: t.is_ip_literal for t in rule.targets}
         self.trusted = (
             TrustedSources.parse(rule.trusted_sources) if rule.accept_proxy_protocol else None
         )
@@ -67,11 +66,6 @@ class RuleRuntime:
     def splice(self) -> SpliceContext | None:
         """Zero-copy for a new connection, unless a bandwidth cap must pace it."""
         return None if self.limiter.caps_bandwidth else self._splice
-
-    def is_ip_literal(self, target: Target) -> bool:
-        """C{target.is_ip_literal}, parsed once per rule rather than per connection."""
-        literal = self._literal_hosts.get(target.host)
-        return target.is_ip_literal if literal is None else literal
 
     def start(self) -> None:
         if self._prober is not None:

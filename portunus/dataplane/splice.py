@@ -292,7 +292,10 @@ class SpliceRelay:
 
     @staticmethod
     def can_take_over(transport: Any) -> bool:
-        """A transport can be spliced once nothing is buffered in it."""
+        """
+        A socket transport with nothing queued in it: its socket can be
+        spliced, or written to directly, without reordering any bytes.
+        """
         return (
             hasattr(transport, "socket")
             and not getattr(transport, "dataBuffer", b"")

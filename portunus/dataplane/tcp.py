@@ -26,7 +26,6 @@ import contextlib
 import enum
 import socket
 import struct
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
@@ -185,7 +184,6 @@ class TcpRelay:
         "_client_lost",
         "_dialing",
         "_early",
-        "_on_closed",
         "_pending_targets",
         "_port_stats",
         "_runtime",
@@ -209,14 +207,11 @@ class TcpRelay:
         self,
         runtime: RuleRuntime,
         listen_port: int,
-        on_closed: Callable[[TcpRelay], None] | None = None,
         client_address: tuple[str, int] | None = None,
         early: bytes = b"",
         server_address: tuple[str, int] | None = None,
     ) -> None:
         """
-        @param on_closed: called once the relay is finished; by default
-            the runtime's C{relay_closed}.
         @param client_address: the original client when a trusted PROXY
             header named it; by default the peer of the accepted socket.
         @param server_address: the address that client connected to, from
@@ -228,7 +223,6 @@ class TcpRelay:
         self._splice: SpliceRelay | None = None
         self.listen_port = listen_port
         self._port_stats = runtime.stats.for_port(listen_port)
-        self._on_closed = on_closed
         self.client_address = client_address
         self.server_address = server_address
         self.state = RelayState.DIALING
@@ -300,7 +294,7 @@ class TcpRelay:
             self._pending_targets = _NO_TARGETS
         runtime = self._runtime
         resolver = runtime.resolver
-        if resolver is None or runtime.is_ip_literal(target):
+        if resolver is None or target.is_ip_literal:
             self._addresses = None
             self._dial(target.host)
             return
@@ -661,10 +655,7 @@ class TcpRelay:
             runtime.limiter.release()
             runtime.stats.active_connections -= 1
             self._port_stats.active_connections -= 1
-        if self._on_closed is not None:
-            self._on_closed(self)
-        else:
-            runtime.relay_closed(self)
+        runtime.relay_closed(self)
         # Both sockets are gone: drop the legs (each points back here), so
         # reference counting frees the connection without the cyclic GC.
         self.client = self.target = None
@@ -703,16 +694,7 @@ def _forward(transport: Any, data: bytes) -> None:
     reactor, after two C{epoll_ctl} calls and a wakeup; sending at once
     saves those for every chunk of a busy stream.
     """
-    # None: not a socket transport of Twisted's (a test's fake), which
-    # only has write().
-    queued = getattr(transport, "_tempDataBuffer", None)
-    if (
-        queued is not None
-        and not queued
-        and not transport.dataBuffer
-        and transport.connected
-        and not transport.disconnecting
-    ):
+    if SpliceRelay.can_take_over(transport) and transport.connected and not transport.disconnecting:
         sent = _send_now(transport, data)
         if sent == len(data):
             return
