@@ -37,6 +37,8 @@ from portunus.client.workerprocess import WorkerProcess, spawn_worker
 from portunus.dataplane.forwarder import (
     DEFAULT_DRAIN_SECS,
     SUPPORTED_PROTOCOLS,
+    log_activated,
+    log_removed,
     refuse_unless_installable,
 )
 from portunus.dataplane.listeners import BoundSocket, InheritedSockets
@@ -54,7 +56,7 @@ from portunus.dataplane.workerpool import (
     without_gauges,
 )
 from portunus.errors import PortunusError
-from portunus.model import Protocol, Rule
+from portunus.model import Rule
 
 __all__ = ["WorkerForwarder", "WorkerPoolService"]
 
@@ -266,16 +268,7 @@ class WorkerForwarder:
         self._installed[rule.id] = installed
         for worker in self.workers.values():
             worker.add(installed.key, rule, self._sockets_for(installed, worker.index))
-        log.info(
-            "rule {rule} activated: {protocol} {listen} -> {targets}",
-            event="rule.activated",
-            rule=rule.name,
-            rule_id=str(rule.id),
-            protocol=rule.protocol.value,
-            listen=str(rule.listen),
-            targets=", ".join(t.display() for t in rule.targets),
-            workers=self.count,
-        )
+        log_activated(rule, workers=self.count)
 
     def _sockets_for(self, installed: _Installed, index: int) -> tuple[BoundSocket, ...]:
         if installed.sni is not None:
@@ -300,16 +293,7 @@ class WorkerForwarder:
         self._release(rule_id, installed)
         rule = installed.rule
 
-        def removed(cuts: list[int]) -> int:
-            cut = sum(cuts)
-            if rule.protocol is Protocol.UDP:
-                text = "rule {rule} removed ({cut} UDP flows closed)"
-            else:
-                text = "rule {rule} removed ({cut} connections cut at the drain deadline)"
-            log.info(text, event="rule.removed", rule=rule.name, cut=cut)
-            return cut
-
-        return gatherResults(waits).addCallback(removed)
+        return gatherResults(waits).addCallback(lambda cuts: log_removed(sum(cuts), rule))
 
     def _release(self, rule_id: int, installed: _Installed) -> None:
         """Close this process's copy of the rule's sockets (the workers hold their own)."""

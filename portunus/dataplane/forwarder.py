@@ -103,6 +103,30 @@ def refuse_unless_installable(
         )
 
 
+def log_activated(rule: Rule, **fields: Any) -> None:
+    """The C{rule.activated} event, as every forwarder logs it."""
+    log.info(
+        "rule {rule} activated: {protocol} {listen} -> {targets}",
+        event="rule.activated",
+        rule=rule.name,
+        rule_id=str(rule.id),
+        protocol=rule.protocol.value,
+        listen=str(rule.listen),
+        targets=", ".join(t.display() for t in rule.targets),
+        **fields,
+    )
+
+
+def log_removed(cut: int, rule: Rule) -> int:
+    """The C{rule.removed} event once C{rule} drained; passes C{cut} on."""
+    if rule.protocol is Protocol.UDP:
+        text = "rule {rule} removed ({cut} UDP flows closed)"
+    else:
+        text = "rule {rule} removed ({cut} connections cut at the drain deadline)"
+    log.info(text, event="rule.removed", rule=rule.name, cut=cut)
+    return cut
+
+
 class _Auto:
     """Marker: decide from the platform and the environment."""
 
@@ -336,15 +360,7 @@ class Forwarder:
             tcp.serve(bound.sockets)
             active = tcp
         self._active[rule.id] = active
-        log.info(
-            "rule {rule} activated: {protocol} {listen} -> {targets}",
-            event="rule.activated",
-            rule=rule.name,
-            rule_id=str(rule.id),
-            protocol=rule.protocol.value,
-            listen=str(rule.listen),
-            targets=", ".join(t.display() for t in rule.targets),
-        )
+        log_activated(rule)
 
     def _udp_resolver(self, rule: Rule) -> Callable[[str], Deferred[str]] | None:
         resolver = self.resolver
@@ -397,15 +413,7 @@ class Forwarder:
         if active is None:
             raise PortunusError("rule_not_found", f"no rule with id {rule_id} is installed")
 
-        def removed(cut: int) -> int:
-            if active.rule.protocol is Protocol.UDP:
-                text = "rule {rule} removed ({cut} UDP flows closed)"
-            else:
-                text = "rule {rule} removed ({cut} connections cut at the drain deadline)"
-            log.info(text, event="rule.removed", rule=active.rule.name, cut=cut)
-            return cut
-
-        return active.drain(drain_timeout).addCallback(removed)
+        return active.drain(drain_timeout).addCallback(log_removed, active.rule)
 
     def stop(self, drain_timeout: float = DEFAULT_DRAIN_SECS) -> Deferred[Any]:
         """Remove every rule, draining them together, then close the resolver."""
