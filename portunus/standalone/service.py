@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 
 from portunus.dataplane.forwarder import BoundRule, Forwarder
-from portunus.dataplane.rlimits import RLIMIT_NOFILE_LOW, raise_nofile_limit
+from portunus.dataplane.rlimits import raise_nofile_limit
 from portunus.dataplane.workerpool import sni_listener_key
 from portunus.errors import PortunusError
 from portunus.standalone.config import StandaloneConfig
@@ -27,11 +27,9 @@ from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.workers import WorkerListeners, WorkerSupervisor, bind_for_workers
 from portunus.tapsupport import install_log_observer
 
-__all__ = ["RLIMIT_NOFILE_LOW", "StandaloneService"]
+__all__ = ["StandaloneService"]
 
 log = Logger()
-
-#: Below this many open files a busy forwarder runs out of descriptors.
 
 
 class StandaloneService(MultiService):
@@ -80,21 +78,23 @@ class StandaloneService(MultiService):
         """
         failures: list[tuple[str, PortunusError]] = []
         bound: list[BoundRule] = []
-        #: SNI-routed ports bound for workers: their other rules share the listener.
+        #: SNI-routed ports bound already: their other rules share the
+        #: listener (the forwarder only learns of it at activation).
         sni_ports: set[tuple[tuple[str, ...], int]] = set()
         for rule in self.config.rules:
+            sni = sni_listener_key(rule)
+            joins = sni in sni_ports
             try:
                 if self.workers > 1:
-                    sni = sni_listener_key(rule)
-                    if sni in sni_ports:
-                        listeners = WorkerListeners(rule, (), ())
-                    else:
-                        listeners = bind_for_workers(rule, self.workers)
-                    if sni is not None:
-                        sni_ports.add(sni)
-                    self._worker_listeners.append(listeners)
+                    self._worker_listeners.append(
+                        WorkerListeners(rule, (), ())
+                        if joins
+                        else bind_for_workers(rule, self.workers)
+                    )
                 else:
-                    bound.append(self.forwarder.bind(rule))
+                    bound.append(BoundRule(rule, ()) if joins else self.forwarder.bind(rule))
+                if sni is not None:
+                    sni_ports.add(sni)
             except PortunusError as e:
                 failures.append((rule.name, e))
                 log.error(

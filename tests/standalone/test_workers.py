@@ -209,6 +209,20 @@ class SniWorkersBindTests(SynchronousTestCase):
         self.assertEqual([len(group.shared) for group in listeners], [1, 0, 0])
         self.assertEqual([group.rule.name for group in listeners], ["a", "b", "rest"])
 
+    def test_one_process_binds_the_port_once_and_serves_every_rule(self) -> None:
+        """
+        Without workers too: the first SNI rule binds the port, the others
+        join its listener when activated (they used to fail port_in_use).
+        """
+        reactor = MemoryReactorClock()
+        forwarder = Forwarder(reactor)
+        service = StandaloneService(self.config, reactor, forwarder=forwarder, workers=1)
+        self.assertEqual(service.bind_all(), [])
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(sorted(r.name for r in forwarder.rules), ["a", "b", "rest"])
+        self.assertEqual(len(reactor.adoptedPorts), 1)
+
     def test_a_worker_serves_every_rule_the_listener_first(self) -> None:
         """
         A worker activates every rule of its config, those handed sockets
