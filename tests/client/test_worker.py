@@ -11,6 +11,7 @@ import os
 import socket
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -104,12 +105,28 @@ class WorkerRulesTests(SynchronousTestCase):
         self.assertEqual(report["rules"]["3"]["stats"]["bytes_in"], 0)
 
     def test_stop_waits_for_rules_already_draining(self) -> None:
-        """Stop drains every rule, including one whose removal is under way."""
+        """
+        Stop drains every rule, including one whose removal is under way:
+        it does not fire until that removal has.
+        """
         self.hand_over(3, make_rule(7, free_port()))
         self.hand_over(4, make_rule(8, free_port()))
+        # Rule 7 is removed from the forwarder, but its drain does not end
+        # until the test says so (with no relays it would end at once).
+        still_draining: Deferred[int] = Deferred()
+        real_remove = self.forwarder.remove
+
+        def remove(rule_id: int, drain: float = 30.0) -> Deferred[int]:
+            d = real_remove(rule_id, drain)
+            return still_draining if rule_id == 7 else d
+
+        self.patch(self.forwarder, "remove", remove)
         removing = self.rules.remove(3, 1.0)
         stopped = self.rules.stop(1.0)
         self.reactor.advance(1.0)
+        self.assertNoResult(removing)
+        self.assertNoResult(stopped)
+        still_draining.callback(0)
         self.assertEqual(self.successResultOf(removing), 0)
         self.successResultOf(stopped)
         self.assertEqual(self.forwarder.rules, ())

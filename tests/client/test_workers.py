@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from portunus.client.agent import ACTIVATED, FAILED, EdgeAgent
 from portunus.client.workerprocess import WorkerProcess
 from portunus.client.workers import WorkerForwarder
-from portunus.dataplane.workerpool import KILL_GRACE_SECS, RESTART_MIN_SECS
+from portunus.dataplane.workerpool import KILL_GRACE_SECS, RESTART_MAX_SECS, RESTART_MIN_SECS
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.rulejson import rule_to_dict
@@ -76,9 +76,25 @@ def ended(code: int | None = 0, signal: int | None = None) -> Failure:
     return Failure(ProcessTerminated(exitCode=code, signal=signal))
 
 
-def stats_report(key: int, **counters: Any) -> dict[str, Any]:
+def stats_report(**counters: Any) -> dict[str, Any]:
     ports = counters.pop("ports", {})
-    return {"stats": {**counters, "ports": ports}, "targets": counters.pop("targets", None)}
+    targets = counters.pop("targets", None)
+    return {"stats": {**counters, "ports": ports}, "targets": targets}
+
+
+def target_state(host: str, total: int, active: int = 0) -> dict[str, Any]:
+    """One target's entry in a worker's report: healthy, with these counters."""
+    return {
+        "target": host,
+        "health": "healthy",
+        "consecutive_failures": 0,
+        "last_success_at": 10.0,
+        "last_failure_at": None,
+        "bytes_in": total,
+        "bytes_out": 0,
+        "active_connections": active,
+        "total_connections": total,
+    }
 
 
 class WorkerForwarderTestCase(SynchronousTestCase):
@@ -253,11 +269,11 @@ class StatsTests(WorkerForwarderTestCase):
         key = self.install(make_rule(1, port))
         self.install(make_rule(2, free_port()))
         per_port = {str(port): {"bytes_in": 5, "total_connections": 1}}
-        self.report(self.worker(0), {key: stats_report(key, bytes_in=5, ports=per_port)})
+        self.report(self.worker(0), {key: stats_report(bytes_in=5, ports=per_port)})
         per_port = {str(port): {"bytes_in": 7, "total_connections": 2}}
         self.report(
             self.worker(1),
-            {key: stats_report(key, bytes_in=7, active_connections=1, ports=per_port)},
+            {key: stats_report(bytes_in=7, active_connections=1, ports=per_port)},
         )
         stats = self.forwarder.stats()
         self.assertEqual(set(stats), {1, 2})
@@ -274,7 +290,7 @@ class StatsTests(WorkerForwarderTestCase):
             reply(worker, {"op": "removed", "key": old, "cut": 0})
         new = self.install(make_rule(1, port, name="replaced"))
         self.assertNotEqual(old, new)
-        self.report(self.worker(0), {old: stats_report(old, bytes_in=99)})
+        self.report(self.worker(0), {old: stats_report(bytes_in=99)})
         self.assertEqual(self.forwarder.stats()[1].bytes_in, 0)
 
     def test_target_states_are_merged(self) -> None:
@@ -340,8 +356,8 @@ class RestartTests(WorkerForwarderTestCase):
         udp = make_rule(2, free_port(socket.SOCK_DGRAM), Protocol.UDP)
         tcp_key, udp_key = self.install(tcp), self.install(udp)
         dead = self.worker(1)
-        self.report(dead, {tcp_key: stats_report(tcp_key, bytes_in=10, active_connections=2)})
-        self.report(self.worker(0), {tcp_key: stats_report(tcp_key, bytes_in=1)})
+        self.report(dead, {tcp_key: stats_report(bytes_in=10, active_connections=2)})
+        self.report(self.worker(0), {tcp_key: stats_report(bytes_in=1)})
 
         dead.link.connectionLost(Failure(ConnectionDone()))
         dead.processEnded(ended(None, 9))
@@ -358,7 +374,7 @@ class RestartTests(WorkerForwarderTestCase):
         self.assertEqual([inode(tcp_fd)], self.handed[0, tcp_key])
         self.assertEqual([inode(udp_fd)], self.handed[1, udp_key])
         self.assertNotEqual(self.handed[0, udp_key], self.handed[1, udp_key])
-        self.report(again, {tcp_key: stats_report(tcp_key, bytes_in=3)})
+        self.report(again, {tcp_key: stats_report(bytes_in=3)})
         self.assertEqual(self.forwarder.stats()[1].bytes_in, 14)
 
     def test_restarts_back_off_while_a_worker_keeps_dying(self) -> None:
@@ -390,6 +406,67 @@ class RestartTests(WorkerForwarderTestCase):
         self.assertEqual(forwarder.workers, {})
         self.clock.advance(RESTART_MIN_SECS)
         self.assertEqual((attempts, list(forwarder.workers)), ([0, 0], [0]))
+
+    def test_what_every_exited_worker_counted_adds_up(self) -> None:
+        """Both workers exit, one after the other: the sums keep what each counted."""
+        key = self.install(make_rule(1, free_port()))
+        first, second = self.worker(0), self.worker(1)
+        self.report(first, {key: stats_report(bytes_in=10)})
+        self.report(second, {key: stats_report(bytes_in=5)})
+        first.processEnded(ended(1))
+        second.processEnded(ended(1))
+        self.assertEqual(self.forwarder.stats()[1].bytes_in, 15)
+
+    def test_an_exited_worker_keeps_its_target_counters(self) -> None:
+        """A two-target rule's per-target counters keep what an exited worker counted."""
+        key = self.install(make_rule(1, free_port(), targets=2))
+        self.report(
+            self.worker(0),
+            {key: stats_report(targets=[target_state("a", 3, 1), target_state("b", 1)])},
+        )
+        self.report(
+            self.worker(1),
+            {key: stats_report(targets=[target_state("a", 2, 2), target_state("b", 4, 1)])},
+        )
+        self.worker(1).processEnded(ended(1))
+        a, b = self.forwarder.target_states(1) or []
+        self.assertEqual((a["total_connections"], a["active_connections"]), (5, 1))
+        self.assertEqual((b["total_connections"], b["active_connections"]), (5, 0))
+
+    def test_removing_a_rule_forgets_what_exited_workers_counted(self) -> None:
+        key = self.install(make_rule(1, free_port(), targets=2))
+        self.report(
+            self.worker(1),
+            {key: stats_report(bytes_in=7, targets=[target_state("a", 1), target_state("b", 2)])},
+        )
+        self.worker(1).processEnded(ended(1))
+        self.assertEqual(self.forwarder.stats()[1].bytes_in, 7)
+        self.forwarder.remove(1, 0)
+        # Keys are never reused, so only the bookkeeping itself shows a leak.
+        self.assertEqual(self.forwarder._retired, {})
+        self.assertEqual(self.forwarder._retired_targets, {})
+
+    def test_an_ended_worker_that_was_replaced_leaves_its_successor(self) -> None:
+        """
+        A worker whose launch failed after its process started is replaced;
+        when that first process ends, the replacement stays the worker.
+        """
+        stale: list[WorkerProcess] = []
+
+        def launch(worker: WorkerProcess) -> None:
+            self.launcher(worker)
+            if not stale:
+                stale.append(worker)
+                raise OSError("started, then failed")
+
+        forwarder = WorkerForwarder(self.clock, 1, launch=launch)
+        forwarder.start()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.clock.advance(RESTART_MIN_SECS)
+        current = forwarder.workers[0]
+        self.assertIsNot(current, stale[0])
+        stale[0].processEnded(ended(1))
+        self.assertIs(forwarder.workers.get(0), current)
 
 
 class SniTests(WorkerForwarderTestCase):
@@ -446,6 +523,25 @@ class StopTests(WorkerForwarderTestCase):
         self.assertEqual(self.forwarder.workers, {})
         self.assertEqual(self.forwarder.restarts, 0)
 
+    def test_stop_while_a_restart_is_pending_starts_nothing(self) -> None:
+        self.worker(1).processEnded(ended(1))
+        d = self.forwarder.stop(10.0)
+        self.worker(0).processEnded(ended(0))
+        self.successResultOf(d)
+        self.clock.advance(RESTART_MAX_SECS)
+        self.assertEqual(len(self.launcher.launched), 2)
+        self.assertEqual(self.forwarder.workers, {})
+
+    def test_workers_that_exit_before_the_deadline_are_not_killed(self) -> None:
+        """Once every worker has exited, no kill stays scheduled."""
+        d = self.forwarder.stop(10.0)
+        for worker in list(self.launcher.launched):
+            worker.processEnded(ended(0))
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10.0 + KILL_GRACE_SECS)
+        self.assertEqual([process_of(w).signals for w in self.launcher.launched], [[], []])
+
     def test_stragglers_are_killed_after_the_drain_deadline(self) -> None:
         self.install(make_rule(1, free_port()))
         d = self.forwarder.stop(10.0)
@@ -474,7 +570,7 @@ class AgentOverWorkersTests(WorkerForwarderTestCase):
         self.assertEqual(agent.push(rule_to_dict(taken)), (FAILED, "port_in_use"))
         [add] = link_of(self.worker(0)).messages()
         for worker in self.launcher.launched:
-            self.report(worker, {add["key"]: stats_report(add["key"], bytes_in=4)})
+            self.report(worker, {add["key"]: stats_report(bytes_in=4)})
         [entry] = agent.stats_entries()
         self.assertEqual((entry["rule_id"], entry["bytes_in"]), (1, 8))
 
