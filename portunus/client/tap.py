@@ -198,9 +198,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         )
         if pool is None:
             return edge
-        # Workers start before the first push; stopping either service drains them.
+        # Workers start before the first push; the edge's stop drains them
+        # (its agent stops the forwarder) and lets them exit.
         both = MultiService()
-        WorkerPoolService(pool, drain).setServiceParent(both)
+        WorkerPoolService(pool).setServiceParent(both)
         edge.setServiceParent(both)
         return both
 

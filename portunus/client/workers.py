@@ -123,7 +123,6 @@ class WorkerForwarder:
         self._retired_targets: dict[int, list[dict[str, Any]]] = {}
         self._backoff = RestartBackoff()
         self._restarts: dict[int, Any] = {}
-        self._stopped: Deferred[Any] | None = None
         self.stopping = False
         #: Workers restarted so far.
         self.restarts = 0
@@ -336,20 +335,9 @@ class WorkerForwarder:
         """
         Remove every rule (each worker drains up to C{drain_timeout}), then
         let the workers exit; any still running C{KILL_GRACE_SECS} after
-        the drain deadline are killed.
+        the drain deadline are killed.  Called once, by the edge's agent
+        as the edge stops.
         """
-        if self._stopped is None:
-            self._stopped = self._stop(drain_timeout)
-        waiter: Deferred[Any] = Deferred()
-
-        def fire(result: Any) -> Any:
-            waiter.callback(None)
-            return result
-
-        self._stopped.addBoth(fire)
-        return waiter
-
-    def _stop(self, drain_timeout: float) -> Deferred[Any]:
         self.stopping = True
         for call in self._restarts.values():
             if call.active():
@@ -383,16 +371,14 @@ class WorkerForwarder:
 
 
 class WorkerPoolService(Service):
-    """Starts the workers with the edge; stops them if nothing else has."""
+    """
+    Starts the workers with the edge.  Stopping them is the edge's: its
+    agent's stop() drains every rule and lets the workers exit.
+    """
 
-    def __init__(self, forwarder: WorkerForwarder, drain_timeout: float) -> None:
+    def __init__(self, forwarder: WorkerForwarder) -> None:
         self.forwarder = forwarder
-        self._drain_timeout = drain_timeout
 
     def startService(self) -> None:
         super().startService()
         self.forwarder.start()
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        return self.forwarder.stop(self._drain_timeout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -55,6 +56,31 @@ class WorkersOptionTests(SynchronousTestCase):
         self.assertIsInstance(edge.agent.forwarder, WorkerForwarder)
         self.assertIs(pool.forwarder, edge.agent.forwarder)
         self.assertEqual(pool.forwarder.count, 3)
+
+    def test_stopping_the_edge_stops_the_workers_once(self) -> None:
+        """
+        The pool service starts the workers; stopping the whole service
+        stops them once, through the edge's agent, and waits for that.
+        """
+        root = makeService(self.options("--workers", "2"), MemoryReactorClock())
+        [both] = list(root)  # type: ignore[call-overload]
+        pool, _edge = list(both)
+        calls: list[str] = []
+        stopped: Deferred[None] = Deferred()
+        self.patch(pool.forwarder, "start", lambda: calls.append("start"))
+
+        def stop(drain_timeout: float) -> Deferred[None]:
+            calls.append("stop")
+            return stopped
+
+        self.patch(pool.forwarder, "stop", stop)
+        both.startService()
+        self.assertEqual(calls, ["start"])
+        d = both.stopService()
+        self.assertEqual(calls, ["start", "stop"])
+        self.assertNoResult(d)
+        stopped.callback(None)
+        self.successResultOf(d)
 
     def test_auto_and_bad_counts(self) -> None:
         self.assertGreaterEqual(self.options("--workers", "auto").workers, 1)
