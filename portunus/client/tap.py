@@ -182,6 +182,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 reactor,
                 options.workers,
                 drain_secs=drain,
+                report_secs=options["stats-report-interval-secs"],
                 log_level=options["log-level"],
                 log_format=options["log-format"],
             )

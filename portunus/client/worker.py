@@ -6,7 +6,9 @@ C{python -m portunus.client.worker}, it holds one end of a socketpair to
 the edge's main process (a L{WorkerLink} on descriptor C{--link-fd}).
 Over it the main process hands over each rule with its bound listening
 sockets; the worker serves them with its own reactor and L{Forwarder},
-removes them when told, and reports its counters once a second.
+removes them when told, and reports its counters every C{--report-secs}
+(the edge's stats report interval: the main process reads them no more
+often).
 
 It drains and exits on SIGTERM or SIGINT, when the main process says
 C{exit}, and when the link closes (the main process is gone).
@@ -43,7 +45,8 @@ __all__ = ["REPORT_INTERVAL_SECS", "WorkerRules", "main", "worker_observer"]
 
 log = Logger()
 
-#: How often counters are sent to the main process.
+#: How often counters are sent to the main process, unless C{--report-secs}
+#: says otherwise.
 REPORT_INTERVAL_SECS = 1.0
 
 #: Logged once for the whole edge, by the main process.
@@ -167,6 +170,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--link-fd", type=int, required=True)
     parser.add_argument("--drain-secs", type=float, default=30.0)
+    parser.add_argument("--report-secs", type=float, default=REPORT_INTERVAL_SECS)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="json")
     return parser.parse_args(argv)
@@ -208,7 +212,7 @@ def run(reactor: Any, args: argparse.Namespace) -> int:
 
     reporter = LoopingCall(lambda: link.send(rules.report()))
     reporter.clock = reactor
-    reporter.start(REPORT_INTERVAL_SECS, now=False)
+    reporter.start(args.report_secs, now=False)
 
     def drain() -> Deferred[Any]:
         if reporter.running:

@@ -18,8 +18,9 @@ The main process keeps its own copy of every socket, so a worker that
 dies is restarted (with backoff) and gets every current rule again, its
 listeners included.  A removal reaches every worker and completes when
 all have drained.  Counters are the sum of the workers' reports (sent
-once a second) plus what exited workers had counted; per-target health
-is merged by L{merge_target_states}.
+every C{report_secs}, the edge's stats report interval) plus what exited
+workers had counted; per-target health is merged by
+L{merge_target_states}.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
+from portunus.client.worker import REPORT_INTERVAL_SECS
 from portunus.client.workerprocess import WorkerProcess, spawn_worker
 from portunus.dataplane.forwarder import (
     DEFAULT_DRAIN_SECS,
@@ -99,6 +101,7 @@ class WorkerForwarder:
         count: int,
         *,
         drain_secs: float = DEFAULT_DRAIN_SECS,
+        report_secs: float = REPORT_INTERVAL_SECS,
         log_level: str = "info",
         log_format: str = "json",
         launch: Launch | None = None,
@@ -106,12 +109,16 @@ class WorkerForwarder:
         """
         @param drain_secs: how long a worker told to stop by a signal (not
             by this process) lets its connections finish.
+        @param report_secs: how often each worker reports its counters and
+            target health: the interval the edge reads them at (a worker
+            that crashes loses what it counted since its last report).
         @param launch: starts a worker process and connects its link; the
             default spawns C{python -m portunus.client.worker}.
         """
         self._reactor = reactor
         self.count = count
         self._drain_secs = drain_secs
+        self.report_secs = report_secs
         self._log_args = ["--log-level", log_level, "--log-format", log_format]
         self._launch = launch if launch is not None else self._spawn
         self.workers: dict[int, WorkerProcess] = {}
@@ -154,9 +161,8 @@ class WorkerForwarder:
             worker.add(installed.key, installed.rule, self._sockets_for(installed, index))
 
     def _spawn(self, worker: WorkerProcess) -> None:
-        spawn_worker(
-            self._reactor, worker, ["--drain-secs", str(self._drain_secs), *self._log_args]
-        )
+        args = ["--drain-secs", str(self._drain_secs), "--report-secs", str(self.report_secs)]
+        spawn_worker(self._reactor, worker, [*args, *self._log_args])
 
     def worker_ended(self, worker: WorkerProcess, code: int | None, signal: int | None) -> None:
         if self.workers.get(worker.index) is worker:

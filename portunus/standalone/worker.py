@@ -109,10 +109,7 @@ def run(reactor: Any, args: argparse.Namespace) -> int:
 
     def report() -> None:
         assert link.transport is not None
-        snapshot = {
-            str(rule_id): stats.snapshot(per_port=True)
-            for rule_id, stats in forwarder.stats().items()
-        }
+        snapshot = {str(rule_id): stats.snapshot() for rule_id, stats in forwarder.stats().items()}
         link.transport.write(json.dumps({"rules": snapshot}).encode() + b"\n")
 
     reporter = LoopingCall(report)

@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from portunus.client import workers
 from portunus.client.service import EdgeClientService
 from portunus.client.tap import Options, makeService
 from portunus.client.workers import WorkerForwarder, WorkerPoolService
@@ -56,6 +57,21 @@ class WorkersOptionTests(SynchronousTestCase):
         self.assertIsInstance(edge.agent.forwarder, WorkerForwarder)
         self.assertIs(pool.forwarder, edge.agent.forwarder)
         self.assertEqual(pool.forwarder.count, 3)
+
+    def test_workers_report_at_the_stats_interval(self) -> None:
+        """Workers report as often as the edge reads their counters, and are told so."""
+        root = makeService(
+            self.options("--workers", "2", "--stats-report-interval-secs", "7"),
+            MemoryReactorClock(),
+        )
+        [both] = list(root)  # type: ignore[call-overload]
+        pool, _edge = list(both)
+        spawned: list[list[str]] = []
+        self.patch(workers, "spawn_worker", lambda reactor, worker, args: spawned.append(args))
+        pool.forwarder.start()
+        self.assertEqual(len(spawned), 2)
+        for args in spawned:
+            self.assertEqual(args[args.index("--report-secs") + 1], "7.0")
 
     def test_stopping_the_edge_stops_the_workers_once(self) -> None:
         """
