@@ -34,7 +34,7 @@ from twisted.logger import ILogObserver, LogEvent, Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
 from portunus.client.workerlink import OneLinkFactory, WorkerLink
-from portunus.dataplane.forwarder import BoundRule, Forwarder
+from portunus.dataplane.forwarder import DEFAULT_DRAIN_SECS, BoundRule, Forwarder
 from portunus.dataplane.listeners import BoundSocket
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
 from portunus.errors import PortunusError
@@ -73,7 +73,7 @@ class WorkerRules:
             os.close(fd)
         if op == "remove":
             key = int(message["key"])
-            d = self.remove(key, float(message.get("drain", 30.0)))
+            d = self.remove(key, float(message.get("drain", DEFAULT_DRAIN_SECS)))
             d.addCallback(lambda cut: self._send({"op": "removed", "key": key, "cut": cut}))
         else:
             log.warn(
@@ -137,8 +137,8 @@ class WorkerRules:
 
     def stop(self, drain: float) -> Deferred[Any]:
         """Drain every rule (those already draining included), then the resolver."""
-        waits = [self.remove(key, drain) for key in list(self._ids)]
-        waits += [self.remove(key, drain) for key in list(self._drains)]
+        keys = [*self._drains, *self._ids]
+        waits = [self.remove(key, drain) for key in keys]
         return DeferredList(waits).addCallback(lambda _: self.forwarder.stop(drain))
 
     def report(self) -> dict[str, Any]:
@@ -146,11 +146,10 @@ class WorkerRules:
         stats = self.forwarder.stats()
         rules = {}
         for key, rule_id in self._ids.items():
-            if rule_id in stats:
-                rules[str(key)] = {
-                    "stats": stats[rule_id].snapshot(per_port=True),
-                    "targets": self.forwarder.target_states(rule_id),
-                }
+            rules[str(key)] = {
+                "stats": stats[rule_id].snapshot(per_port=True),
+                "targets": self.forwarder.target_states(rule_id),
+            }
         return {"op": "report", "rules": rules}
 
 
@@ -169,7 +168,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="portunus-client-worker")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--link-fd", type=int, required=True)
-    parser.add_argument("--drain-secs", type=float, default=30.0)
+    parser.add_argument("--drain-secs", type=float, default=DEFAULT_DRAIN_SECS)
     parser.add_argument("--report-secs", type=float, default=REPORT_INTERVAL_SECS)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="json")

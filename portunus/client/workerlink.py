@@ -81,10 +81,9 @@ class WorkerLink(Int32StringReceiver):
         body = dict(message)
         if fds:
             body["fds"] = len(fds)
+        # Each descriptor travels with one byte of the stream; a message
+        # describes each socket it hands over in far more than one.
         data = json.dumps(body, separators=(",", ":")).encode()
-        if len(data) + 4 < len(fds):
-            # Each descriptor travels with one byte of the stream.
-            data = json.dumps({**body, "pad": " " * len(fds)}).encode()
         for fd in fds:
             self.transport.sendFileDescriptor(fd)  # type: ignore[attr-defined]
         self.sendString(data)

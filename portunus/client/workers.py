@@ -71,11 +71,15 @@ class _Installed:
 
     key: int
     listeners: WorkerListeners
-    sni: tuple[tuple[str, ...], int] | None
 
     @property
     def rule(self) -> Rule:
         return self.listeners.rule
+
+    @property
+    def sni(self) -> tuple[tuple[str, ...], int] | None:
+        """The SNI-routed listener it shares, if any."""
+        return sni_listener_key(self.rule)
 
 
 @attrs.define
@@ -269,7 +273,7 @@ class WorkerForwarder:
                 raise PortunusError(e.code, e.message, rule=rule.name) from e
             port.members.append(rule.id)
             self._sni[sni] = port
-        installed = _Installed(next(self._keys), bound, sni)
+        installed = _Installed(next(self._keys), bound)
         self._installed[rule.id] = installed
         for worker in self.workers.values():
             worker.add(installed.key, rule, self._sockets_for(installed, worker.index))
@@ -334,8 +338,7 @@ class WorkerForwarder:
         key = installed.key
         reports = [w.last[key].get("targets") for w in self.workers.values() if key in w.last]
         reports.append(self._retired_targets.get(key))
-        present = [r for r in reports if r]
-        return merge_target_states(present) if present else None
+        return merge_target_states(reports) or None
 
     def stop(self, drain_timeout: float = DEFAULT_DRAIN_SECS) -> Deferred[Any]:
         """

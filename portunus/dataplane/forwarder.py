@@ -49,6 +49,7 @@ from portunus.dataplane.splice import splice_disabled_by_env, splice_supported
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, InboundFactory, SpliceContext, TcpRelay
 from portunus.dataplane.udp import UdpRuntime
+from portunus.dataplane.workerpool import sni_listener_key
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
 
@@ -60,10 +61,6 @@ DEFAULT_DRAIN_SECS = 30.0
 
 #: What this data plane can forward.
 SUPPORTED_PROTOCOLS = frozenset({Protocol.TCP, Protocol.UDP})
-
-
-def _is_sni(rule: Rule) -> bool:
-    return rule.sni_pattern is not None or rule.sni_fallback
 
 
 def _refresh(active: Any) -> RuleStats:
@@ -213,10 +210,6 @@ def _adopt(reactor: Any, bound: BoundSocket, factory: Factory) -> Listening:
     return Listening(bound.address, bound.port, port)
 
 
-def _sni_key(rule: Rule) -> tuple[tuple[str, ...], int]:
-    return (rule.listen_addresses, rule.listen.start)
-
-
 class _SniGroup:
     """One listening port shared by the SNI-routed rules on it."""
 
@@ -339,7 +332,7 @@ class Forwarder:
         refuse_unless_installable(rule, self._active, self._supported)
         if rule.protocol is Protocol.UDP:
             sockets = bind_datagram_sockets(rule.listen_addresses, rule.listen, inherited=inherited)
-        elif _is_sni(rule) and _sni_key(rule) in self._sni_groups:
+        elif sni_listener_key(rule) in self._sni_groups:
             sockets = []  # joins the listener its port already has
         else:
             sockets = bind_stream_sockets(rule.listen_addresses, rule.listen, inherited)
@@ -349,8 +342,9 @@ class Forwarder:
         """Start serving a bound rule."""
         rule = bound.rule
         active: _Serving
-        if _is_sni(rule):
-            active = self._activate_sni(bound)
+        sni = sni_listener_key(rule)
+        if sni is not None:
+            active = self._activate_sni(bound, sni)
         elif rule.protocol is Protocol.UDP:
             udp = UdpRuntime(self._reactor, rule, resolve=self._udp_resolver(rule))
             udp.serve(bound.sockets)
@@ -376,9 +370,8 @@ class Forwarder:
     def _runtime(self, rule: Rule) -> RuleRuntime:
         return RuleRuntime(self._reactor, rule, self.resolver, self.splice, self._connect_timeout)
 
-    def _activate_sni(self, bound: BoundRule) -> _SniRule:
+    def _activate_sni(self, bound: BoundRule, key: tuple[tuple[str, ...], int]) -> _SniRule:
         rule = bound.rule
-        key = _sni_key(rule)
         runtime = self._runtime(rule)
         group = self._sni_groups.get(key)
         created = group is None

@@ -227,7 +227,9 @@ def _latest(values: Iterable[Any]) -> Any:
     return max(present) if present else None
 
 
-def merge_target_states(reports: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def merge_target_states(
+    reports: Iterable[list[dict[str, Any]] | None],
+) -> list[dict[str, Any]]:
     """
     One rule's per-target states as several workers report them, merged.
 
@@ -238,13 +240,14 @@ def merge_target_states(reports: Iterable[list[dict[str, Any]]]) -> list[dict[st
     the target at all has no view; when none has, the first report's
     (initial) health stands.  Reports line up by position: every worker
     runs the same rule, so its targets come in the same config order.
+    Missing (None) and empty reports are left out.
     """
-    reports = [r for r in reports if r]
-    if not reports:
+    present = [r for r in reports if r]
+    if not present:
         return []
     merged = []
-    for position in range(min(len(r) for r in reports)):
-        states = [r[position] for r in reports]
+    for position in range(min(len(r) for r in present)):
+        states = [r[position] for r in present]
         freshest = max(states, key=_observed_at)
         entry = dict(states[0])
         entry["health"] = freshest.get("health")

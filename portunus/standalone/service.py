@@ -20,11 +20,11 @@ from twisted.logger import ILogObserver, Logger
 
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.dataplane.rlimits import raise_nofile_limit
-from portunus.dataplane.workerpool import sni_listener_key
+from portunus.dataplane.workerpool import WorkerListeners, bind_for_workers, sni_listener_key
 from portunus.errors import PortunusError
 from portunus.standalone.config import StandaloneConfig
 from portunus.standalone.forwarder import forwarder_for
-from portunus.standalone.workers import WorkerListeners, WorkerSupervisor, bind_for_workers
+from portunus.standalone.workers import WorkerSupervisor
 from portunus.tapsupport import install_log_observer
 
 __all__ = ["StandaloneService"]

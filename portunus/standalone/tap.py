@@ -11,12 +11,12 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from portunus.dataplane import SUPPORTED_PROTOCOLS
+from portunus.dataplane.workerpool import parse_worker_count
 from portunus.errors import PortunusError
 from portunus.logging import make_observer, parse_log_level
 from portunus.standalone.config import ConfigError, StandaloneConfig, load_config
 from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.service import StandaloneService
-from portunus.standalone.workers import parse_worker_count
 
 __all__ = ["Options", "makeService"]
 

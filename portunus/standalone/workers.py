@@ -32,27 +32,15 @@ from twisted.python.failure import Failure
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.workerpool import (
     KILL_GRACE_SECS,
-    RESTART_MAX_SECS,
-    RESTART_MIN_SECS,
     RestartBackoff,
     WorkerListeners,
-    bind_for_workers,
-    parse_worker_count,
     sum_snapshots,
     without_gauges,
 )
 from portunus.model import Rule
 from portunus.standalone.worker import EXIT_CONFIG_CHANGED, config_digest
 
-__all__ = [
-    "RESTART_MAX_SECS",
-    "RESTART_MIN_SECS",
-    "WorkerListeners",
-    "WorkerSupervisor",
-    "bind_for_workers",
-    "parse_worker_count",
-    "sum_snapshots",
-]
+__all__ = ["WorkerSupervisor"]
 
 log = Logger()
 

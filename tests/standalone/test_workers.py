@@ -16,18 +16,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.dataplane import Forwarder
 from portunus.dataplane.listeners import bind_stream_sockets
-from portunus.model import PortRange, Protocol, Rule, Target
-from portunus.standalone.config import StandaloneConfig
-from portunus.standalone.service import StandaloneService
-from portunus.standalone.worker import EXIT_CONFIG_CHANGED, _bound_rules
-from portunus.standalone.workers import (
+from portunus.dataplane.workerpool import (
     RESTART_MAX_SECS,
     RESTART_MIN_SECS,
-    WorkerSupervisor,
     bind_for_workers,
     parse_worker_count,
     sum_snapshots,
 )
+from portunus.model import PortRange, Protocol, Rule, Target
+from portunus.standalone.config import StandaloneConfig
+from portunus.standalone.service import StandaloneService
+from portunus.standalone.worker import EXIT_CONFIG_CHANGED, _bound_rules
+from portunus.standalone.workers import WorkerSupervisor
 from tests._net import LOOPBACK, free_port
 
 
