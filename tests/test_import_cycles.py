@@ -21,20 +21,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import portunus
 
-#: Circles known when this test was written, each as the set of modules in
-#: one strongly connected component, to be emptied (not added to).
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # portunus.cli.server imports its command modules at the bottom so that
-    # they register() themselves, and they import its helpers.
-    frozenset(
-        {
-            "portunus.cli.accounts",
-            "portunus.cli.audit",
-            "portunus.cli.offline_accounts",
-            "portunus.cli.server",
-        }
-    ),
-]
+#: Circles known but not yet broken, each as the set of modules in one
+#: strongly connected component: a list to empty, never to add to.  (The
+#: CLI's, where cli/server.py imported its command modules so they would
+#: register() themselves, went with the explicit command table.)
+KNOWN_CYCLES: list[frozenset[str]] = []
 
 
 def _modules(root: Path, package: str) -> dict[str, tuple[Path, bool]]:
@@ -162,7 +153,7 @@ class PortunusImportCycleTests(SynchronousTestCase):
 
     def test_the_graph_sees_the_package(self) -> None:
         """The graph has portunus' modules and their edges, so an empty result means something."""
-        self.assertIn("portunus.errors", self.graph["portunus.cli._http"])
+        self.assertIn("portunus.cli.rules", self.graph["portunus.cli.server"])
         self.assertIn("portunus.server.store._store", self.graph["portunus.server.store"])
 
 

@@ -13,14 +13,16 @@ from urllib.parse import quote, urlencode
 
 import attrs
 
-from portunus.errors import ERRORS
+from portunus.cli.exits import CliError
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "ENDPOINT_ENV",
+    "REQUEST_TIMEOUT",
     "TOKEN_ENV",
-    "CliError",
     "OperatorClient",
     "base_url",
+    "path",
 ]
 
 DEFAULT_ENDPOINT = "127.0.0.1:7080"
@@ -28,22 +30,6 @@ TOKEN_ENV = "PORTUNUS_OPERATOR_TOKEN"
 ENDPOINT_ENV = "PORTUNUS_HTTP_ENDPOINT"
 #: Seconds a request may take (Portunus: 30).
 REQUEST_TIMEOUT = 30.0
-
-
-class CliError(Exception):
-    """
-    What a command prints to stderr as C{error: <code>: <message>} before
-    exiting with C{exit_code}.
-    """
-
-    def __init__(self, code: str, message: str, exit_code: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        if exit_code is None:
-            known = ERRORS.get(code)
-            exit_code = known.exit_code if known is not None else 1
-        self.exit_code = exit_code
 
 
 def base_url(endpoint: str) -> str:

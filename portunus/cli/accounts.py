@@ -9,9 +9,7 @@ so the registry's exit codes (2 for C{user_already_exists},
 C{cannot_remove_self} and C{last_superadmin}, 8 for unknown users and
 grants, 5 for RBAC).
 
-The commands register themselves with L{portunus.cli.server}, which
-imports this module; it lives apart so the account commands do not crowd
-the client and rule ones.
+L{portunus.cli.server}'s command table lists them.
 """
 
 from __future__ import annotations
@@ -22,10 +20,28 @@ from typing import IO, Any
 
 from twisted.python import usage
 
-from portunus.cli._http import CliError, path
-from portunus.cli.server import _Command, _Formatted, _table, register
+from portunus.cli._http import path
+from portunus.cli.commandline import Formatted
+from portunus.cli.context import Context
+from portunus.cli.exits import CliError
+from portunus.cli.output import Output, table
 
-__all__: list[str] = []
+__all__ = [
+    "GrantAddOptions",
+    "GrantListOptions",
+    "GrantRevokeOptions",
+    "UserAddOptions",
+    "UserGetOptions",
+    "UserListOptions",
+    "UserRemoveOptions",
+    "grant_add",
+    "grant_list",
+    "grant_revoke",
+    "user_add",
+    "user_get",
+    "user_list",
+    "user_remove",
+]
 
 
 def _text(value: object) -> str:
@@ -36,7 +52,7 @@ def _text(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
-def _print_fields(cmd: _Command, value: Mapping[str, Any], keys: Sequence[str]) -> None:
+def _print_fields(cmd: Output, value: Mapping[str, Any], keys: Sequence[str]) -> None:
     cmd.print(*(f"{key}={_text(value.get(key))}" for key in keys))
 
 
@@ -54,7 +70,7 @@ def _read_first_line(stream: IO[str]) -> str:
 # Options
 
 
-class _OneUser(_Formatted):
+class _OneUser(Formatted):
     def parseArgs(self, user_id: str) -> None:  # type: ignore[override]
         self["user_id"] = user_id
 
@@ -82,7 +98,7 @@ class UserAddOptions(_OneUser):
             raise usage.UsageError("--display-name is required")
 
 
-class UserListOptions(_Formatted):
+class UserListOptions(Formatted):
     synopsis = "user-list [--format text|json]"
 
 
@@ -98,7 +114,7 @@ class UserRemoveOptions(_OneUser):
     )
 
 
-class GrantAddOptions(_Formatted):
+class GrantAddOptions(Formatted):
     synopsis = (
         "grant-add --user-id USER --client NAME|ID|* --listen-port-start N "
         "[--listen-port-end M] [--protocols tcp,udp] [--note TEXT] [--format text|json]"
@@ -119,12 +135,12 @@ class GrantAddOptions(_Formatted):
                 raise usage.UsageError(f"--{key} is required")
 
 
-class GrantListOptions(_Formatted):
+class GrantListOptions(Formatted):
     synopsis = "grant-list [--user-id USER] [--format text|json]"
     optParameters = [["user-id", None, None, "Only this user's grants."]]
 
 
-class GrantRevokeOptions(_Formatted):
+class GrantRevokeOptions(Formatted):
     synopsis = "grant-revoke GRANT_ID [--format text|json]"
     longdesc = "Revoke a grant; the rules pushed under it are removed and the edges drop them."
 
@@ -170,21 +186,21 @@ def _ports(grant: Mapping[str, Any]) -> str:
     return str(start) if start == end else f"{start}-{end}"
 
 
-def _show_user(cmd: _Command, opts: usage.Options, user: Mapping[str, Any]) -> None:
+def _show_user(cmd: Output, opts: usage.Options, user: Mapping[str, Any]) -> None:
     if opts["format"] == "json":
         cmd.print_json(user)
     else:
         _print_fields(cmd, user, _USER_FIELDS)
 
 
-def _show_grant(cmd: _Command, opts: usage.Options, grant: Mapping[str, Any]) -> None:
+def _show_grant(cmd: Output, opts: usage.Options, grant: Mapping[str, Any]) -> None:
     if opts["format"] == "json":
         cmd.print_json(grant)
     else:
         _print_fields(cmd, grant, _GRANT_FIELDS)
 
 
-async def user_add(cmd: _Command, opts: usage.Options) -> None:
+async def user_add(cmd: Context, opts: usage.Options) -> None:
     if not opts["password-stdin"]:
         raise CliError(
             "initial_password_required",
@@ -202,7 +218,7 @@ async def user_add(cmd: _Command, opts: usage.Options) -> None:
     _show_user(cmd, opts, await cmd.api.call("POST", "/v1/users", body))
 
 
-async def user_list(cmd: _Command, opts: usage.Options) -> None:
+async def user_list(cmd: Context, opts: usage.Options) -> None:
     users = await cmd.api.call("GET", "/v1/users")
     if opts["format"] == "json":
         cmd.print_json(users)
@@ -221,14 +237,14 @@ async def user_list(cmd: _Command, opts: usage.Options) -> None:
         )
         for u in users
     ]
-    cmd.print(*_table(rows))
+    cmd.print(*table(rows))
 
 
-async def user_get(cmd: _Command, opts: usage.Options) -> None:
+async def user_get(cmd: Context, opts: usage.Options) -> None:
     _show_user(cmd, opts, await cmd.api.call("GET", path("v1", "users", opts["user_id"])))
 
 
-async def user_remove(cmd: _Command, opts: usage.Options) -> None:
+async def user_remove(cmd: Context, opts: usage.Options) -> None:
     answer = await cmd.api.call("DELETE", path("v1", "users", opts["user_id"]))
     if opts["format"] == "json":
         cmd.print_json(answer)
@@ -241,7 +257,7 @@ async def user_remove(cmd: _Command, opts: usage.Options) -> None:
     )
 
 
-async def grant_add(cmd: _Command, opts: usage.Options) -> None:
+async def grant_add(cmd: Context, opts: usage.Options) -> None:
     protocols = [p.strip().lower() for p in opts["protocols"].split(",") if p.strip()]
     body: dict[str, Any] = {
         "user_id": opts["user-id"],
@@ -256,7 +272,7 @@ async def grant_add(cmd: _Command, opts: usage.Options) -> None:
     _show_grant(cmd, opts, await cmd.api.call("POST", "/v1/grants", body))
 
 
-async def grant_list(cmd: _Command, opts: usage.Options) -> None:
+async def grant_list(cmd: Context, opts: usage.Options) -> None:
     query = {"user_id": opts["user-id"]} if opts["user-id"] else None
     grants = await cmd.api.call("GET", "/v1/grants", query=query)
     if opts["format"] == "json":
@@ -277,10 +293,10 @@ async def grant_list(cmd: _Command, opts: usage.Options) -> None:
         )
         for g in grants
     ]
-    cmd.print(*_table(rows))
+    cmd.print(*table(rows))
 
 
-async def grant_revoke(cmd: _Command, opts: usage.Options) -> None:
+async def grant_revoke(cmd: Context, opts: usage.Options) -> None:
     answer = await cmd.api.call("DELETE", path("v1", "grants", opts["grant_id"]))
     if opts["format"] == "json":
         cmd.print_json(answer)
@@ -289,12 +305,3 @@ async def grant_revoke(cmd: _Command, opts: usage.Options) -> None:
         f"revoked grant_id={answer['grant_id']} "
         f"removed_rule_ids={_text(answer['removed_rule_ids'])}"
     )
-
-
-register("user-add", UserAddOptions, "Create a user.", user_add)
-register("user-list", UserListOptions, "List users.", user_list)
-register("user-get", UserGetOptions, "Show a user.", user_get)
-register("user-remove", UserRemoveOptions, "Remove a user, their grants and rules.", user_remove)
-register("grant-add", GrantAddOptions, "Grant a user ports on a client.", grant_add)
-register("grant-list", GrantListOptions, "List grants.", grant_list)
-register("grant-revoke", GrantRevokeOptions, "Revoke a grant and its rules.", grant_revoke)

@@ -13,14 +13,15 @@ import os
 
 from twisted.python import usage
 
-from portunus.cli._http import CliError
-from portunus.cli.server import _Command, _data_dir, _Offline, register
+from portunus.cli.exits import CliError
+from portunus.cli.offline import Offline, data_dir
+from portunus.cli.output import Output
 from portunus.errors import PortunusError
 
-__all__: list[str] = []
+__all__ = ["AuditOptions", "AuditPruneOptions", "audit"]
 
 
-class AuditPruneOptions(_Offline):
+class AuditPruneOptions(Offline):
     synopsis = "audit prune --before TIME [--dry-run] [--data-dir DIR]"
     longdesc = (
         "Delete the audit entries written before TIME (RFC 3339, such as "
@@ -43,7 +44,7 @@ class AuditOptions(usage.Options):
             raise usage.UsageError("give an audit command: prune")
 
 
-async def audit(cmd: _Command, opts: usage.Options) -> None:
+async def audit(cmd: Output, opts: usage.Options) -> None:
     from portunus.server.api.audit import parse_rfc3339
     from portunus.server.store import DB_NAME, open_store, run_synchronously
 
@@ -57,13 +58,13 @@ async def audit(cmd: _Command, opts: usage.Options) -> None:
         ) from None
     dry_run = bool(prune["dry-run"])
     try:
-        data_dir = _data_dir(prune)
-        if not os.path.isfile(os.path.join(data_dir, DB_NAME)):
+        where = data_dir(prune)
+        if not os.path.isfile(os.path.join(where, DB_NAME)):
             raise PortunusError(
                 "startup.store_open_failed",
-                f"no {DB_NAME} in {data_dir}; point --data-dir at the server's data dir",
+                f"no {DB_NAME} in {where}; point --data-dir at the server's data dir",
             )
-        store = open_store(data_dir, None, runner=run_synchronously)
+        store = open_store(where, None, runner=run_synchronously)
     except PortunusError as e:
         raise CliError(e.code, e.message) from None
     try:
@@ -74,6 +75,3 @@ async def audit(cmd: _Command, opts: usage.Options) -> None:
         cmd.print(f"audit_prune dry_run=true would_delete={count}")
     else:
         cmd.print(f"audit_prune deleted={count}")
-
-
-register("audit", AuditOptions, "Prune the audit log (server stopped).", audit)

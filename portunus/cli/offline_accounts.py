@@ -26,8 +26,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from portunus.cli._http import CliError
-from portunus.cli.server import _Command, _data_dir, _Offline, register
+from portunus.cli.exits import CliError
+from portunus.cli.offline import Offline, data_dir
+from portunus.cli.output import Output
 from portunus.errors import PortunusError
 from portunus.server.auth.accounts import Accounts, check_display_name
 from portunus.server.auth.passwords import Passwords, check_confirmation
@@ -35,7 +36,14 @@ from portunus.server.auth.principal import SUPERADMIN_USER
 from portunus.server.auth.throttle import Throttle
 from portunus.server.store import DB_NAME, open_store, run_synchronously
 
-__all__: list[str] = []
+__all__ = [
+    "BootstrapSuperadminOptions",
+    "OnboardingTokenOptions",
+    "ResetPasswordOptions",
+    "bootstrap_superadmin",
+    "onboarding_token",
+    "reset_password",
+]
 
 T = TypeVar("T")
 
@@ -63,15 +71,15 @@ async def _with_accounts(
     run.  With C{must_exist} (an error code), a data dir without
     C{state.db} is refused with it instead of creating an empty one.
     """
-    data_dir = _data_dir(opts)
-    if must_exist is not None and not os.path.exists(os.path.join(data_dir, DB_NAME)):
+    where = data_dir(opts)
+    if must_exist is not None and not os.path.exists(os.path.join(where, DB_NAME)):
         raise CliError(
             must_exist,
-            f"there is no {DB_NAME} in {data_dir}; check --data-dir (or STATE_DIRECTORY)",
+            f"there is no {DB_NAME} in {where}; check --data-dir (or STATE_DIRECTORY)",
         )
     clock = _WallClock()
     try:
-        store = open_store(data_dir, clock, runner=run_synchronously)
+        store = open_store(where, clock, runner=run_synchronously)
     except PortunusError as e:
         raise CliError(e.code, e.message) from None
     try:
@@ -87,7 +95,7 @@ async def _with_accounts(
 # Options
 
 
-class BootstrapSuperadminOptions(_Offline):
+class BootstrapSuperadminOptions(Offline):
     synopsis = "bootstrap-superadmin [--name DISPLAY_NAME] [--data-dir DIR]"
     longdesc = (
         "With the server stopped, create the reserved superadmin _superadmin and print its "
@@ -96,7 +104,7 @@ class BootstrapSuperadminOptions(_Offline):
     optParameters = [["name", None, "ops", "Its display name (1 to 64 characters)."]]
 
 
-class OnboardingTokenOptions(_Offline):
+class OnboardingTokenOptions(Offline):
     synopsis = "onboarding-token [--data-dir DIR]"
     longdesc = (
         "With the server stopped, print a new onboarding setup token (valid 30 minutes). "
@@ -104,7 +112,7 @@ class OnboardingTokenOptions(_Offline):
     )
 
 
-class ResetPasswordOptions(_Offline):
+class ResetPasswordOptions(Offline):
     synopsis = "reset-password USER_ID [--temporary | --password-stdin] [--data-dir DIR]"
     longdesc = (
         "With the server stopped, set a user's password and end their console sessions. "
@@ -127,7 +135,7 @@ class ResetPasswordOptions(_Offline):
 # Commands
 
 
-async def bootstrap_superadmin(cmd: _Command, opts: usage.Options) -> None:
+async def bootstrap_superadmin(cmd: Output, opts: usage.Options) -> None:
     try:
         name = check_display_name(opts["name"], "--name")
     except PortunusError as e:
@@ -152,7 +160,7 @@ async def bootstrap_superadmin(cmd: _Command, opts: usage.Options) -> None:
     cmd.print(f"superadmin user_id={SUPERADMIN_USER} token={token}")
 
 
-async def onboarding_token(cmd: _Command, opts: usage.Options) -> None:
+async def onboarding_token(cmd: Output, opts: usage.Options) -> None:
     async def work(accounts: Accounts) -> str:
         token = await accounts.start()
         if token is None:
@@ -191,7 +199,7 @@ def _new_password(opts: usage.Options) -> str | None:
     return first
 
 
-async def reset_password(cmd: _Command, opts: usage.Options) -> None:
+async def reset_password(cmd: Output, opts: usage.Options) -> None:
     user_id = opts["user_id"]
     # Read (or prompt) before taking the lock, so a slow typist never
     # keeps the server from starting.
@@ -205,23 +213,3 @@ async def reset_password(cmd: _Command, opts: usage.Options) -> None:
     cmd.print(f"password_reset=ok user_id={user_id} sessions_revoked={revoked}")
     if temporary is not None:
         cmd.print(f"temporary_password={temporary}")
-
-
-register(
-    "bootstrap-superadmin",
-    BootstrapSuperadminOptions,
-    "Create _superadmin and print its token (offline).",
-    bootstrap_superadmin,
-)
-register(
-    "onboarding-token",
-    OnboardingTokenOptions,
-    "Print a new onboarding setup token (offline).",
-    onboarding_token,
-)
-register(
-    "reset-password",
-    ResetPasswordOptions,
-    "Reset a user's password (offline, break-glass).",
-    reset_password,
-)
