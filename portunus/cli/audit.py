@@ -9,14 +9,11 @@ it refuses with C{startup.store_in_use} while the server runs.
 
 from __future__ import annotations
 
-import os
-
 from twisted.python import usage
 
 from portunus.cli.exits import CliError
-from portunus.cli.offline import Offline, data_dir
+from portunus.cli.offline import Offline, offline_store
 from portunus.cli.output import Output
-from portunus.errors import PortunusError
 
 __all__ = ["AuditOptions", "AuditPruneOptions", "audit"]
 
@@ -46,7 +43,6 @@ class AuditOptions(usage.Options):
 
 async def audit(cmd: Output, opts: usage.Options) -> None:
     from portunus.server.api.audit import parse_rfc3339
-    from portunus.server.store import DB_NAME, open_store, run_synchronously
 
     prune = opts.subOptions
     try:
@@ -57,20 +53,8 @@ async def audit(cmd: Output, opts: usage.Options) -> None:
             f"--before {prune['before']!r}: use an RFC 3339 timestamp such as 2026-01-02T03:04:05Z",
         ) from None
     dry_run = bool(prune["dry-run"])
-    try:
-        where = data_dir(prune)
-        if not os.path.isfile(os.path.join(where, DB_NAME)):
-            raise PortunusError(
-                "startup.store_open_failed",
-                f"no {DB_NAME} in {where}; point --data-dir at the server's data dir",
-            )
-        store = open_store(where, None, runner=run_synchronously)
-    except PortunusError as e:
-        raise CliError(e.code, e.message) from None
-    try:
+    async with offline_store(prune, None, missing="startup.store_open_failed") as store:
         count = await store.audit.prune(before, dry_run=dry_run)
-    finally:
-        await store.close()
     if dry_run:
         cmd.print(f"audit_prune dry_run=true would_delete={count}")
     else:

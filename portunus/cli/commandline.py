@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import IO, Generic, TypeVar
 
 import attrs
 from twisted.python import usage
+
+from portunus.cli.exits import CliError
+from portunus.errors import PortunusError
 
 __all__ = [
     "Command",
@@ -19,6 +22,7 @@ __all__ = [
     "Subcommand",
     "output_format",
     "positive_int",
+    "run_command",
     "sub_commands",
 ]
 
@@ -92,3 +96,18 @@ class Command(Generic[C]):
 def sub_commands(table: Sequence[Command[C]]) -> list[list[object]]:
     """C{table} as L{usage.Options.subCommands}."""
     return [[c.name, None, c.options, c.help] for c in table]
+
+
+async def run_command(command: Command[C], context: C, options: usage.Options, err: IO[str]) -> int:
+    """
+    Run C{command}; its exit status.  A refusal (L{CliError}, or a
+    L{PortunusError} from the code it calls) is reported on C{err} with
+    the exit code the registry gives its code.
+    """
+    try:
+        await command.run(context, options)
+    except PortunusError as e:
+        return CliError.of(e).report(err)
+    except CliError as e:
+        return e.report(err)
+    return 0

@@ -11,10 +11,8 @@ import secrets
 from twisted.python import usage
 
 from portunus.cli.commandline import Subcommand
-from portunus.cli.exits import CliError
 from portunus.cli.offline import Offline, data_dir
 from portunus.cli.output import Output
-from portunus.errors import PortunusError
 from portunus.server.store import backup as backup_store
 from portunus.server.store import restore as restore_store
 
@@ -69,17 +67,11 @@ async def gen_token(cmd: Output, opts: usage.Options) -> None:
 
 
 async def backup(cmd: Output, opts: usage.Options) -> None:
-    try:
-        written = backup_store(data_dir(opts), opts["out"])
-    except PortunusError as e:
-        raise CliError(e.code, e.message) from None
+    written = backup_store(data_dir(opts), opts["out"])
     cmd.print(f"backup={written}")
 
 
 async def restore(cmd: Output, opts: usage.Options) -> None:
     where = data_dir(opts)
-    try:
-        restore_store(where, opts["in"], force=bool(opts["force"]))
-    except PortunusError as e:
-        raise CliError(e.code, e.message) from None
+    restore_store(where, opts["in"], force=bool(opts["force"]))
     cmd.print(f"restore=ok data_dir={where}")

@@ -14,7 +14,6 @@ no-echo prompt; both read C{sys.stdin} when the command runs.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,14 +26,13 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from portunus.cli.exits import CliError
-from portunus.cli.offline import Offline, data_dir
+from portunus.cli.offline import Offline, offline_store
 from portunus.cli.output import Output
 from portunus.errors import PortunusError
 from portunus.server.auth.accounts import Accounts, check_display_name
 from portunus.server.auth.passwords import Passwords, check_confirmation
 from portunus.server.auth.principal import SUPERADMIN_USER
 from portunus.server.auth.throttle import Throttle
-from portunus.server.store import DB_NAME, open_store, run_synchronously
 
 __all__ = [
     "BootstrapSuperadminOptions",
@@ -71,24 +69,9 @@ async def _with_accounts(
     run.  With C{must_exist} (an error code), a data dir without
     C{state.db} is refused with it instead of creating an empty one.
     """
-    where = data_dir(opts)
-    if must_exist is not None and not os.path.exists(os.path.join(where, DB_NAME)):
-        raise CliError(
-            must_exist,
-            f"there is no {DB_NAME} in {where}; check --data-dir (or STATE_DIRECTORY)",
-        )
     clock = _WallClock()
-    try:
-        store = open_store(where, clock, runner=run_synchronously)
-    except PortunusError as e:
-        raise CliError(e.code, e.message) from None
-    try:
-        accounts = Accounts(store.accounts, Passwords(_inline), Throttle(clock), clock)
-        return await work(accounts)
-    except PortunusError as e:
-        raise CliError(e.code, e.message) from None
-    finally:
-        await store.close()
+    async with offline_store(opts, clock, missing=must_exist) as store:
+        return await work(Accounts(store.accounts, Passwords(_inline), Throttle(clock), clock))
 
 
 # ---------------------------------------------------------------------------
@@ -136,10 +119,7 @@ class ResetPasswordOptions(Offline):
 
 
 async def bootstrap_superadmin(cmd: Output, opts: usage.Options) -> None:
-    try:
-        name = check_display_name(opts["name"], "--name")
-    except PortunusError as e:
-        raise CliError(e.code, e.message) from None
+    name = check_display_name(opts["name"], "--name")
 
     async def work(accounts: Accounts) -> str:
         try:
@@ -192,10 +172,7 @@ def _new_password(opts: usage.Options) -> str | None:
         )
     first = getpass(f"New password for {opts['user_id']}: ")
     again = getpass("Type it again: ")
-    try:
-        check_confirmation(first, again, "the second password")
-    except PortunusError as e:
-        raise CliError(e.code, e.message) from None
+    check_confirmation(first, again, "the second password")
     return first
 
 

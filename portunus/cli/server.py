@@ -37,9 +37,9 @@ from portunus.cli._http import (
     TOKEN_ENV,
     OperatorClient,
 )
-from portunus.cli.commandline import Command, sub_commands
+from portunus.cli.commandline import Command, run_command, sub_commands
 from portunus.cli.context import Context
-from portunus.cli.exits import USAGE_EXIT, CliError
+from portunus.cli.exits import USAGE_EXIT
 
 __all__ = ["COMMANDS", "ServerOptions", "main", "run"]
 
@@ -176,11 +176,9 @@ async def run(
     endpoint = options["http-endpoint"] or env.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
     api = OperatorClient(http, endpoint, env.get(TOKEN_ENV) or None, timeout)
     assert options.subCommand is not None
-    try:
-        await _BY_NAME[options.subCommand].run(Context(api, out), options.subOptions)
-    except CliError as e:
-        return e.report(err)
-    return 0
+    return await run_command(
+        _BY_NAME[options.subCommand], Context(api, out), options.subOptions, err
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
