@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from twisted.python import usage
 
+from portunus.cli.commandline import Options
 from portunus.cli.exits import CliError
 from portunus.cli.offline import Offline, offline_store
 from portunus.cli.output import Output
@@ -32,7 +33,7 @@ class AuditPruneOptions(Offline):
             raise usage.UsageError("--before is required")
 
 
-class AuditOptions(usage.Options):
+class AuditOptions(Options):
     synopsis = "audit prune --before TIME [--dry-run] [--data-dir DIR]"
     subCommands = [["prune", None, AuditPruneOptions, "Delete old audit entries (offline)."]]
 

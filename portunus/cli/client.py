@@ -6,83 +6,107 @@ C{portunus-client}: the edge's command line.
 
 C{enroll} redeems the code over pinned TLS and writes the bundle (0600),
 printing its path; any failure exits 1.  C{run} is
-C{twistd -n portunus-client ...}.
+C{twistd -n portunus-client ...}.  Parsing, C{--help}, C{--version} and
+usage errors are those of C{portunus-server} (L{portunus.cli.commandline}).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import IO, Any
 
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import react
+from twisted.python import usage
 
+from portunus.cli.commandline import (
+    Command,
+    Foreground,
+    Program,
+    Subcommand,
+    react_main,
+    run_program,
+    sub_commands,
+)
+from portunus.cli.exits import CliError
+from portunus.cli.output import Output
 from portunus.client.enroll import enroll
 from portunus.control.enrollment import default_enroll_out, parse_enroll_uri, write_bundle
 from portunus.errors import PortunusError
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "RUN", "ClientOptions", "main", "run"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="portunus-client",
-        description="The Portunus edge. 'run' takes the options of "
-        "'twistd -n portunus-client' (see --help there).",
+class Edge(Output):
+    """What a C{portunus-client} command runs with."""
+
+    def __init__(self, reactor: Any, env: Mapping[str, str], out: IO[str]) -> None:
+        super().__init__(out)
+        self.reactor = reactor
+        self.env = env
+
+
+class EnrollOptions(Subcommand):
+    synopsis = "enroll URI [--out PATH]"
+    longdesc = (
+        "Redeem an enrollment URI (portunus://HOST:PORT/enroll?pin=sha256:<hex>&code=<code>, "
+        "as portunus-server enroll-client prints it), write the bundle (0600) and print its "
+        "path. Any failure exits 1."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="enroll|run")
-    enroll_cmd = commands.add_parser(
-        "enroll", help="Redeem an enrollment URI and write the bundle (0600)."
-    )
-    enroll_cmd.add_argument("uri", help="portunus://HOST:PORT/enroll?pin=sha256:<hex>&code=<code>")
-    enroll_cmd.add_argument(
-        "--out", "-o", default=None, help="Bundle path (default: Portunus' lookup order)."
-    )
-    commands.add_parser("run", help="Run the edge (twistd -n portunus-client ...).")
-    return parser
+    optParameters = [["out", "o", None, "Bundle path (default: Portunus' lookup order)."]]
+
+    def parseArgs(self, uri: str) -> None:  # type: ignore[override]
+        self["uri"] = uri
 
 
-@inlineCallbacks
-def run_enroll(reactor: Any, options: argparse.Namespace, environ: dict[str, str], out: Any) -> Any:
+async def enroll_bundle(edge: Edge, opts: usage.Options) -> None:
+    path = opts["out"] or default_enroll_out(edge.env)
     try:
-        uri = parse_enroll_uri(options.uri)
+        uri = parse_enroll_uri(opts["uri"])
+        write_bundle(await enroll(edge.reactor, uri), path)
     except PortunusError as e:
-        out.write(f"error: {e.code}: {e.message}\n")
-        return 1
-    path = options.out or default_enroll_out(environ)
-    try:
-        bundle = yield enroll(reactor, uri)
-        write_bundle(bundle, path)
-    except PortunusError as e:
-        out.write(f"error: {e.code}: {e.message}\n")
-        return 1
+        raise CliError(e.code, e.message, exit_code=1) from None
     except OSError as e:
-        out.write(f"error: client.enrollment_failed: cannot write {path}: {e.strerror}\n")
-        return 1
-    sys.stdout.write(f"{path}\n")
-    return 0
+        raise CliError(
+            "client.enrollment_failed", f"cannot write {path}: {e.strerror}", exit_code=1
+        ) from None
+    edge.print(path)
+
+
+COMMANDS: tuple[Command[Edge], ...] = (
+    Command(
+        "enroll",
+        EnrollOptions,
+        "Redeem an enrollment URI and write the bundle (0600).",
+        enroll_bundle,
+    ),
+)
+RUN = Foreground("run", "portunus-client", "Run the edge (twistd -n portunus-client).")
+
+
+class ClientOptions(Program):
+    program = "portunus-client"
+    synopsis = "portunus-client COMMAND [options]"
+    longdesc = (
+        "The Portunus edge. 'run' takes the options of 'twistd -n portunus-client' "
+        "(see --help there)."
+    )
+    subCommands = sub_commands(COMMANDS, RUN)
+
+
+async def run(
+    argv: Sequence[str], reactor: Any, env: Mapping[str, str], out: IO[str], err: IO[str]
+) -> int:
+    """Run C{portunus-client argv}; the exit status."""
+    return await run_program(
+        ClientOptions(), COMMANDS, argv, lambda options: Edge(reactor, env, out), out, err
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["run"]:
-        from twisted.scripts.twistd import run
+    """The C{portunus-client} console script."""
 
-        sys.argv = ["twistd", "-n", "--pidfile=", "portunus-client", *args[1:]]
-        run()
-        return
-    options = _parser().parse_args(args)
+    def work(reactor: Any, args: list[str]) -> Awaitable[int]:
+        return run(args, reactor, os.environ, sys.stdout, sys.stderr)
 
-    def body(reactor: Any) -> Any:
-        d = run_enroll(reactor, options, dict(os.environ), sys.stderr)
-
-        def exit_with(code: int) -> None:
-            if code:
-                raise SystemExit(code)
-
-        return d.addCallback(exit_with)
-
-    react(body)
+    react_main(argv, RUN, work)

@@ -1,28 +1,36 @@
 """
-The command-line style of the console scripts: L{twisted.python.usage}
-options (as the twistd plugins use) and a table of L{Command}s, each a
-name, its options, a line of help and the function that runs it.
+The one command-line style of C{portunus-server} and C{portunus-client}:
+L{twisted.python.usage} options (as the twistd plugins use), a table of
+L{Command}s, and the same C{--help}/C{-h}, C{--version}, usage errors
+(C{error: usage: ...}, exit 2) and error lines (C{error: <code>:
+<message>}, the registry's exit code) for both.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import IO, Generic, TypeVar
+from typing import IO, Any, ClassVar, Generic, TypeVar
 
 import attrs
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python import usage
 
-from portunus.cli.exits import CliError
+from portunus import __version__
+from portunus.cli.exits import USAGE_EXIT, CliError
 from portunus.errors import PortunusError
 
 __all__ = [
     "Command",
+    "Foreground",
     "Formatted",
+    "Options",
+    "Program",
     "Subcommand",
     "output_format",
     "positive_int",
-    "run_command",
+    "react_main",
+    "run_program",
     "sub_commands",
 ]
 
@@ -45,10 +53,48 @@ def output_format(text: str) -> str:
     return text
 
 
-output_format.coerceDoc = "text (default) or json."  # type: ignore[attr-defined]
+output_format.coerceDoc = "text or json."  # type: ignore[attr-defined]
 
 
-class Subcommand(usage.Options):
+class _Shown(Exception):
+    """C{--help} or C{--version}: print C{text} (C{None}: the version) and exit 0."""
+
+    def __init__(self, text: str | None) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class Options(usage.Options):
+    """
+    Every options class of the console scripts: C{--help} (C{-h}) and
+    C{--version} at any level print to the run's output rather than
+    exiting from inside the parser, and the synopsis reads
+    C{Usage: <program> <synopsis>}.
+    """
+
+    synopsis: str = ""
+    longdesc: str = ""
+
+    def opt_help(self) -> None:
+        """Display this help and exit."""
+        raise _Shown(str(self))
+
+    opt_h = opt_help
+
+    def opt_version(self) -> None:
+        """Display the version and exit."""
+        raise _Shown(None)
+
+    def getSynopsis(self) -> str:
+        root: usage.Options = self
+        while root.parent is not None:
+            root = root.parent
+        if root is self:
+            return f"Usage: {self.synopsis}"
+        return f"Usage: {getattr(root, 'program', '')} {self.synopsis}"
+
+
+class Subcommand(Options):
     """
     A command's options, which may come before or after its arguments
     (C{enroll-client NAME --ttl-secs 60}), as operators type them.
@@ -57,6 +103,8 @@ class Subcommand(usage.Options):
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         args = list(sys.argv[1:] if options is None else options)
         takes_value = {name[:-1] for name in self.longOpt if name.endswith("=")}
+        short = {letter for letter in self.shortOpt if letter != ":"}
+        short_takes_value = {self.shortOpt[i - 1] for i, c in enumerate(self.shortOpt) if c == ":"}
         flags: list[str] = []
         positional: list[str] = []
         rest = iter(args)
@@ -69,6 +117,12 @@ class Subcommand(usage.Options):
                     value = next(rest, None)
                     if value is not None:
                         flags.append(value)
+            elif len(arg) > 1 and arg[0] == "-" and arg[1] in short:
+                flags.append(arg)
+                if len(arg) == 2 and arg[1] in short_takes_value:
+                    value = next(rest, None)
+                    if value is not None:
+                        flags.append(value)
             else:
                 positional.append(arg)
         super().parseOptions([*flags, "--", *positional])
@@ -77,7 +131,7 @@ class Subcommand(usage.Options):
 class Formatted(Subcommand):
     """A command that prints the API's JSON with C{--format json}."""
 
-    optParameters = [["format", None, "text", "Output: text or json.", output_format]]
+    optParameters = [["format", None, "text", "Output format.", output_format]]
 
 
 @attrs.frozen
@@ -93,21 +147,114 @@ class Command(Generic[C]):
     run: Callable[[C, usage.Options], Awaitable[None]]
 
 
-def sub_commands(table: Sequence[Command[C]]) -> list[list[object]]:
-    """C{table} as L{usage.Options.subCommands}."""
-    return [[c.name, None, c.options, c.help] for c in table]
-
-
-async def run_command(command: Command[C], context: C, options: usage.Options, err: IO[str]) -> int:
+class _Foreground(Options):
     """
-    Run C{command}; its exit status.  A refusal (L{CliError}, or a
-    L{PortunusError} from the code it calls) is reported on C{err} with
-    the exit code the registry gives its code.
+    A L{Foreground} command in the help.  L{Foreground.claims} takes it
+    before any parsing, so it is parsed only when something came first.
+    """
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        name = self.parent.subCommand if self.parent is not None else "this command"
+        raise usage.UsageError(f"{name} takes twistd's options and must come first")
+
+
+@attrs.frozen
+class Foreground:
+    """
+    A command that runs C{twistd --nodaemon --pidfile= PLUGIN} with the
+    rest of the command line as the plugin's options (C{portunus-server
+    serve}, C{portunus-client run}).
+    """
+
+    name: str
+    plugin: str
+    help: str
+
+    def claims(self, args: Sequence[str]) -> bool:
+        return list(args[:1]) == [self.name]
+
+    def start(self, args: Sequence[str]) -> None:
+        from twisted.scripts.twistd import run as twistd
+
+        sys.argv = ["twistd", "--nodaemon", "--pidfile=", self.plugin, *args]
+        twistd()
+
+
+def sub_commands(commands: Sequence[Command[Any]], foreground: Foreground) -> list[list[Any]]:
+    """C{commands} and C{foreground}, for the help, as L{usage.Options.subCommands}."""
+    return [
+        *([c.name, None, c.options, c.help] for c in commands),
+        [foreground.name, None, _Foreground, foreground.help],
+    ]
+
+
+class Program(Options):
+    """A console script's top-level options: a command is required."""
+
+    program: ClassVar[str]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("give a command; --help lists them")
+
+
+async def run_program(
+    options: Program,
+    commands: Sequence[Command[C]],
+    argv: Sequence[str],
+    context: Callable[[Program], C],
+    out: IO[str],
+    err: IO[str],
+) -> int:
+    """
+    Parse C{argv} into C{options} and run the command it names with
+    C{context(options)}; the exit status.  Help and the version go to
+    C{out}; a usage error (exit 2) or a refusal (L{CliError}, or a
+    L{PortunusError} with the exit code the registry gives its code) goes
+    to C{err}.
     """
     try:
-        await command.run(context, options)
+        options.parseOptions(list(argv))
+    except _Shown as shown:
+        text = shown.text if shown.text is not None else f"{options.program} {__version__}"
+        out.write(text.rstrip("\n") + "\n")
+        return 0
+    except usage.UsageError as e:
+        err.write(f"error: usage: {e}; run {options.program} [COMMAND] --help\n")
+        return USAGE_EXIT
+    [command] = [c for c in commands if c.name == options.subCommand]
+    try:
+        await command.run(context(options), options.subOptions)
     except PortunusError as e:
         return CliError.of(e).report(err)
     except CliError as e:
         return e.report(err)
     return 0
+
+
+def react_main(
+    argv: Sequence[str] | None,
+    foreground: Foreground,
+    work: Callable[[Any, list[str]], Awaitable[int]],
+) -> None:
+    """
+    A console script: C{foreground} when the command line starts with it,
+    else C{work(reactor, args)} under L{twisted.internet.task.react},
+    exiting with the status it returns.
+    """
+    from twisted.internet import task
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if foreground.claims(args):
+        foreground.start(args[1:])
+        return
+
+    async def main(reactor: Any) -> None:
+        code = await work(reactor, args)
+        if code:
+            raise SystemExit(code)
+
+    def start(reactor: Any) -> Deferred[None]:
+        return ensureDeferred(main(reactor))
+
+    task.react(start)

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python import usage
 
 from portunus.cli import accounts, audit, clients, housekeeping, offline_accounts, rules
@@ -37,13 +36,19 @@ from portunus.cli._http import (
     TOKEN_ENV,
     OperatorClient,
 )
-from portunus.cli.commandline import Command, run_command, sub_commands
+from portunus.cli.commandline import (
+    Command,
+    Foreground,
+    Program,
+    react_main,
+    run_program,
+    sub_commands,
+)
 from portunus.cli.context import Context
-from portunus.cli.exits import USAGE_EXIT
 
-__all__ = ["COMMANDS", "ServerOptions", "main", "run"]
+__all__ = ["COMMANDS", "SERVE", "ServerOptions", "main", "run"]
 
-#: Every portunus-server command (C{serve} aside: L{main} hands it to twistd).
+#: Every portunus-server command but L{SERVE}, which L{main} hands to twistd.
 COMMANDS: tuple[Command[Context], ...] = (
     Command(
         "gen-token",
@@ -131,14 +136,16 @@ COMMANDS: tuple[Command[Context], ...] = (
     ),
 )
 
-_BY_NAME = {command.name: command for command in COMMANDS}
+SERVE = Foreground("serve", "portunus-server", "Run the control plane (twistd -n portunus-server).")
 
 
-class ServerOptions(usage.Options):
+class ServerOptions(Program):
+    program = "portunus-server"
     synopsis = "portunus-server [--http-endpoint HOST:PORT] COMMAND [options]"
     longdesc = (
         "Operate a Portunus control plane. Commands call the server's HTTP API with "
-        f"Authorization: Bearer ${TOKEN_ENV}."
+        f"Authorization: Bearer ${TOKEN_ENV}; serve takes the options of "
+        "'twistd -n portunus-server' (see --help there)."
     )
     optParameters = [
         [
@@ -148,11 +155,7 @@ class ServerOptions(usage.Options):
             f"The server's operator API (default ${ENDPOINT_ENV} or {DEFAULT_ENDPOINT}).",
         ]
     ]
-    subCommands = sub_commands(COMMANDS)
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("give a command; --help lists them")
+    subCommands = sub_commands(COMMANDS, SERVE)
 
 
 async def run(
@@ -167,43 +170,22 @@ async def run(
     Run C{portunus-server argv} with C{http} (treq's interface) and
     return the exit status; output goes to C{out}, errors to C{err}.
     """
-    options = ServerOptions()
-    try:
-        options.parseOptions(list(argv))
-    except usage.UsageError as e:
-        err.write(f"error: usage: {e}; run portunus-server [COMMAND] --help\n")
-        return USAGE_EXIT
-    endpoint = options["http-endpoint"] or env.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
-    api = OperatorClient(http, endpoint, env.get(TOKEN_ENV) or None, timeout)
-    assert options.subCommand is not None
-    return await run_command(
-        _BY_NAME[options.subCommand], Context(api, out), options.subOptions, err
-    )
+
+    def context(options: usage.Options) -> Context:
+        endpoint = options["http-endpoint"] or env.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+        return Context(OperatorClient(http, endpoint, env.get(TOKEN_ENV) or None, timeout), out)
+
+    return await run_program(ServerOptions(), COMMANDS, argv, context, out, err)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The C{portunus-server} console script."""
-    from twisted.internet import task
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["serve"]:
-        # The same service as twistd -n portunus-server (same options).
-        from twisted.scripts.twistd import run as twistd
-
-        sys.argv = ["twistd", "--nodaemon", "--pidfile=", "portunus-server", *args[1:]]
-        twistd()
-        return
-
-    async def work(reactor: Any) -> None:
+    def work(reactor: Any, args: list[str]) -> Awaitable[int]:
         from treq.client import HTTPClient
         from twisted.web.client import Agent
 
         http = HTTPClient(Agent(reactor, connectTimeout=2))
-        code = await run(args, http, os.environ, sys.stdout, sys.stderr)
-        if code:
-            raise SystemExit(code)
+        return run(args, http, os.environ, sys.stdout, sys.stderr)
 
-    def start(reactor: Any) -> Deferred[None]:
-        return ensureDeferred(work(reactor))
-
-    task.react(start)
+    react_main(argv, SERVE, work)

@@ -17,6 +17,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from portunus import __version__
 from portunus.cli import server as cli
 from portunus.errors import PortunusError
 from portunus.model import PortRange, ProxyProtocolVersion, RateLimit
@@ -120,6 +121,40 @@ class GlobalTests(CliTestCase):
             code, _, err = self.cli(*argv)
             self.assertEqual(code, 2, argv)
             self.assertIn("error: usage:", err)
+
+    def test_help_lists_every_command(self) -> None:
+        """--help (or -h) prints the synopsis and every command, serve too, to stdout; exit 0."""
+        self.http = _Refusing()
+        for flag in ("--help", "-h"):
+            code, out, err = self.cli(flag)
+            self.assertEqual((code, err), (0, ""))
+            self.assertTrue(out.startswith("Usage: portunus-server [--http-endpoint"), out)
+            for name in [c.name for c in cli.COMMANDS] + ["serve"]:
+                self.assertRegex(out, rf"\n +{name} +[A-Z]")
+        self.assertEqual(self.http.urls, [])
+
+    def test_command_help(self) -> None:
+        """COMMAND --help names the program and the command once, and lists its options."""
+        code, out, _ = self.cli("rule-stats", "--help")
+        self.assertEqual(code, 0)
+        self.assertTrue(
+            out.startswith("Usage: portunus-server rule-stats ID [--per-port | --per-target]"), out
+        )
+        self.assertIn("--per-target", out)
+        code, out, _ = self.cli("audit", "prune", "-h")
+        self.assertEqual(code, 0)
+        self.assertTrue(out.startswith("Usage: portunus-server audit prune --before TIME"), out)
+
+    def test_version(self) -> None:
+        """--version prints portunus-server and Portunus' version (not Twisted's), at any level."""
+        for argv in (("--version",), ("list-clients", "--version")):
+            self.assertEqual(self.cli(*argv), (0, f"portunus-server {__version__}\n", ""))
+
+    def test_serve_comes_first(self) -> None:
+        """serve after a portunus-server option is a usage error saying it must come first."""
+        code, out, err = self.cli("--http-endpoint", "127.0.0.1:1", "serve")
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("error: usage: serve takes twistd's options and must come first", err)
 
 
 class ClientCommandTests(CliTestCase):
@@ -369,6 +404,18 @@ class RuleCommandTests(CliTestCase):
 
 
 class MainTests(SynchronousTestCase):
+    def test_serve_is_twistd_in_the_foreground(self) -> None:
+        """portunus-server serve ARGS is twistd --nodaemon --pidfile= portunus-server ARGS."""
+        from twisted.scripts import twistd
+
+        seen: list[list[str]] = []
+        self.patch(cli.sys, "argv", ["portunus-server"])
+        self.patch(twistd, "run", lambda: seen.append(list(cli.sys.argv)))
+        cli.main(["serve", "--data-dir", "d"])
+        self.assertEqual(
+            seen, [["twistd", "--nodaemon", "--pidfile=", "portunus-server", "--data-dir", "d"]]
+        )
+
     def test_main_runs_under_react(self) -> None:
         """main() hands the work to task.react; a failing command exits non-zero."""
         from twisted.internet import task
