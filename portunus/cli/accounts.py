@@ -92,10 +92,7 @@ class UserAddOptions(_OneUser):
         ["display-name", None, None, "The name the console shows (required)."],
         ["role", None, "user", "superadmin or user."],
     ]
-
-    def postOptions(self) -> None:
-        if not self["display-name"]:
-            raise usage.UsageError("--display-name is required")
+    required_options = ("display-name",)
 
 
 class UserListOptions(Formatted):
@@ -128,11 +125,7 @@ class GrantAddOptions(Formatted):
         ["protocols", None, "tcp", "tcp, udp or tcp,udp."],
         ["note", None, None, "Why the grant exists (up to 256 characters)."],
     ]
-
-    def postOptions(self) -> None:
-        for key in ("user-id", "client", "listen-port-start"):
-            if self[key] is None or self[key] == "":
-                raise usage.UsageError(f"--{key} is required")
+    required_options = ("user-id", "client", "listen-port-start")
 
 
 class GrantListOptions(Formatted):

@@ -27,10 +27,7 @@ class AuditPruneOptions(Offline):
     )
     optParameters = [["before", None, None, "Delete entries older than this (required)."]]
     optFlags = [["dry-run", None, "Count the entries that would go; delete nothing."]]
-
-    def postOptions(self) -> None:
-        if not self["before"]:
-            raise usage.UsageError("--before is required")
+    required_options = ("before",)
 
 
 class AuditOptions(Options):

@@ -68,11 +68,7 @@ class RenameClientOptions(Subcommand):
         ["client-id", None, None, "The client's id (list-clients shows it)."],
         ["name", None, None, "The new name."],
     ]
-
-    def postOptions(self) -> None:
-        for key in ("client-id", "name"):
-            if not self[key]:
-                raise usage.UsageError(f"--{key} is required")
+    required_options = ("client-id", "name")
 
 
 async def find_client(api: OperatorClient, ref: str) -> dict[str, Any]:

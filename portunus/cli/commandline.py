@@ -98,7 +98,13 @@ class Subcommand(Options):
     """
     A command's options, which may come before or after its arguments
     (C{enroll-client NAME --ttl-secs 60}), as operators type them.
+
+    @cvar required_options: options that must be given.
+    @cvar exclusive_flags: pairs of flags that may not be given together.
     """
+
+    required_options: ClassVar[tuple[str, ...]] = ()
+    exclusive_flags: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         args = list(sys.argv[1:] if options is None else options)
@@ -126,6 +132,14 @@ class Subcommand(Options):
             else:
                 positional.append(arg)
         super().parseOptions([*flags, "--", *positional])
+
+    def postOptions(self) -> None:
+        for key in self.required_options:
+            if self[key] is None or self[key] == "":
+                raise usage.UsageError(f"--{key} is required")
+        for first, second in self.exclusive_flags:
+            if self[first] and self[second]:
+                raise usage.UsageError(f"give --{first} or --{second}, not both")
 
 
 class Formatted(Subcommand):

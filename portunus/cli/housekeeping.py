@@ -42,10 +42,7 @@ class BackupOptions(Offline):
         "An existing file is never overwritten."
     )
     optParameters = [["out", None, None, "Destination file or directory (required)."]]
-
-    def postOptions(self) -> None:
-        if not self["out"]:
-            raise usage.UsageError("--out is required")
+    required_options = ("out",)
 
 
 class RestoreOptions(Offline):
@@ -56,10 +53,7 @@ class RestoreOptions(Offline):
     )
     optParameters = [["in", None, None, "The backup file (required)."]]
     optFlags = [["force", None, "Replace an existing state.db."]]
-
-    def postOptions(self) -> None:
-        if not self["in"]:
-            raise usage.UsageError("--in is required")
+    required_options = ("in",)
 
 
 async def gen_token(cmd: Output, opts: usage.Options) -> None:

@@ -105,13 +105,10 @@ class ResetPasswordOptions(Offline):
         ["temporary", None, "Generate a password, print it once; the user must change it."],
         ["password-stdin", None, "Read the new password from stdin's first line."],
     ]
+    exclusive_flags = (("temporary", "password-stdin"),)
 
     def parseArgs(self, user_id: str) -> None:  # type: ignore[override]
         self["user_id"] = user_id
-
-    def postOptions(self) -> None:
-        if self["temporary"] and self["password-stdin"]:
-            raise usage.UsageError("give --temporary or --password-stdin, not both")
 
 
 # ---------------------------------------------------------------------------

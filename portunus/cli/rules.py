@@ -90,13 +90,10 @@ class RuleStatsOptions(Formatted):
         ["per-port", None, "One line per listen port."],
         ["per-target", None, "One line per target, with its health."],
     ]
+    exclusive_flags = (("per-port", "per-target"),)
 
     def parseArgs(self, rule_id: str) -> None:  # type: ignore[override]
         self["rule_id"] = rule_id
-
-    def postOptions(self) -> None:
-        if self["per-port"] and self["per-target"]:
-            raise usage.UsageError("give --per-port or --per-target, not both")
 
 
 def _split_host_port(text: str, what: str) -> tuple[str, str]:
