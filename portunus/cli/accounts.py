@@ -24,7 +24,7 @@ from portunus.cli._http import path
 from portunus.cli.commandline import Formatted
 from portunus.cli.context import Context
 from portunus.cli.exits import CliError
-from portunus.cli.output import Output, table
+from portunus.cli.output import Output, cell, table
 
 __all__ = [
     "GrantAddOptions",
@@ -49,7 +49,7 @@ def _text(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return ",".join(str(v) for v in value) or "-"
-    return "-" if value is None or value == "" else str(value)
+    return cell(value)
 
 
 def _print_fields(cmd: Output, value: Mapping[str, Any], keys: Sequence[str]) -> None:
