@@ -27,7 +27,8 @@ from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import ApiContext, Call, Raw, timestamp
+from portunus.server.api.app import ApiContext
+from portunus.server.api.request import Call, Raw, timestamp
 from portunus.server.store import AuditRecord
 
 __all__ = [

@@ -7,14 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from portunus.server.api.app import (
-    SESSION_COOKIE,
-    Answer,
-    ApiContext,
-    Call,
-    read_json,
-    remote_host,
-)
+from portunus.server.api.app import ApiContext
+from portunus.server.api.request import SESSION_COOKIE, Answer, Call, read_json, remote_host
 from portunus.server.auth.accounts import SESSION_ABSOLUTE_SECS
 from portunus.server.auth.principal import Principal
 

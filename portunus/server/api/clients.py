@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import Answer, ApiContext, Call, read_json, timestamp
+from portunus.server.api.app import ApiContext
+from portunus.server.api.request import Answer, Call, read_json, timestamp
 from portunus.server.auth.rbac import granted_client_ids
 from portunus.server.clientspec import (
     DEFAULT_TTL_SECS,

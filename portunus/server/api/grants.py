@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import Answer, ApiContext, Call, read_json, timestamp
+from portunus.server.api.app import ApiContext
 from portunus.server.api.clients import resolve_client
+from portunus.server.api.request import Answer, Call, read_json, timestamp
 from portunus.server.store import GrantRecord
 
 __all__ = ["grant_json", "install"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from portunus.server.api.app import ApiContext, Call, Raw
+from portunus.server.api.app import ApiContext
+from portunus.server.api.request import Call, Raw
 from portunus.server.metrics import CONTENT_TYPE
 
 __all__ = ["install"]

@@ -24,7 +24,8 @@ from portunus import __version__
 from portunus.errors import ERRORS
 from portunus.model import Balance, Protocol, ProxyProtocolVersion
 from portunus.rulespec import MAX_RULE_NAME_LENGTH, MAX_TARGETS, RATE_LIMIT_KEYS
-from portunus.server.api.app import SESSION_COOKIE, Access, ApiContext, Call
+from portunus.server.api.app import ApiContext
+from portunus.server.api.request import SESSION_COOKIE, Access, Call
 from portunus.server.clientspec import DEFAULT_TTL_SECS, MAX_NAME_LENGTH, MAX_TTL_SECS
 
 __all__ = ["OPERATIONS", "Operation", "document", "install"]

@@ -15,8 +15,9 @@ from twisted.web.iweb import IRequest
 from portunus.errors import ERRORS, PortunusError
 from portunus.rulejson import rule_to_dict
 from portunus.rulespec import FieldIssue, parse_rule_body
-from portunus.server.api.app import Answer, ApiContext, Call, read_json, timestamp
+from portunus.server.api.app import ApiContext
 from portunus.server.api.clients import resolve_client
+from portunus.server.api.request import Answer, Call, read_json, timestamp
 from portunus.server.auth.rbac import covering_grant, require_owner
 from portunus.server.plane import RuleView
 

@@ -14,7 +14,8 @@ from typing import Any
 from portunus.control.tls import certificate_hosts
 from portunus.errors import PortunusError
 from portunus.server.advertised import CertificateNames, check_override, describe
-from portunus.server.api.app import ApiContext, Call, read_json
+from portunus.server.api.app import ApiContext
+from portunus.server.api.request import Call, read_json
 
 __all__ = ["install"]
 

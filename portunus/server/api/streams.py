@@ -31,7 +31,8 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import ApiContext, Call, Stream
+from portunus.server.api.app import ApiContext
+from portunus.server.api.request import Call, Stream
 from portunus.server.api.rules import flag, owned_rule, stats_json
 
 __all__ = [

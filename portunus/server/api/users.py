@@ -9,14 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import (
-    Answer,
-    ApiContext,
-    Call,
-    read_json,
-    remote_host,
-    timestamp,
-)
+from portunus.server.api.app import ApiContext
+from portunus.server.api.request import Answer, Call, read_json, remote_host, timestamp
 from portunus.server.store import UserRecord
 
 __all__ = ["install", "user_json"]
