@@ -22,450 +22,27 @@ import attrs
 
 from portunus import __version__
 from portunus.errors import ERRORS
-from portunus.model import Balance, Protocol, ProxyProtocolVersion
-from portunus.rulespec import MAX_RULE_NAME_LENGTH, MAX_TARGETS, RATE_LIMIT_KEYS
 from portunus.server.api.app import ApiContext
 from portunus.server.api.request import SESSION_COOKIE, Access, Call
-from portunus.server.clientspec import DEFAULT_TTL_SECS, MAX_NAME_LENGTH, MAX_TTL_SECS
+from portunus.server.api.schemas import (
+    AUDIT_LIMIT,
+    COMPONENTS,
+    FLAG,
+    LISTS,
+    NEW_PASSWORD_CODES,
+    PATH_PARAMETERS,
+    RULE_BODY_CODES,
+    Schema,
+    array,
+    integer,
+    ref,
+    string,
+)
 
 __all__ = ["OPERATIONS", "Operation", "document", "install"]
 
-Schema = dict[str, Any]
-
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PATH_PARAMETER = re.compile(r"\{([a-z_]+)\}")
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: Schema) -> Schema:
-    result = {**schema, "type": [schema["type"], "null"]}
-    if "enum" in schema:
-        result["enum"] = [*schema["enum"], None]
-    return result
-
-
-def _object(
-    required: Mapping[str, Schema],
-    optional: Mapping[str, Schema] | None = None,
-    *,
-    closed: bool,
-    description: str | None = None,
-) -> Schema:
-    """
-    An object schema.  C{closed}: unknown keys are refused (a request the
-    handler checks strictly) or never sent (an answer the code builds).
-    """
-    schema: Schema = {
-        "type": "object",
-        "properties": {**required, **(optional or {})},
-        "additionalProperties": not closed,
-    }
-    if required:
-        schema["required"] = list(required)
-    if description is not None:
-        schema["description"] = description
-    return schema
-
-
-def _array(items: Schema, **constraints: Any) -> Schema:
-    return {"type": "array", "items": items, **constraints}
-
-
-def _string(description: str | None = None, **constraints: Any) -> Schema:
-    schema: Schema = {"type": "string", **constraints}
-    if description is not None:
-        schema["description"] = description
-    return schema
-
-
-def _integer(low: int | None = None, high: int | None = None, description: str = "") -> Schema:
-    schema: Schema = {"type": "integer"}
-    if low is not None:
-        schema["minimum"] = low
-    if high is not None:
-        schema["maximum"] = high
-    if description:
-        schema["description"] = description
-    return schema
-
-
-_BOOLEAN: Schema = {"type": "boolean"}
-_FLAG = _string("1, true or yes: include them", default="false")
-_TIME: Schema = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
-_MAYBE_TIME: Schema = {**_TIME, "type": ["string", "null"]}
-_PORT = _integer(1, 65535)
-_PORT_OR_RANGE: Schema = {
-    "description": 'A port (8080 or "8080") or a range ("8000-8010").',
-    "anyOf": [
-        _PORT,
-        _string(pattern=r"^\s*[0-9]{1,10}\s*(-\s*[0-9]{1,10}\s*)?$"),
-    ],
-}
-_PORTS_OUT = _string('"80" or "8000-8010"', pattern=r"^[0-9]+(-[0-9]+)?$")
-_PROTOCOL = _string(enum=[p.value for p in Protocol])
-_BALANCE = _string(enum=[b.value for b in Balance])
-_PROXY_VERSION = _string(enum=[v.value for v in ProxyProtocolVersion])
-_ROLE = _string(enum=["superadmin", "user"])
-_USER_ID = _string(
-    "1 to 32 of a-z, 0-9, _ and -, starting with a letter", pattern=r"^[a-z][a-z0-9_-]{0,31}$"
-)
-_DISPLAY_NAME = _string("1 to 64 characters without control characters", maxLength=64)
-_NEW_PASSWORD = _string("at least 12 characters, at most 1024 bytes of UTF-8", minLength=12)
-_CLIENT_NAME = _string(
-    f"1 to {MAX_NAME_LENGTH} printable characters, no leading or trailing spaces",
-    minLength=1,
-    maxLength=MAX_NAME_LENGTH,
-)
-_CLIENT_ADDRESS: Schema = {
-    "type": ["string", "null"],
-    "description": "The bare host name or IP the client dials, without a port; "
-    "absent or null: the server's advertised endpoint.",
-}
-_TTL = _integer(1, MAX_TTL_SECS, f"seconds the code stays valid (default {DEFAULT_TTL_SECS})")
-_RATE_LIMIT = {
-    **_object(
-        {},
-        {key: _integer(1, 10**12) for key in RATE_LIMIT_KEYS},
-        closed=True,
-        description="At least one cap; a burst needs its rate.",
-    ),
-    "minProperties": 1,
-}
-
-_SCHEMAS: dict[str, Schema] = {
-    "Error": _object(
-        {
-            "error": _object(
-                {
-                    "code": _string("A stable code from the error registry", enum=sorted(ERRORS)),
-                    "message": _string("What went wrong and what to do"),
-                },
-                {
-                    "field": _string("The request field at fault"),
-                    "issues": _array(_ref("Issue")),
-                    "reason": _string(),
-                    "correlation_id": _string("Names the server log's traceback"),
-                    "allowed": _array(_string(), description="The methods of this path"),
-                    "retry_after": _integer(1, description="Seconds until a retry may pass"),
-                },
-                closed=False,
-                description="Further fields depend on the code.",
-            )
-        },
-        closed=True,
-    ),
-    "Issue": _object(
-        {"field": _string(), "code": _string(), "message": _string()},
-        closed=True,
-        description="One problem with one field of a rule body.",
-    ),
-    "Health": _object({"status": _string(const="ok")}, closed=True),
-    "AuthStatus": _object({"onboarding_required": _BOOLEAN}, closed=True),
-    "Onboarding": _object(
-        {
-            "user_id": _USER_ID,
-            "password": _NEW_PASSWORD,
-            "password_confirm": _string("The password again"),
-            "setup_token": _string("The setup token the server logged", minLength=1),
-        },
-        {"display_name": {**_DISPLAY_NAME, "description": "Default: the user id"}},
-        closed=False,
-    ),
-    "OnboardedUser": _object(
-        {"user_id": _string(), "display_name": _string(), "role": _ROLE}, closed=True
-    ),
-    "Login": _object({"user_id": _string(), "password": _string()}, closed=False),
-    "LoggedIn": _object(
-        {
-            "user_id": _string(),
-            "role": _ROLE,
-            "display_name": _string(),
-            "password_change_required": _BOOLEAN,
-        },
-        closed=True,
-    ),
-    "Me": _object(
-        {
-            "user_id": _string(),
-            "role": _ROLE,
-            "display_name": _string(),
-            "auth_method": _string(enum=["bearer", "session"]),
-            "password_change_required": _BOOLEAN,
-        },
-        closed=True,
-    ),
-    "PasswordChange": _object(
-        {
-            "current_password": _string(),
-            "new_password": _NEW_PASSWORD,
-            "new_password_confirm": _string("The new password again"),
-        },
-        closed=False,
-    ),
-    "UserCreate": _object(
-        {"user_id": _USER_ID, "initial_password": _NEW_PASSWORD},
-        {
-            "display_name": {**_DISPLAY_NAME, "description": "Default: the user id"},
-            "role": {**_ROLE, "default": "user"},
-            "password_change_required": {**_BOOLEAN, "default": False},
-        },
-        closed=False,
-    ),
-    "User": _object(
-        {
-            "user_id": _string(),
-            "display_name": _string(),
-            "role": _ROLE,
-            "disabled": _BOOLEAN,
-            "created_at": _TIME,
-            "password_change_required": _BOOLEAN,
-            "grant_count": _integer(0),
-        },
-        closed=True,
-    ),
-    "UserRemoval": _object(
-        {
-            "user_id": _string(),
-            "removed_credential_ids": _array(_string()),
-            "revoked_grant_ids": _array(_string()),
-            "removed_rule_ids": _array(_integer()),
-        },
-        closed=True,
-    ),
-    "PasswordReset": _object(
-        {},
-        {
-            "new_password": {**_NEW_PASSWORD, "type": ["string", "null"]},
-            "temporary_password": {
-                **_BOOLEAN,
-                "description": "true (or no new_password): generate a temporary password "
-                "the user must change",
-            },
-        },
-        closed=False,
-    ),
-    "PasswordResetDone": _object(
-        {"user_id": _string(), "sessions_revoked": _integer(0)},
-        {"temporary_password": _string("Shown once")},
-        closed=True,
-    ),
-    "GrantCreate": _object(
-        {
-            "user_id": _string(minLength=1),
-            "client": _string('A client id or name, or "*" for every client', minLength=1),
-            "listen_port_start": _PORT,
-        },
-        {
-            "listen_port_end": {**_PORT, "description": "Default: listen_port_start"},
-            "protocols": _array(_PROTOCOL, minItems=1, default=["tcp"]),
-            "note": _string(maxLength=256, default=""),
-        },
-        closed=False,
-    ),
-    "Grant": _object(
-        {
-            "grant_id": _string(),
-            "user_id": _string(),
-            "client": _string('The client\'s name, else its id; "*" for every client'),
-            "client_id": _string(),
-            "listen_port_start": _PORT,
-            "listen_port_end": _PORT,
-            "protocols": _array(_PROTOCOL),
-            "note": _string(),
-            "created_at": _TIME,
-        },
-        closed=True,
-    ),
-    "GrantRevocation": _object(
-        {"grant_id": _string(), "removed_rule_ids": _array(_integer())}, closed=True
-    ),
-    "Client": _object(
-        {
-            "client_id": _string(),
-            "client_name": _string(),
-            "state": _string(enum=["connected", "disconnected", "revoked"]),
-            "connected": _BOOLEAN,
-            "remote_addr": _nullable(_string()),
-            "connected_at": _MAYBE_TIME,
-            "created_at": _MAYBE_TIME,
-            "revoked_at": _MAYBE_TIME,
-            "client_version": _nullable(_string()),
-            "features": _array(_string()),
-        },
-        closed=True,
-    ),
-    "EnrollmentCreate": _object(
-        {"name": _CLIENT_NAME},
-        {"address": _CLIENT_ADDRESS, "ttl_secs": _TTL},
-        closed=False,
-    ),
-    "Reenrollment": _object({}, {"address": _CLIENT_ADDRESS, "ttl_secs": _TTL}, closed=False),
-    "Enrollment": _object(
-        {
-            "client_id": _string(),
-            "client_name": _string(),
-            "uri": _string("portunus://HOST:PORT/enroll?pin=sha256:...&code=..., shown once"),
-            "expires_at": _TIME,
-            "command": _string("The portunus-client command that redeems the code"),
-        },
-        closed=True,
-    ),
-    "ClientRename": _object({"name": _CLIENT_NAME}, closed=False),
-    "RulePush": _object(
-        {
-            "client": _string("The client's id, or its name", minLength=1),
-            "listen": _PORT_OR_RANGE,
-            "targets": _array(_ref("TargetIn"), minItems=1, maxItems=MAX_TARGETS),
-        },
-        {
-            "name": _string(
-                'Default "rule"; no control characters',
-                minLength=1,
-                maxLength=MAX_RULE_NAME_LENGTH,
-            ),
-            "protocol": {**_PROTOCOL, "default": "tcp"},
-            "prefer_ipv6": _BOOLEAN,
-            "udp_max_flows": _integer(1, 65535),
-            "udp_flow_idle_secs": _integer(30, 300),
-            "listen_addresses": _array(_string("An IPv4 or IPv6 literal"), minItems=1),
-            "balance": {**_BALANCE, "default": "failover"},
-            "health_check_interval_secs": _integer(1, 3600),
-            "sni_pattern": _string('An exact host or "*.example.com"'),
-            "sni_fallback": _BOOLEAN,
-            "accept_proxy_protocol": _BOOLEAN,
-            "trusted_sources": _array(_string("A CIDR"), minItems=1),
-            "rate_limit": _ref("RateLimit"),
-            "ack_timeout_secs": {"type": "number", "minimum": 0.1, "maximum": 60, "default": 2},
-        },
-        closed=True,
-        description="Unknown keys are refused (validation_failed).",
-    ),
-    "TargetIn": _object(
-        {"host": _string("An IP address or a DNS name"), "port": _PORT_OR_RANGE},
-        {
-            "priority": _integer(0, 65535),
-            "proxy_protocol": _PROXY_VERSION,
-            "weight": _integer(1, 1000),
-        },
-        closed=True,
-    ),
-    "RateLimit": _RATE_LIMIT,
-    "Rule": _object(
-        {
-            "id": _integer(),
-            "name": _string(),
-            "protocol": _PROTOCOL,
-            "listen": _PORTS_OUT,
-            "targets": _array(_ref("TargetOut")),
-        },
-        {
-            "listen_addresses": _array(_string()),
-            "prefer_ipv6": _BOOLEAN,
-            "udp_max_flows": _integer(),
-            "udp_flow_idle_secs": _integer(),
-            "balance": _BALANCE,
-            "health_check_interval_secs": _integer(),
-            "sni_pattern": _string(),
-            "sni_fallback": _BOOLEAN,
-            "accept_proxy_protocol": _BOOLEAN,
-            "trusted_sources": _array(_string()),
-            "rate_limit": _object({}, {k: _integer() for k in RATE_LIMIT_KEYS}, closed=True),
-        },
-        closed=True,
-        description="The rule's canonical JSON: optional fields only when not at their default.",
-    ),
-    "TargetOut": _object(
-        {"host": _string(), "ports": _PORTS_OUT},
-        {"priority": _integer(), "proxy_protocol": _PROXY_VERSION, "weight": _integer()},
-        closed=True,
-    ),
-    "RuleView": _object(
-        {
-            "rule": _ref("Rule"),
-            "client_id": _string(),
-            "client_name": _string(),
-            "state": _string(enum=["pending", "active", "failed"]),
-            "state_reason": _nullable(_string("Why a rule failed (port_in_use:8080 ...)")),
-            "created_at": _MAYBE_TIME,
-            "updated_at": _MAYBE_TIME,
-            "owner": _nullable(_string("The user who pushed it")),
-        },
-        closed=True,
-    ),
-    "RuleStats": _object(
-        {
-            "rule_id": _integer(),
-            "client_id": _string(),
-            "updated_at": {**_MAYBE_TIME, "description": "null before the client's first report"},
-        },
-        {
-            "bytes_in": _integer(0),
-            "bytes_out": _integer(0),
-            "active_connections": _integer(0),
-            "total_connections": _integer(0),
-            "ports": {
-                "type": "object",
-                "description": "A range rule's counters per listen port",
-                "additionalProperties": {"type": "object"},
-            },
-            "per_port": _array({"type": "object"}),
-            "per_target": _array({"type": "object"}),
-        },
-        closed=False,
-        description="The counters the client last reported; newer clients report more.",
-    ),
-    "AuditEntry": _object(
-        {
-            "seq": _integer(1),
-            "timestamp": _TIME,
-            "actor": _string("A user id, or _anonymous before authentication"),
-            "role": _nullable(_ROLE),
-            "method": _nullable(_string()),
-            "path": _nullable(_string()),
-            "outcome": _string(enum=["allow", "deny"]),
-            "reason": _nullable(_string("ok, or the code that ended the request")),
-            "action": _nullable(_string("rule.push, user.create ...")),
-            "resource_kind": _nullable(_string()),
-            "resource_value": _nullable(_string()),
-            "correlation_id": _nullable(_string()),
-            "details": {"type": ["object", "null"]},
-        },
-        closed=True,
-    ),
-    "AuditPage": _object(
-        {
-            "entries": _array(_ref("AuditEntry")),
-            "next_cursor": _nullable(_string("null on the last page")),
-            "count": _integer(0),
-        },
-        closed=True,
-    ),
-    "AuditAnswer": {"oneOf": [_array(_ref("AuditEntry")), _ref("AuditPage")]},
-    "AdvertisedEndpointChange": _object(
-        {"advertised_endpoint": _nullable(_string("host or host:port; null or empty clears"))},
-        closed=True,
-    ),
-    "AdvertisedEndpoint": _object(
-        {
-            "override": _nullable(_string("Set through the API")),
-            "effective": _string("What enrollment URIs name now"),
-            "source": _string(enum=["override", "seed", "loopback"]),
-            "diagnostic": _nullable(_string("What to fix, when something is off")),
-            "cert_sans": _array(_string(), description="The names the certificate covers"),
-        },
-        closed=True,
-    ),
-    "EventStream": _string("text/event-stream events"),
-    "Ndjson": _string("One JSON object per line"),
-    "Text": _string(),
-    "OpenApiDocument": _object(
-        {"openapi": _string(), "info": {"type": "object"}, "paths": {"type": "object"}},
-        closed=False,
-    ),
-}
 
 
 @attrs.frozen
@@ -496,27 +73,6 @@ class Operation:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     description: str | None = None
 
-
-_RULE_BODY_CODES = (
-    "validation_failed",
-    "invalid_name",
-    "invalid_protocol",
-    "invalid_target",
-    "range_invalid",
-    "range_inverted",
-    "mismatched_range",
-    "rule_shape_missing",
-    "targets_empty",
-    "targets_too_many",
-    "health_check_interval_out_of_range",
-    "validation.sni_pattern_malformed",
-    "validation.sni_on_unsupported_rule",
-    "validation.rate_limit_cap_zero",
-    "validation.rate_limit_burst_without_rate",
-    "validation.rate_limit_burst_range",
-    "validation.rate_limit_no_caps_provided",
-)
-_NEW_PASSWORD_CODES = ("password_invalid", "password_too_short", "password_too_long")
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
@@ -565,7 +121,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "reserved_user_id",
             "invalid_user_id",
             "invalid_display_name",
-            *_NEW_PASSWORD_CODES,
+            *NEW_PASSWORD_CODES,
             "password_mismatch",
             "password_hash_failed",
             "user_already_exists",
@@ -616,7 +172,7 @@ OPERATIONS: tuple[Operation, ...] = (
         codes=(
             "invalid_json",
             "rate_limited",
-            *_NEW_PASSWORD_CODES,
+            *NEW_PASSWORD_CODES,
             "password_mismatch",
             "password_hash_failed",
         ),
@@ -639,7 +195,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "invalid_display_name",
             "invalid_role",
             "initial_password_required",
-            *_NEW_PASSWORD_CODES,
+            *NEW_PASSWORD_CODES,
             "validation_failed",
             "password_hash_failed",
             "user_already_exists",
@@ -690,7 +246,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "rate_limited",
             "reserved_user_id",
             "user_not_found",
-            *_NEW_PASSWORD_CODES,
+            *NEW_PASSWORD_CODES,
             "password_hash_failed",
         ),
     ),
@@ -724,7 +280,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "List grants",
         "grants",
         answer="GrantList",
-        query={"user_id": _string("Only this user's grants")},
+        query={"user_id": string("Only this user's grants")},
     ),
     Operation(
         "DELETE",
@@ -834,7 +390,7 @@ OPERATIONS: tuple[Operation, ...] = (
         body="RulePush",
         codes=(
             "invalid_json",
-            *_RULE_BODY_CODES,
+            *RULE_BODY_CODES,
             "exceeds_cap",
             "client_not_found",
             "client_name_ambiguous",
@@ -867,8 +423,8 @@ OPERATIONS: tuple[Operation, ...] = (
         answer="RuleViewList",
         codes=("client_not_found", "client_name_ambiguous"),
         query={
-            "client": _string("Only this client's rules (its id or name)"),
-            "owner": _string("Only this user's rules (superadmins; ignored for users)"),
+            "client": string("Only this client's rules (its id or name)"),
+            "owner": string("Only this user's rules (superadmins; ignored for users)"),
         },
     ),
     Operation(
@@ -900,7 +456,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "rules",
         answer="RuleStats",
         codes=("rule_not_found", "not_owner"),
-        query={"per_port": _FLAG},
+        query={"per_port": FLAG},
     ),
     Operation(
         "GET",
@@ -912,7 +468,7 @@ OPERATIONS: tuple[Operation, ...] = (
         answer="EventStream",
         media_type="text/event-stream",
         codes=("rule_not_found", "not_owner", "rate_limited"),
-        query={"per_target": _FLAG},
+        query={"per_target": FLAG},
         headers={"Cache-Control": "no-cache"},
         description="The stream opens with an `event: stats` carrying the last snapshot "
         "(the JSON of GET /v1/rules/{rule_id}/stats, without per_port), then one `stats` "
@@ -930,12 +486,12 @@ OPERATIONS: tuple[Operation, ...] = (
         answer="AuditAnswer",
         codes=("invalid_limit", "invalid_outcome", "invalid_time_range", "invalid_cursor"),
         query={
-            "limit": _integer(1, 1000, "Entries per answer (default 100)"),
-            "outcome": _string(enum=["allow", "deny"]),
-            "actor": _string("Only this actor's entries"),
-            "since": _string("RFC 3339; pages the answer", format="date-time"),
-            "until": _string("RFC 3339; pages the answer", format="date-time"),
-            "cursor": _string("A next_cursor, to page to older entries"),
+            "limit": AUDIT_LIMIT,
+            "outcome": string(enum=["allow", "deny"]),
+            "actor": string("Only this actor's entries"),
+            "since": string("RFC 3339; pages the answer", format="date-time"),
+            "until": string("RFC 3339; pages the answer", format="date-time"),
+            "cursor": string("A next_cursor, to page to older entries"),
         },
         description="Without since, until or cursor: an array of the newest entries; "
         "with any of them: a page `{entries, next_cursor, count}`.",
@@ -951,10 +507,10 @@ OPERATIONS: tuple[Operation, ...] = (
         media_type="application/x-ndjson",
         codes=("invalid_outcome", "invalid_time_range"),
         query={
-            "outcome": _string(enum=["allow", "deny"]),
-            "actor": _string("Only this actor's entries"),
-            "since": _string("RFC 3339", format="date-time"),
-            "until": _string("RFC 3339", format="date-time"),
+            "outcome": string(enum=["allow", "deny"]),
+            "actor": string("Only this actor's entries"),
+            "since": string("RFC 3339", format="date-time"),
+            "until": string("RFC 3339", format="date-time"),
         },
         headers={
             "Content-Disposition": 'attachment; filename="portunus-audit-<time>.ndjson"',
@@ -994,20 +550,6 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
 )
 
-_LISTS = {
-    "UserList": "User",
-    "GrantList": "Grant",
-    "ClientList": "Client",
-    "RuleViewList": "RuleView",
-}
-
-_PATH_PARAMETERS = {
-    "user_id": _string("The user's id", minLength=1),
-    "grant_id": _string("The grant's id", minLength=1),
-    "client_id": _string("The client's id (not its name)", minLength=1),
-    "rule_id": _integer(0, description="The rule's id; anything else names no rule (404)"),
-}
-
 
 def pipeline_codes(operation: Operation) -> list[str]:
     """The codes the shared pipeline can answer before the handler runs."""
@@ -1042,7 +584,7 @@ def _error_response(status: int, codes: Sequence[str]) -> Schema:
             "application/json": {
                 "schema": {
                     "allOf": [
-                        _ref("Error"),
+                        ref("Error"),
                         {"properties": {"error": {"properties": {"code": {"enum": list(codes)}}}}},
                     ]
                 }
@@ -1053,14 +595,14 @@ def _error_response(status: int, codes: Sequence[str]) -> Schema:
         response["headers"] = {
             "WWW-Authenticate": {
                 "description": 'Bearer realm="portunus", when no credentials were sent',
-                "schema": _string(),
+                "schema": string(),
             }
         }
     if "rate_limited" in codes:
         response["headers"] = {
             "Retry-After": {
                 "description": "Seconds until the next attempt may pass (rate_limited)",
-                "schema": _integer(1),
+                "schema": integer(1),
             }
         }
     return response
@@ -1069,12 +611,12 @@ def _error_response(status: int, codes: Sequence[str]) -> Schema:
 def _operation(operation: Operation) -> Schema:
     success: Schema = {"description": operation.summary}
     if operation.answer is not None:
-        item = _LISTS.get(operation.answer)
-        schema = _array(_ref(item)) if item is not None else _ref(operation.answer)
+        item = LISTS.get(operation.answer)
+        schema = array(ref(item)) if item is not None else ref(operation.answer)
         success["content"] = {operation.media_type: {"schema": schema}}
     if operation.headers:
         success["headers"] = {
-            name: {"description": example, "schema": _string()}
+            name: {"description": example, "schema": string()}
             for name, example in operation.headers.items()
         }
     responses: dict[str, Schema] = {str(operation.status): success}
@@ -1089,7 +631,7 @@ def _operation(operation: Operation) -> Schema:
             "name": name,
             "in": "path",
             "required": True,
-            "schema": _PATH_PARAMETERS[name],
+            "schema": PATH_PARAMETERS[name],
         }
         for name in _PATH_PARAMETER.findall(operation.path)
     ]
@@ -1110,7 +652,7 @@ def _operation(operation: Operation) -> Schema:
     if operation.body is not None:
         result["requestBody"] = {
             "required": operation.body_required,
-            "content": {"application/json": {"schema": _ref(operation.body)}},
+            "content": {"application/json": {"schema": ref(operation.body)}},
         }
     result["responses"] = responses
     return result
@@ -1149,7 +691,7 @@ def _document() -> dict[str, Any]:
         "security": [{"bearer": []}, {"cookie": []}],
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": COMPONENTS,
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
