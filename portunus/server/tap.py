@@ -36,7 +36,7 @@ from portunus.logging import make_observer
 from portunus.server.api import audit as audit_api
 from portunus.server.api import metrics as metrics_api
 from portunus.server.api import settings as settings_api
-from portunus.server.api.app import ApiContext, make_api
+from portunus.server.api.app import make_api
 from portunus.server.audit.writer import AuditLog
 from portunus.server.auth.accounts import Accounts
 from portunus.server.auth.passwords import Passwords, thread_runner
@@ -257,16 +257,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)
     _listener(reactor, settings, "control", control).setServiceParent(service)
 
-    def _install_extra(ctx: ApiContext) -> None:
-        audit_api.install(ctx, audit, store.audit)
-        settings_api.install(
-            ctx,
-            cert_pem=cert.cert_pem,
-            seed=advertised.with_port(control_port) if advertised is not None else None,
-            control_port=control_port,
-        )
-        metrics_api.install(ctx, metrics)
-
     api = make_api(
         plane,
         accounts,
@@ -274,7 +264,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         audit,
         observer=metrics,
         public_origin=settings.operator_http_public_origin,
-        extra=_install_extra,
+        services={
+            audit_api.ROUTES: audit_api.AuditReader(audit, store.audit, reactor),
+            settings_api.ROUTES: settings_api.AdvertisedSettings.of(
+                plane,
+                cert_pem=cert.cert_pem,
+                seed=advertised.with_port(control_port) if advertised is not None else None,
+                control_port=control_port,
+            ),
+            metrics_api.ROUTES: metrics,
+        },
     )
     site = Site(api.resource())
     site.noisy = False

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, execute
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from portunus.server.api import make_api
+from portunus.server.api.app import make_api
 from portunus.server.audit.entry import AuditEntry
 from portunus.server.auth.accounts import Accounts
 from portunus.server.auth.passwords import Passwords
@@ -65,7 +65,7 @@ class ApiHarness:
         *,
         operator_token: str | None = TOKEN,
         public_origin: str | None = None,
-        extra: Any = None,
+        services: Any = None,
         check_openapi: bool = True,
     ) -> None:
         self.case = case
@@ -88,7 +88,7 @@ class ApiHarness:
             self.clock,
             self.audit,
             public_origin=public_origin,
-            extra=extra,
+            services=services,
         )
         self.resource = self.app.resource()
         #: What answers the OpenAPI document does not describe (check_openapi).

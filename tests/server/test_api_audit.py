@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.errors import PortunusError
 from portunus.server.api import audit as audit_api
-from portunus.server.api.app import ApiContext
+from portunus.server.api.app import make_api
 from portunus.server.api.audit import decode_cursor, encode_cursor, parse_rfc3339
 from portunus.server.audit import AuditEntry
 from portunus.server.audit.writer import AuditLog
@@ -70,9 +70,11 @@ class AuditApiTestCase(SynchronousTestCase):
         self.store: Store = open_store(self.mktemp(), self.clock, runner=run_synchronously)
         self.addCleanup(lambda: self.successResultOf(self.store.close()))
         self.audit = AuditLog(self.store.audit, self.clock)
-        ctx = ApiContext(None, StubAccounts(), self.clock, self.audit)
-        audit_api.install(ctx, self.audit, self.store.audit)
-        self.http = StubTreq(ctx.app.resource())
+        reader = audit_api.AuditReader(self.audit, self.store.audit, self.clock)
+        app = make_api(
+            None, StubAccounts(), self.clock, self.audit, services={audit_api.ROUTES: reader}
+        )
+        self.http = StubTreq(app.resource())
 
     def request(
         self, path: str, token: str | None = ADMIN_TOKEN, **query: Any

@@ -18,9 +18,7 @@ class MetricsApiTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.source = FakeSource()
         self.metrics = ServerMetrics(self.source)
-        self.api = ApiHarness(
-            self, FakePlane(), extra=lambda ctx: metrics_api.install(ctx, self.metrics)
-        )
+        self.api = ApiHarness(self, FakePlane(), services={metrics_api.ROUTES: self.metrics})
 
     def test_superadmin_gets_the_exposition(self) -> None:
         """200, the exposition's content type, and exactly what the listener renders."""

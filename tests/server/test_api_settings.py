@@ -80,9 +80,11 @@ class SettingsApiTests(SynchronousTestCase):
         self.api = ApiHarness(
             self,
             self.plane,
-            extra=lambda ctx: settings.install(
-                ctx, cert_pem=CERT_PEM, seed=self.seed, control_port=7443
-            ),
+            services={
+                settings.ROUTES: settings.AdvertisedSettings.of(
+                    self.plane, cert_pem=CERT_PEM, seed=self.seed, control_port=7443
+                )
+            },
         )
 
     def put(self, value: object) -> tuple[int, Any]:

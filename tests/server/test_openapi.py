@@ -8,8 +8,9 @@ does catch an answer the document does not describe.
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
+import pkgutil
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -21,16 +22,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from portunus.control.tls import generate_self_signed
 from portunus.errors import ERRORS
 from portunus.rulespec import API_RULE_KEYS, API_TARGET_KEYS, RATE_LIMIT_KEYS
-from portunus.server.api import app as api_app
+from portunus.server import api
 from portunus.server.api import audit, metrics, settings
-from portunus.server.api.app import ApiContext
+from portunus.server.api.app import make_api
+from portunus.server.api.catalog import ROUTE_TABLES
 from portunus.server.api.openapi import document
+from portunus.server.api.route import Routes
 from tests.server._apiharness import ApiHarness
 from tests.server._fakeplane import FakePlane
 from tests.server._openapicheck import ResponseChecker
 
 _KLEIN_PARAMETER = re.compile(r"<(?:[a-z]+:)?([a-z_]+)>")
-_ROUTE_CALL = re.compile(r'ctx\.route\(\s*"([^"]+)",\s*"([A-Z]+)"')
 _METHODS = ("get", "put", "post", "patch", "delete")
 
 
@@ -41,15 +43,20 @@ class _Unused:
         raise AssertionError(f"{name} was not expected to be used")
 
 
-def every_route(ctx: ApiContext) -> None:
+def every_service(plane: Any) -> dict[Routes, Any]:
     """
-    The routes the server adds to C{make_api}'s (tap's C{extra}), over
-    stand-ins: only their paths, methods and access are looked at here.
+    The services of the route tables the server adds to C{make_api}'s
+    (tap's C{services}), over stand-ins: only their routes' paths, methods
+    and access are looked at here.
     """
     cert_pem, _ = generate_self_signed("portunus.test")
-    audit.install(ctx, None, _Unused())
-    settings.install(ctx, cert_pem=cert_pem, seed=None, control_port=7443)
-    metrics.install(ctx, _Unused())
+    return {
+        audit.ROUTES: audit.AuditReader(None, _Unused(), _Unused()),
+        settings.ROUTES: settings.AdvertisedSettings.of(
+            plane, cert_pem=cert_pem, seed=None, control_port=7443
+        ),
+        metrics.ROUTES: _Unused(),
+    }
 
 
 def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -158,7 +165,7 @@ class RouteTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.plane = FakePlane()
-        self.api = ApiHarness(self, self.plane, extra=every_route)
+        self.api = ApiHarness(self, self.plane, services=every_service(self.plane))
         self.doc = document()
 
     def test_served(self) -> None:
@@ -183,22 +190,91 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(sorted(routes - documented), [], "routes the document lacks")
         self.assertEqual(sorted(documented - routes), [], "documented routes the app lacks")
 
-    def test_routes_in_source_documented(self) -> None:
+    def test_documented_routes_answer(self) -> None:
         """
-        Every C{ctx.route(...)} written in the API package is documented, so
-        a route wired somewhere these tests do not build (the server's
-        C{extra}) cannot go undocumented either.
+        Every documented operation is routed: a request to it is answered
+        by its route, never by the app's own C{not_found} or
+        C{method_not_allowed}.
         """
-        package = os.path.dirname(api_app.__file__)
-        written = set()
-        for name in os.listdir(package):
-            if name.endswith(".py"):
-                with open(os.path.join(package, name), encoding="utf-8") as f:
-                    for path, method in _ROUTE_CALL.findall(f.read()):
-                        written.add((method, _KLEIN_PARAMETER.sub(r"{\1}", path)))
-        self.assertGreater(len(written), 30)
-        documented = {(method, path) for method, path, _ in operations(self.doc)}
-        self.assertEqual(sorted(written - documented), [])
+        for method, path, _ in operations(self.doc):
+            _, body, _ = self.api.request(method, self._path(path), token=None)
+            code = body["error"]["code"] if isinstance(body, dict) and "error" in body else None
+            self.assertNotIn(code, ("not_found", "method_not_allowed"), (method, path))
+
+    def test_every_table_in_catalog(self) -> None:
+        """
+        Every route table of the API package is in the catalog, so no
+        module's routes can be served undocumented or documented unserved.
+        """
+        found = []
+        for info in pkgutil.iter_modules(api.__path__):
+            module = importlib.import_module(f"{api.__name__}.{info.name}")
+            found += [value for value in vars(module).values() if isinstance(value, Routes)]
+        self.assertGreaterEqual(len(found), 10)
+        self.assertEqual([t for t in found if t not in ROUTE_TABLES], [])
+        self.assertEqual(len(set(ROUTE_TABLES)), len(ROUTE_TABLES))
+
+    def test_table_outside_catalog_refused(self) -> None:
+        """C{make_api} refuses to serve a route table the document does not list."""
+        stray = Routes("stray", bind=None)
+
+        @stray.route("GET", "/v1/stray", "stray", "Not documented", access="public")
+        async def handler(service: object, call: object) -> object:
+            return {}
+
+        with self.assertRaises(ValueError) as caught:
+            make_api(
+                self.plane, self.api.accounts, self.api.clock, self.api.audit, services={stray: 1}
+            )
+        self.assertIn("stray", str(caught.exception))
+
+    def test_declarations_are_the_document(self) -> None:
+        """
+        Each route's declaration is what the document says of it: its
+        method, path, operation id, whether it is public, and the codes of
+        the gates the pipeline passes it through.
+        """
+        declared = {
+            (r.operation.method, r.operation.path): r.operation for t in ROUTE_TABLES for r in t
+        }
+        self.assertEqual(
+            set(declared), {(method, path) for method, path, _ in operations(self.doc)}
+        )
+        for method, path, documented in operations(self.doc):
+            operation = declared[(method, path)]
+            self.assertEqual(documented["operationId"], operation.operation_id)
+            self.assertEqual(documented.get("security") == [], operation.access == "public")
+            gate_codes = {code for gate in operation.gates for code in gate.codes}
+            self.assertLessEqual(gate_codes, operation_codes(documented), path)
+
+    def test_password_change_gate(self) -> None:
+        """
+        A session that must change its password is refused exactly by the
+        routes whose declaration puts them behind that gate.
+        """
+        self.api.onboard()
+        status, body, _ = self.api.request(
+            "POST",
+            "/v1/users",
+            {
+                "user_id": "carol",
+                "initial_password": "a long enough password",
+                "password_change_required": True,
+            },
+        )
+        self.assertEqual(status, 201, body)
+        for table in ROUTE_TABLES:
+            for route in table:
+                operation = route.operation
+                if operation.access == "public":
+                    continue
+                cookie = self.api.login("carol", "a long enough password")
+                status, body, _ = self.api.browser(
+                    cookie, operation.method, self._path(operation.path)
+                )
+                code = body["error"]["code"] if isinstance(body, dict) and "error" in body else None
+                gated = any(gate.name == "password_change" for gate in operation.gates)
+                self.assertEqual(code == "password_change_required", gated, (operation.path, body))
 
     def _path(self, template: str) -> str:
         return re.sub(r"\{[a-z_]+\}", "x1", template)

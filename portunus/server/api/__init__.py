@@ -1,8 +1,5 @@
 """
 The operator HTTP API (JSON under C{/v1}), a Klein app over an
-L{portunus.server.plane.IControlPlane}.  See C{docs/api.md}.
+L{portunus.server.plane.IControlPlane}: L{portunus.server.api.app.make_api}.
+See C{docs/api.md}.
 """
-
-from portunus.server.api.app import make_api
-
-__all__ = ["make_api"]

@@ -3,8 +3,12 @@ The operator HTTP API: one Klein app under C{/v1}.
 
 Routes are thin: each turns a request into calls on the
 L{portunus.server.plane.IControlPlane} (or the accounts service) and their
-results into JSON.  Everything every route shares lives here, in one seam
-that every C{/v1} request passes, with no second path:
+results into JSON.  Each is declared once (L{portunus.server.api.route}),
+and the route modules' tables are listed once
+(L{portunus.server.api.catalog}): this module mounts exactly those, the
+OpenAPI document describes exactly those.  Everything every route shares
+lives here, in one seam that every C{/v1} request passes, with no second
+path; steps 1 to 5 are the gates a route's declaration says it passes:
 
   1. bootstrap: while no superadmin can log in, only machine bearer tokens
      get through; everything else is 503 C{bootstrap_required};
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -39,22 +43,34 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from portunus.errors import PortunusError
+from portunus.server.api import health
+from portunus.server.api.catalog import ROUTE_TABLES
+from portunus.server.api.console import Console, is_api_path
+from portunus.server.api.openapi import document
 from portunus.server.api.request import (
     SESSION_COOKIE,
-    Access,
     Answer,
+    ApiContext,
     Call,
-    Handler,
     Raw,
     RequestObserver,
     Stream,
     remote_host,
 )
+from portunus.server.api.route import (
+    AUTHENTICATION,
+    CSRF,
+    PASSWORD_CHANGE,
+    ROLE,
+    Operation,
+    Route,
+    Routes,
+)
 from portunus.server.audit.entry import AuditEntry, AuditSink
 from portunus.server.auth.csrf import MUTATING_METHODS, check_csrf
 from portunus.server.auth.principal import ANONYMOUS, Principal
 
-__all__ = ["ApiContext", "make_api"]
+__all__ = ["make_api"]
 
 #: HTTP statuses whose requests the audit log records as denied.
 _DENIED_STATUSES = frozenset({401, 403, 429, 503})
@@ -73,76 +89,37 @@ def _envelope(request: IRequest, error: PortunusError) -> bytes:
     return json.dumps(error.to_json()).encode("utf-8")
 
 
-class _Unobserved:
-    def request_done(self, outcome: str, reason: str) -> None:
-        pass
-
-
 @attrs.frozen
-class _Route:
-    handler: Handler
-    access: Access
-    action: str | None
-    #: Allowed while the session's user must change their password first.
-    before_password_change: bool
+class _Pipeline:
+    """The Klein app and the seam every route is mounted behind."""
 
-
-@attrs.define
-class ApiContext:
-    """What every route handler needs: the plane, accounts and the shared seam."""
-
-    plane: Any
-    #: The accounts service (L{portunus.server.auth.accounts.Accounts});
-    #: the pipeline uses only its L{Authenticator} part.
-    accounts: Any
-    clock: IReactorTime
-    audit: AuditSink
-    observer: RequestObserver = attrs.field(factory=_Unobserved)
-    #: C{operator_http_public_origin}: the exact Origin browsers send when
-    #: the server sits behind a proxy; C{None}: compare with C{Host}.
-    public_origin: str | None = None
+    ctx: ApiContext
     app: Klein = attrs.field(factory=Klein)
 
-    def route(
-        self,
-        path: str,
-        method: str,
-        access: Access = "authenticated",
-        *,
-        action: str | None = None,
-        before_password_change: bool = False,
-    ) -> Callable[[Handler], Handler]:
+    def mount(self, routes: Routes, service: object) -> None:
+        """Serve every route of C{routes}, each handler called with C{service} first."""
+        for route in routes:
+            self._add(route, service)
+
+    def _add(self, route: Route, service: object) -> None:
+        operation = route.operation
+
+        def endpoint(request: IRequest, **kwargs: Any) -> Deferred[bytes]:
+            return ensureDeferred(self._serve(request, route, service, kwargs))
+
+        endpoint_name = f"{operation.method} {operation.path}"
+        self.app.route(operation.klein_path, methods=[operation.method], endpoint=endpoint_name)(
+            endpoint
+        )
+
+    async def _principal(self, call: Call, operation: Operation) -> Principal:
         """
-        Register C{handler(call, **path_args)} (a coroutine function
-        returning an L{Answer} or a JSON value, answered 200) behind the
-        pipeline.  C{action} names the route in the audit log.
+        Steps 1 to 5 of the pipeline, the gates of C{operation}; a refusal
+        raises its error.  The principal is set on C{call} as soon as it is
+        known, so a later refusal (CSRF, password change, role) is audited
+        under its name.
         """
-
-        def register(handler: Handler) -> Handler:
-            route = _Route(handler, access, action, before_password_change)
-
-            def endpoint(request: IRequest, **kwargs: Any) -> Deferred[bytes]:
-                return ensureDeferred(self._serve(request, route, kwargs))
-
-            self.app.route(path, methods=[method], endpoint=f"{method} {path}")(endpoint)
-            return handler
-
-        return register
-
-    def secure_cookies(self, request: IRequest) -> bool:
-        """Whether cookies should carry C{Secure}: the console is served over https."""
-        if request.isSecure():
-            return True
-        forwarded = (request.getHeader(b"x-forwarded-proto") or b"").strip().lower()
-        origin = self.public_origin or ""
-        return forwarded == b"https" or origin.lower().startswith("https://")
-
-    async def _principal(self, call: Call, route: _Route) -> Principal:
-        """
-        Steps 1 to 5 of the pipeline; a refusal raises its error.  The
-        principal is set on C{call} as soon as it is known, so a later
-        refusal (CSRF, password change, role) is audited under its name.
-        """
+        accounts = self.ctx.accounts
         request = call.request
         cookie = request.getCookie(SESSION_COOKIE)
         header = request.getHeader(b"authorization")
@@ -151,12 +128,12 @@ class ApiContext:
             scheme, _, token = header.partition(b" ")
             if scheme.lower() == b"bearer" and token.strip():
                 bearer = token.strip().decode("latin-1")
-        if not self.accounts.bootstrapped():
+        if not accounts.bootstrapped():
             # Machine tokens keep automation working on a fresh server;
             # everyone else is sent to onboarding.
             if bearer is not None:
-                call.principal = await self.accounts.authenticate_bearer(bearer)
-                return self._check_role(call.principal, route)
+                call.principal = await accounts.authenticate_bearer(bearer)
+                return _check_role(call.principal, operation)
             raise PortunusError(
                 "bootstrap_required",
                 "no superadmin exists yet: open the console and onboard with the setup token "
@@ -164,16 +141,16 @@ class ApiContext:
             )
         if cookie is not None:
             remote = remote_host(request)
-            principal = await self.accounts.authenticate_session(cookie.decode("latin-1"), remote)
+            principal = await accounts.authenticate_session(cookie.decode("latin-1"), remote)
             call.principal = principal
-            if request.method in MUTATING_METHODS:
-                check_csrf(request, self.public_origin)
-            if principal.password_change_required and not route.before_password_change:
+            if CSRF in operation.gates:
+                check_csrf(request, self.ctx.public_origin)
+            if principal.password_change_required and PASSWORD_CHANGE in operation.gates:
                 raise PortunusError(
                     "password_change_required",
                     "change your password first: POST /v1/users/me/password",
                 )
-            return self._check_role(principal, route)
+            return _check_role(principal, operation)
         if bearer is None:
             raise PortunusError(
                 "unauthenticated",
@@ -181,22 +158,20 @@ class ApiContext:
                 "server.toml or the operator.token file in the server's data dir)",
                 reason="missing_token",
             )
-        call.principal = await self.accounts.authenticate_bearer(bearer)
-        return self._check_role(call.principal, route)
+        call.principal = await accounts.authenticate_bearer(bearer)
+        return _check_role(call.principal, operation)
 
-    def _check_role(self, principal: Principal, route: _Route) -> Principal:
-        if route.access == "superadmin" and not principal.is_superadmin:
-            raise PortunusError("role_required", "only a superadmin may do this")
-        return principal
-
-    async def _serve(self, request: IRequest, route: _Route, kwargs: dict[str, Any]) -> bytes:
-        started = self.clock.seconds()
-        call = Call(request, None, uuid.uuid4().hex, action=route.action)
+    async def _serve(
+        self, request: IRequest, route: Route, service: object, kwargs: dict[str, Any]
+    ) -> bytes:
+        operation = route.operation
+        started = self.ctx.clock.seconds()
+        call = Call(request, None, uuid.uuid4().hex, action=operation.action)
         status = 200
         try:
-            if route.access != "public":
-                call.principal = await self._principal(call, route)
-            result = await route.handler(call, **kwargs)
+            if AUTHENTICATION in operation.gates:
+                call.principal = await self._principal(call, operation)
+            result = await route.handler(service, call, **kwargs)
         except PortunusError as e:
             body = _envelope(request, e)
             reason = e.code
@@ -266,17 +241,17 @@ class ApiContext:
             "reason": reason,
             "status": status,
             "correlation_id": call.correlation_id,
-            "duration_ms": round((self.clock.seconds() - started) * 1000, 3),
+            "duration_ms": round((self.ctx.clock.seconds() - started) * 1000, 3),
         }
         if outcome == "deny":
             log.warn("{method} {path} denied: {reason}", event="operator.deny", **fields)
         else:
             log.debug("{method} {path} -> {reason}", event="operator.allow", **fields)
-        self.observer.request_done(outcome, reason)
+        self.ctx.observer.request_done(outcome, reason)
         if outcome == "deny" or request.method in MUTATING_METHODS:
-            self.audit.record(
+            self.ctx.audit.record(
                 AuditEntry(
-                    ts=self.clock.seconds(),
+                    ts=self.ctx.clock.seconds(),
                     actor=actor,
                     outcome="deny" if outcome == "deny" else "allow",
                     role=fields["role"],
@@ -292,6 +267,12 @@ class ApiContext:
             )
 
 
+def _check_role(principal: Principal, operation: Operation) -> Principal:
+    if ROLE in operation.gates and not principal.is_superadmin:
+        raise PortunusError("role_required", "only a superadmin may do this")
+    return principal
+
+
 def make_api(
     plane: Any,
     accounts: Any,
@@ -300,46 +281,42 @@ def make_api(
     *,
     observer: RequestObserver | None = None,
     public_origin: str | None = None,
-    extra: Callable[[ApiContext], None] | None = None,
+    services: Mapping[Routes, object] | None = None,
 ) -> Klein:
     """
     The operator API's Klein app over C{plane} (an
     L{portunus.server.plane.IControlPlane}) and C{accounts} (an
     L{portunus.server.auth.accounts.Accounts}).  Audit entries go to
     C{audit}; every request's outcome to C{observer} (the metrics).
-    C{extra} adds routes that need more than the plane (metrics, audit
-    queries, settings), behind the same pipeline.
+
+    Every table of L{ROUTE_TABLES} is served, its handlers given what its
+    C{bind} makes of the context, or its entry in C{services}: the tables
+    that need more than the plane (audit queries, settings, metrics) are
+    served only when C{services} has theirs.
     """
-    from portunus.server.api import auth, clients, console, grants, openapi, rules, streams, users
+    ctx = ApiContext(plane, accounts, clock, audit, public_origin=public_origin)
+    if observer is not None:
+        ctx.observer = observer
+    given: dict[Routes, object] = {health.ROUTES: document(), **(services or {})}
+    strays = [routes.tag for routes in given if routes not in ROUTE_TABLES]
+    if strays:
+        raise ValueError(
+            f"route tables {strays} are not in catalog.ROUTE_TABLES, so the OpenAPI "
+            "document would not describe them; add them there"
+        )
+    pipeline = _Pipeline(ctx)
+    for routes in ROUTE_TABLES:
+        if routes in given:
+            pipeline.mount(routes, given[routes])
+        elif routes.bind is not None:
+            pipeline.mount(routes, routes.bind(ctx))
+    app = pipeline.app
+    web = Console.load()
 
-    ctx = ApiContext(
-        plane,
-        accounts,
-        clock,
-        audit,
-        observer=observer or _Unobserved(),
-        public_origin=public_origin,
-    )
-
-    @ctx.route("/v1/health", "GET", "public")
-    async def health(call: Call) -> object:
-        return {"status": "ok"}
-
-    auth.install(ctx)
-    clients.install(ctx)
-    rules.install(ctx)
-    streams.install(ctx)
-    users.install(ctx)
-    grants.install(ctx)
-    openapi.install(ctx)
-    if extra is not None:
-        extra(ctx)
-    web = console.Console.load()
-
-    @ctx.app.handle_errors(NotFound)
+    @app.handle_errors(NotFound)
     def not_found(request: IRequest, failure: Failure) -> bytes:
         path = request.path.decode("latin-1")
-        if not console.is_api_path(path):
+        if not is_api_path(path):
             # Every path outside /v1 is the console's (index.html fallback).
             return web.render(request)
         return _envelope(
@@ -347,7 +324,7 @@ def make_api(
             PortunusError("not_found", f"no route {path}; see docs/api.md", path=path),
         )
 
-    @ctx.app.handle_errors(MethodNotAllowed)
+    @app.handle_errors(MethodNotAllowed)
     def not_allowed(request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, MethodNotAllowed)
@@ -364,4 +341,4 @@ def make_api(
             ),
         )
 
-    return ctx.app
+    return app

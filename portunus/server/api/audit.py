@@ -23,20 +23,24 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import ApiContext
 from portunus.server.api.request import Call, Raw, timestamp
+from portunus.server.api.route import Routes
+from portunus.server.api.schemas import AUDIT_LIMIT, string
 from portunus.server.store import AuditRecord
 
 __all__ = [
     "EXPORT_MAX_ROWS",
+    "ROUTES",
+    "AuditReader",
     "decode_cursor",
     "encode_cursor",
     "entry_json",
-    "install",
     "parse_rfc3339",
 ]
 
@@ -191,51 +195,100 @@ async def _caught_up(audit_log: Flushable | None) -> None:
             await audit_log.flush()
 
 
-def install(ctx: ApiContext, audit_log: Flushable | None, table: AuditQueries) -> None:
+@attrs.frozen
+class AuditReader:
     """
-    Add the audit routes to C{ctx}: entries are read from C{table} (the
-    store's C{audit}) after C{audit_log} (the writer) has written out what
-    it holds.
+    What the audit routes serve from: entries are read from C{table} (the
+    store's C{audit}) after C{log} (the writer) has written out what it
+    holds; C{clock} names the export files.
     """
 
-    @ctx.route("/v1/audit", "GET", "superadmin", action="audit.query")
-    async def list_entries(call: Call) -> object:
-        request = call.request
-        limit = _limit(request)
-        filters = _filters(request)
-        cursor = _arg(request, "cursor")
-        before_seq = decode_cursor(cursor) if cursor is not None else None
-        paged = cursor is not None or filters["since"] is not None or filters["until"] is not None
-        await _caught_up(audit_log)
-        rows = await table.query(
-            limit=limit + 1 if paged else limit, before_seq=before_seq, **filters
-        )
-        if not paged:
-            return [entry_json(row) for row in rows]
-        page = rows[:limit]
-        more = len(rows) > limit
-        return {
-            "entries": [entry_json(row) for row in page],
-            "next_cursor": encode_cursor(page[-1].seq) if more else None,
-            "count": len(page),
-        }
+    log: Flushable | None
+    table: AuditQueries
+    clock: IReactorTime
 
-    @ctx.route("/v1/audit/export", "GET", "superadmin", action="audit.export")
-    async def export(call: Call) -> object:
-        request = call.request
-        filters = _filters(request)
-        await _caught_up(audit_log)
-        rows = await table.query(limit=EXPORT_MAX_ROWS + 1, oldest_first=True, **filters)
-        if len(rows) > EXPORT_MAX_ROWS:
-            rows = rows[:EXPORT_MAX_ROWS]
-            request.setHeader(b"x-portunus-export-truncated", b"true")
-        body = b"".join(
-            json.dumps(entry_json(row), separators=(",", ":")).encode("utf-8") + b"\n"
-            for row in rows
-        )
-        moment = datetime.fromtimestamp(ctx.clock.seconds(), tz=UTC).strftime("%Y%m%dT%H%M%SZ")
-        request.setHeader(
-            b"content-disposition",
-            f'attachment; filename="portunus-audit-{moment}.ndjson"'.encode("ascii"),
-        )
-        return Raw(200, "application/x-ndjson", body)
+
+ROUTES = Routes("audit", bind=None)
+
+
+@ROUTES.route(
+    "GET",
+    "/v1/audit",
+    "listAudit",
+    "Read the audit log, newest first",
+    access="superadmin",
+    action="audit.query",
+    answer="AuditAnswer",
+    codes=("invalid_limit", "invalid_outcome", "invalid_time_range", "invalid_cursor"),
+    query={
+        "limit": AUDIT_LIMIT,
+        "outcome": string(enum=["allow", "deny"]),
+        "actor": string("Only this actor's entries"),
+        "since": string("RFC 3339; pages the answer", format="date-time"),
+        "until": string("RFC 3339; pages the answer", format="date-time"),
+        "cursor": string("A next_cursor, to page to older entries"),
+    },
+    description="Without since, until or cursor: an array of the newest entries; "
+    "with any of them: a page `{entries, next_cursor, count}`.",
+)
+async def list_entries(reader: AuditReader, call: Call) -> object:
+    request = call.request
+    limit = _limit(request)
+    filters = _filters(request)
+    cursor = _arg(request, "cursor")
+    before_seq = decode_cursor(cursor) if cursor is not None else None
+    paged = cursor is not None or filters["since"] is not None or filters["until"] is not None
+    await _caught_up(reader.log)
+    rows = await reader.table.query(
+        limit=limit + 1 if paged else limit, before_seq=before_seq, **filters
+    )
+    if not paged:
+        return [entry_json(row) for row in rows]
+    page = rows[:limit]
+    more = len(rows) > limit
+    return {
+        "entries": [entry_json(row) for row in page],
+        "next_cursor": encode_cursor(page[-1].seq) if more else None,
+        "count": len(page),
+    }
+
+
+@ROUTES.route(
+    "GET",
+    "/v1/audit/export",
+    "exportAudit",
+    "The audit log as NDJSON, oldest first (at most 50000 entries)",
+    access="superadmin",
+    action="audit.export",
+    answer="Ndjson",
+    media_type="application/x-ndjson",
+    codes=("invalid_outcome", "invalid_time_range"),
+    query={
+        "outcome": string(enum=["allow", "deny"]),
+        "actor": string("Only this actor's entries"),
+        "since": string("RFC 3339", format="date-time"),
+        "until": string("RFC 3339", format="date-time"),
+    },
+    headers={
+        "Content-Disposition": 'attachment; filename="portunus-audit-<time>.ndjson"',
+        "X-Portunus-Export-Truncated": "true, when the 50000 entries cap cut the export",
+    },
+    description="One AuditEntry JSON object per line.",
+)
+async def export(reader: AuditReader, call: Call) -> object:
+    request = call.request
+    filters = _filters(request)
+    await _caught_up(reader.log)
+    rows = await reader.table.query(limit=EXPORT_MAX_ROWS + 1, oldest_first=True, **filters)
+    if len(rows) > EXPORT_MAX_ROWS:
+        rows = rows[:EXPORT_MAX_ROWS]
+        request.setHeader(b"x-portunus-export-truncated", b"true")
+    body = b"".join(
+        json.dumps(entry_json(row), separators=(",", ":")).encode("utf-8") + b"\n" for row in rows
+    )
+    moment = datetime.fromtimestamp(reader.clock.seconds(), tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+    request.setHeader(
+        b"content-disposition",
+        f'attachment; filename="portunus-audit-{moment}.ndjson"'.encode("ascii"),
+    )
+    return Raw(200, "application/x-ndjson", body)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import ApiContext
-from portunus.server.api.request import Answer, Call, read_json, timestamp
+from portunus.server.api.request import Answer, ApiContext, Call, read_json, timestamp
+from portunus.server.api.route import Routes
 from portunus.server.auth.rbac import granted_client_ids
 from portunus.server.clientspec import (
     DEFAULT_TTL_SECS,
@@ -25,11 +25,13 @@ __all__ = [
     "DEFAULT_TTL_SECS",
     "MAX_NAME_LENGTH",
     "MAX_TTL_SECS",
+    "ROUTES",
     "client_json",
-    "install",
     "resolve_client",
     "visible_client_ids",
 ]
+
+ROUTES = Routes("clients")
 
 
 def client_json(view: ClientView) -> dict[str, Any]:
@@ -107,58 +109,130 @@ async def visible_client_ids(ctx: ApiContext, call: Call) -> set[str] | None:
     return granted_client_ids(await ctx.accounts.grants_for(call.who.user_id))
 
 
-def install(ctx: ApiContext) -> None:
-    """Add the client routes to C{ctx.app}."""
-    plane = ctx.plane
+@ROUTES.route(
+    "GET",
+    "/v1/clients",
+    "listClients",
+    "List the clients the caller may see, by name then id",
+    answer="ClientList",
+)
+async def list_clients(ctx: ApiContext, call: Call) -> object:
+    views = await ctx.plane.list_clients()
+    visible = await visible_client_ids(ctx, call)
+    return [client_json(v) for v in views if visible is None or v.client_id in visible]
 
-    @ctx.route("/v1/clients", "GET")
-    async def list_clients(call: Call) -> object:
-        views = await plane.list_clients()
-        visible = await visible_client_ids(ctx, call)
-        return [client_json(v) for v in views if visible is None or v.client_id in visible]
 
-    @ctx.route("/v1/clients/<client_id>", "GET")
-    async def get_client(call: Call, client_id: str) -> object:
-        visible = await visible_client_ids(ctx, call)
-        if visible is not None and client_id not in visible:
-            raise PortunusError(
-                "client_not_found",
-                f"no client you have a grant on has the id {client_id!r}",
-                client_id=client_id,
-            )
-        return client_json(await plane.get_client(client_id))
+@ROUTES.route(
+    "GET",
+    "/v1/clients/{client_id}",
+    "getClient",
+    "Read a client",
+    answer="Client",
+    codes=("client_not_found",),
+)
+async def get_client(ctx: ApiContext, call: Call, client_id: str) -> object:
+    visible = await visible_client_ids(ctx, call)
+    if visible is not None and client_id not in visible:
+        raise PortunusError(
+            "client_not_found",
+            f"no client you have a grant on has the id {client_id!r}",
+            client_id=client_id,
+        )
+    return client_json(await ctx.plane.get_client(client_id))
 
-    @ctx.route("/v1/client-enrollments", "POST", "superadmin", action="client.enroll")
-    async def enroll(call: Call) -> object:
-        body = read_json(call.request)
-        name, address, ttl = _name(body), _address(body), _ttl(body)
-        view = await plane.enroll_client(name, address, ttl)
-        call.note("client", view.client_id, client_name=view.client_name)
-        return Answer(201, enrollment_json(view))
 
-    @ctx.route("/v1/clients/<client_id>/enrollment", "POST", "superadmin", action="client.reenroll")
-    async def reenroll(call: Call, client_id: str) -> object:
-        call.note("client", client_id)
-        body = read_json(call.request, required=False)
-        address, ttl = _address(body), _ttl(body)
-        view = await plane.reenroll_client(client_id, address, ttl)
-        return Answer(201, enrollment_json(view))
+@ROUTES.route(
+    "POST",
+    "/v1/client-enrollments",
+    "enrollClient",
+    "Create a client and its one-time enrollment code",
+    access="superadmin",
+    action="client.enroll",
+    status=201,
+    answer="Enrollment",
+    body="EnrollmentCreate",
+    codes=("invalid_json", "invalid_name", "invalid_client_address", "invalid_enrollment_ttl"),
+)
+async def enroll(ctx: ApiContext, call: Call) -> object:
+    body = read_json(call.request)
+    name, address, ttl = _name(body), _address(body), _ttl(body)
+    view = await ctx.plane.enroll_client(name, address, ttl)
+    call.note("client", view.client_id, client_name=view.client_name)
+    return Answer(201, enrollment_json(view))
 
-    @ctx.route("/v1/clients/<client_id>", "PATCH", "superadmin", action="client.rename")
-    async def rename(call: Call, client_id: str) -> object:
-        call.note("client", client_id)
-        name = _name(read_json(call.request))
-        call.note(client_name=name)
-        return client_json(await plane.rename_client(client_id, name))
 
-    @ctx.route("/v1/clients/<client_id>/revoke", "POST", "superadmin", action="client.revoke")
-    async def revoke(call: Call, client_id: str) -> object:
-        call.note("client", client_id)
-        await plane.revoke_client(client_id)
-        return Answer(204)
+@ROUTES.route(
+    "POST",
+    "/v1/clients/{client_id}/enrollment",
+    "reenrollClient",
+    "A new enrollment code for an existing client; earlier codes stop working",
+    access="superadmin",
+    action="client.reenroll",
+    status=201,
+    answer="Enrollment",
+    body="Reenrollment",
+    body_required=False,
+    codes=(
+        "invalid_json",
+        "invalid_client_address",
+        "invalid_enrollment_ttl",
+        "client_not_found",
+        "client_revoked",
+    ),
+)
+async def reenroll(ctx: ApiContext, call: Call, client_id: str) -> object:
+    call.note("client", client_id)
+    body = read_json(call.request, required=False)
+    address, ttl = _address(body), _ttl(body)
+    view = await ctx.plane.reenroll_client(client_id, address, ttl)
+    return Answer(201, enrollment_json(view))
 
-    @ctx.route("/v1/clients/<client_id>", "DELETE", "superadmin", action="client.delete")
-    async def delete(call: Call, client_id: str) -> object:
-        call.note("client", client_id)
-        await plane.delete_client(client_id)
-        return Answer(204)
+
+@ROUTES.route(
+    "PATCH",
+    "/v1/clients/{client_id}",
+    "renameClient",
+    "Rename a client; its live session is kept",
+    access="superadmin",
+    action="client.rename",
+    answer="Client",
+    body="ClientRename",
+    codes=("invalid_json", "invalid_name", "client_not_found"),
+)
+async def rename(ctx: ApiContext, call: Call, client_id: str) -> object:
+    call.note("client", client_id)
+    name = _name(read_json(call.request))
+    call.note(client_name=name)
+    return client_json(await ctx.plane.rename_client(client_id, name))
+
+
+@ROUTES.route(
+    "POST",
+    "/v1/clients/{client_id}/revoke",
+    "revokeClient",
+    "Revoke a client: its token stops working and its session closes (idempotent)",
+    access="superadmin",
+    action="client.revoke",
+    status=204,
+    codes=("client_not_found",),
+)
+async def revoke(ctx: ApiContext, call: Call, client_id: str) -> object:
+    call.note("client", client_id)
+    await ctx.plane.revoke_client(client_id)
+    return Answer(204)
+
+
+@ROUTES.route(
+    "DELETE",
+    "/v1/clients/{client_id}",
+    "deleteClient",
+    "Delete a revoked client with its rules",
+    access="superadmin",
+    action="client.delete",
+    status=204,
+    codes=("client_not_found", "client_not_revoked"),
+)
+async def delete(ctx: ApiContext, call: Call, client_id: str) -> object:
+    call.note("client", client_id)
+    await ctx.plane.delete_client(client_id)
+    return Answer(204)

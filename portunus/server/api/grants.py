@@ -9,12 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import ApiContext
 from portunus.server.api.clients import resolve_client
-from portunus.server.api.request import Answer, Call, read_json, timestamp
+from portunus.server.api.request import Answer, ApiContext, Call, read_json, timestamp
+from portunus.server.api.route import Routes
+from portunus.server.api.schemas import string
 from portunus.server.store import GrantRecord
 
-__all__ = ["grant_json", "install"]
+__all__ = ["ROUTES", "grant_json"]
+
+ROUTES = Routes("grants")
 
 _PROTOCOLS = ("tcp", "udp")
 
@@ -57,51 +60,86 @@ def _protocols(body: dict[str, Any]) -> list[str]:
     return sorted(set(value), key=_PROTOCOLS.index)
 
 
-def install(ctx: ApiContext) -> None:
-    accounts = ctx.accounts
+@ROUTES.route(
+    "POST",
+    "/v1/grants",
+    "createGrant",
+    "Let a user push rules on a client's port range",
+    access="superadmin",
+    action="grant.create",
+    status=201,
+    answer="Grant",
+    body="GrantCreate",
+    codes=(
+        "invalid_json",
+        "user_not_found",
+        "invalid_client",
+        "client_not_found",
+        "client_name_ambiguous",
+        "invalid_port_range",
+        "invalid_protocol",
+        "empty_protocol_set",
+        "validation_failed",
+    ),
+)
+async def create(ctx: ApiContext, call: Call) -> object:
+    body = read_json(call.request)
+    user_id = body.get("user_id")
+    if not isinstance(user_id, str) or not user_id:
+        raise PortunusError("user_not_found", "user_id: name the user to grant", field="user_id")
+    client = body.get("client")
+    if not isinstance(client, str) or not client:
+        raise PortunusError(
+            "invalid_client", 'client: name a client, its id, or "*" for all', field="client"
+        )
+    client_id = "*" if client == "*" else (await resolve_client(ctx.plane, client)).client_id
+    start = _port(body, "listen_port_start")
+    end = _port(body, "listen_port_end") if "listen_port_end" in body else start
+    if end < start:
+        raise PortunusError(
+            "invalid_port_range",
+            f"listen_port_end ({end}) is below listen_port_start ({start})",
+            field="listen_port_end",
+        )
+    note = body.get("note", "")
+    if not isinstance(note, str) or len(note) > 256:
+        raise PortunusError(
+            "validation_failed", "note: use text of at most 256 characters", field="note"
+        )
+    grant = await ctx.accounts.create_grant(user_id, client_id, start, end, _protocols(body), note)
+    call.note("grant", grant.grant_id, user_id=user_id, client_id=client_id)
+    return Answer(201, grant_json(grant))
 
-    @ctx.route("/v1/grants", "POST", "superadmin", action="grant.create")
-    async def create(call: Call) -> object:
-        body = read_json(call.request)
-        user_id = body.get("user_id")
-        if not isinstance(user_id, str) or not user_id:
-            raise PortunusError(
-                "user_not_found", "user_id: name the user to grant", field="user_id"
-            )
-        client = body.get("client")
-        if not isinstance(client, str) or not client:
-            raise PortunusError(
-                "invalid_client", 'client: name a client, its id, or "*" for all', field="client"
-            )
-        client_id = "*" if client == "*" else (await resolve_client(ctx.plane, client)).client_id
-        start = _port(body, "listen_port_start")
-        end = _port(body, "listen_port_end") if "listen_port_end" in body else start
-        if end < start:
-            raise PortunusError(
-                "invalid_port_range",
-                f"listen_port_end ({end}) is below listen_port_start ({start})",
-                field="listen_port_end",
-            )
-        note = body.get("note", "")
-        if not isinstance(note, str) or len(note) > 256:
-            raise PortunusError(
-                "validation_failed", "note: use text of at most 256 characters", field="note"
-            )
-        grant = await accounts.create_grant(user_id, client_id, start, end, _protocols(body), note)
-        call.note("grant", grant.grant_id, user_id=user_id, client_id=client_id)
-        return Answer(201, grant_json(grant))
 
-    @ctx.route("/v1/grants", "GET", "superadmin")
-    async def list_grants(call: Call) -> object:
-        values = (call.request.args or {}).get(b"user_id")
-        user_id = values[-1].decode("utf-8", "replace") if values else None
-        return [grant_json(g) for g in await accounts.list_grants(user_id)]
+@ROUTES.route(
+    "GET",
+    "/v1/grants",
+    "listGrants",
+    "List grants",
+    access="superadmin",
+    answer="GrantList",
+    query={"user_id": string("Only this user's grants")},
+)
+async def list_grants(ctx: ApiContext, call: Call) -> object:
+    values = (call.request.args or {}).get(b"user_id")
+    user_id = values[-1].decode("utf-8", "replace") if values else None
+    return [grant_json(g) for g in await ctx.accounts.list_grants(user_id)]
 
-    @ctx.route("/v1/grants/<grant_id>", "DELETE", "superadmin", action="grant.revoke")
-    async def revoke(call: Call, grant_id: str) -> object:
-        call.note("grant", grant_id)
-        grant, rules = await accounts.revoke_grant(grant_id)
-        await ctx.plane.forget_rules(rules)
-        removed = [record.rule_id for record in rules]
-        call.note(removed_rule_ids=removed)
-        return {"grant_id": grant.grant_id, "removed_rule_ids": removed}
+
+@ROUTES.route(
+    "DELETE",
+    "/v1/grants/{grant_id}",
+    "revokeGrant",
+    "Revoke a grant and remove the rules pushed under it",
+    access="superadmin",
+    action="grant.revoke",
+    answer="GrantRevocation",
+    codes=("grant_not_found",),
+)
+async def revoke(ctx: ApiContext, call: Call, grant_id: str) -> object:
+    call.note("grant", grant_id)
+    grant, rules = await ctx.accounts.revoke_grant(grant_id)
+    await ctx.plane.forget_rules(rules)
+    removed = [record.rule_id for record in rules]
+    call.note(removed_rule_ids=removed)
+    return {"grant_id": grant.grant_id, "removed_rule_ids": removed}

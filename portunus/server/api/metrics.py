@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from portunus.server.api.app import ApiContext
 from portunus.server.api.request import Call, Raw
+from portunus.server.api.route import Routes
 from portunus.server.metrics import CONTENT_TYPE
 
-__all__ = ["install"]
+__all__ = ["ROUTES", "Renders"]
 
 
 class Renders(Protocol):
@@ -21,9 +21,17 @@ class Renders(Protocol):
     def render(self) -> bytes: ...
 
 
-def install(ctx: ApiContext, metrics: Renders) -> None:
-    """Add C{GET /v1/metrics} over C{metrics} to C{ctx.app}."""
+ROUTES = Routes("metrics", bind=None)
 
-    @ctx.route("/v1/metrics", "GET", "superadmin")
-    async def scrape(call: Call) -> object:
-        return Raw(200, CONTENT_TYPE, metrics.render())
+
+@ROUTES.route(
+    "GET",
+    "/v1/metrics",
+    "metrics",
+    "The Prometheus metrics, as the metrics listener serves them",
+    access="superadmin",
+    answer="Text",
+    media_type="text/plain",
+)
+async def scrape(metrics: Renders, call: Call) -> object:
+    return Raw(200, CONTENT_TYPE, metrics.render())

@@ -1,7 +1,8 @@
 """
-What the operator API's route handlers share: a request as a handler sees
-it (L{Call}), what a handler answers (L{Answer}, L{Raw}, L{Stream}), how
-it reads a JSON body, and what the pipeline asks of the accounts service.
+What the operator API's route handlers share: what they serve from
+(L{ApiContext}), a request as a handler sees it (L{Call}), what a handler
+answers (L{Answer}, L{Raw}, L{Stream}), how it reads a JSON body, and
+what the pipeline asks of the accounts service.
 
 This module imports nothing else of the API, so every route module and the
 pipeline in L{portunus.server.api.app} can import it without a circle.
@@ -16,9 +17,11 @@ from typing import Any, Literal, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from portunus.errors import PortunusError
+from portunus.server.audit.entry import AuditSink
 from portunus.server.auth.principal import Principal
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "SESSION_COOKIE",
     "Access",
     "Answer",
+    "ApiContext",
     "Authenticator",
     "Call",
     "Handler",
@@ -198,3 +202,32 @@ class Call:
             self.resource_value = str(value)
         if details:
             self.details = {**(self.details or {}), **details}
+
+
+class _Unobserved:
+    def request_done(self, outcome: str, reason: str) -> None:
+        pass
+
+
+@attrs.define
+class ApiContext:
+    """What the routes serve from: the plane, the accounts, the clock, the audit."""
+
+    plane: Any
+    #: The accounts service (L{portunus.server.auth.accounts.Accounts});
+    #: the pipeline uses only its L{Authenticator} part.
+    accounts: Any
+    clock: IReactorTime
+    audit: AuditSink
+    observer: RequestObserver = attrs.field(factory=_Unobserved)
+    #: C{operator_http_public_origin}: the exact Origin browsers send when
+    #: the server sits behind a proxy; C{None}: compare with C{Host}.
+    public_origin: str | None = None
+
+    def secure_cookies(self, request: IRequest) -> bool:
+        """Whether cookies should carry C{Secure}: the console is served over https."""
+        if request.isSecure():
+            return True
+        forwarded = (request.getHeader(b"x-forwarded-proto") or b"").strip().lower()
+        origin = self.public_origin or ""
+        return forwarded == b"https" or origin.lower().startswith("https://")

@@ -15,20 +15,23 @@ from twisted.web.iweb import IRequest
 from portunus.errors import ERRORS, PortunusError
 from portunus.rulejson import rule_to_dict
 from portunus.rulespec import FieldIssue, parse_rule_body
-from portunus.server.api.app import ApiContext
 from portunus.server.api.clients import resolve_client
-from portunus.server.api.request import Answer, Call, read_json, timestamp
+from portunus.server.api.request import Answer, ApiContext, Call, read_json, timestamp
+from portunus.server.api.route import Routes
+from portunus.server.api.schemas import FLAG, RULE_BODY_CODES, string
 from portunus.server.auth.rbac import covering_grant, require_owner
 from portunus.server.plane import RuleView
 
 __all__ = [
+    "ROUTES",
     "flag",
-    "install",
     "owned_rule",
     "rule_view_json",
     "stats_json",
     "validation_error",
 ]
+
+ROUTES = Routes("rules")
 
 
 def rule_view_json(view: RuleView) -> dict[str, Any]:
@@ -123,63 +126,130 @@ def stats_json(
     return data
 
 
-def install(ctx: ApiContext) -> None:
-    """Add the rule routes to C{ctx.app}."""
-    plane = ctx.plane
-
-    @ctx.route("/v1/rules", "POST", action="rule.push")
-    async def push(call: Call) -> object:
-        parsed = parse_rule_body(read_json(call.request))
-        if isinstance(parsed, list):
-            raise validation_error(parsed)
-        client = await resolve_client(plane, parsed.client)
-        rule = parsed.rule
-        call.note("client", client.client_id, listen=str(rule.listen), protocol=rule.protocol.value)
-        grant_id = None
-        if not call.who.is_superadmin:
-            grants = await ctx.accounts.grants_for(call.who.user_id)
-            grant = covering_grant(
-                grants, client.client_id, rule.protocol.value, rule.listen.start, rule.listen.end
-            )
-            grant_id = grant.grant_id
-        view = await plane.push_rule(
-            client.client_id,
-            rule,
-            parsed.ack_timeout,
-            owner_user_id=call.who.user_id,
-            grant_id=grant_id,
+@ROUTES.route(
+    "POST",
+    "/v1/rules",
+    "pushRule",
+    "Push a rule to a client; answers once the client activated it",
+    action="rule.push",
+    status=201,
+    answer="RuleView",
+    body="RulePush",
+    codes=(
+        "invalid_json",
+        *RULE_BODY_CODES,
+        "exceeds_cap",
+        "client_not_found",
+        "client_name_ambiguous",
+        "client_not_granted",
+        "protocol_not_granted",
+        "port_outside_grant",
+        "client_revoked",
+        "client_not_connected",
+        "unsupported_protocol",
+        "multi_target_unsupported_by_client",
+        "sni_unsupported_by_client",
+        "proxy_protocol_unsupported_by_client",
+        "rate_limit_unsupported_by_client",
+        "port_in_use",
+        "conflict.sni_route_duplicate",
+        "conflict.sni_fallback_duplicate",
+        "conflict.legacy_to_sni_unsupported",
+        "user_not_found",
+        "activation_failed",
+        "ack_timeout",
+    ),
+)
+async def push(ctx: ApiContext, call: Call) -> object:
+    parsed = parse_rule_body(read_json(call.request))
+    if isinstance(parsed, list):
+        raise validation_error(parsed)
+    client = await resolve_client(ctx.plane, parsed.client)
+    rule = parsed.rule
+    call.note("client", client.client_id, listen=str(rule.listen), protocol=rule.protocol.value)
+    grant_id = None
+    if not call.who.is_superadmin:
+        grants = await ctx.accounts.grants_for(call.who.user_id)
+        grant = covering_grant(
+            grants, client.client_id, rule.protocol.value, rule.listen.start, rule.listen.end
         )
-        call.note("rule", view.rule.id)
-        return Answer(201, rule_view_json(view))
+        grant_id = grant.grant_id
+    view = await ctx.plane.push_rule(
+        client.client_id,
+        rule,
+        parsed.ack_timeout,
+        owner_user_id=call.who.user_id,
+        grant_id=grant_id,
+    )
+    call.note("rule", view.rule.id)
+    return Answer(201, rule_view_json(view))
 
-    @ctx.route("/v1/rules", "GET")
-    async def list_rules(call: Call) -> object:
-        args = call.request.args or {}
-        client_id = None
-        refs = args.get(b"client")
-        if refs:
-            ref = refs[-1].decode("utf-8", "replace")
-            client_id = (await resolve_client(plane, ref)).client_id
-        owner: str | None = call.who.user_id
-        if call.who.is_superadmin:
-            owners = args.get(b"owner")
-            owner = owners[-1].decode("utf-8", "replace") if owners else None
-        views = await plane.list_rules(client_id, owner)
-        return [rule_view_json(view) for view in views]
 
-    @ctx.route("/v1/rules/<rule_id>", "GET")
-    async def get_rule(call: Call, rule_id: str) -> object:
-        return rule_view_json(await owned_rule(plane, call, rule_id))
+@ROUTES.route(
+    "GET",
+    "/v1/rules",
+    "listRules",
+    "List rules by id: a superadmin's all (or one owner's), a user's own",
+    answer="RuleViewList",
+    codes=("client_not_found", "client_name_ambiguous"),
+    query={
+        "client": string("Only this client's rules (its id or name)"),
+        "owner": string("Only this user's rules (superadmins; ignored for users)"),
+    },
+)
+async def list_rules(ctx: ApiContext, call: Call) -> object:
+    args = call.request.args or {}
+    client_id = None
+    refs = args.get(b"client")
+    if refs:
+        ref = refs[-1].decode("utf-8", "replace")
+        client_id = (await resolve_client(ctx.plane, ref)).client_id
+    owner: str | None = call.who.user_id
+    if call.who.is_superadmin:
+        owners = args.get(b"owner")
+        owner = owners[-1].decode("utf-8", "replace") if owners else None
+    views = await ctx.plane.list_rules(client_id, owner)
+    return [rule_view_json(view) for view in views]
 
-    @ctx.route("/v1/rules/<rule_id>", "DELETE", action="rule.remove")
-    async def remove(call: Call, rule_id: str) -> object:
-        view = await owned_rule(plane, call, rule_id)
-        await plane.remove_rule(view.rule.id)
-        return Answer(204)
 
-    @ctx.route("/v1/rules/<rule_id>/stats", "GET")
-    async def stats(call: Call, rule_id: str) -> object:
-        view = await owned_rule(plane, call, rule_id)
-        data = await plane.rule_stats(view.rule.id)
-        # As Portunus: per-target state always, the per-port rows on request.
-        return stats_json(data, view.rule.id, per_port=flag(call.request, b"per_port"))
+@ROUTES.route(
+    "GET",
+    "/v1/rules/{rule_id}",
+    "getRule",
+    "Read a rule",
+    answer="RuleView",
+    codes=("rule_not_found", "not_owner"),
+)
+async def get_rule(ctx: ApiContext, call: Call, rule_id: str) -> object:
+    return rule_view_json(await owned_rule(ctx.plane, call, rule_id))
+
+
+@ROUTES.route(
+    "DELETE",
+    "/v1/rules/{rule_id}",
+    "removeRule",
+    "Remove a rule; the client stops accepting and drains",
+    action="rule.remove",
+    status=204,
+    codes=("rule_not_found", "not_owner"),
+)
+async def remove(ctx: ApiContext, call: Call, rule_id: str) -> object:
+    view = await owned_rule(ctx.plane, call, rule_id)
+    await ctx.plane.remove_rule(view.rule.id)
+    return Answer(204)
+
+
+@ROUTES.route(
+    "GET",
+    "/v1/rules/{rule_id}/stats",
+    "ruleStats",
+    "The counters the client last reported for a rule",
+    answer="RuleStats",
+    codes=("rule_not_found", "not_owner"),
+    query={"per_port": FLAG},
+)
+async def stats(ctx: ApiContext, call: Call, rule_id: str) -> object:
+    view = await owned_rule(ctx.plane, call, rule_id)
+    data = await ctx.plane.rule_stats(view.rule.id)
+    # As Portunus: per-target state always, the per-port rows on request.
+    return stats_json(data, view.rule.id, per_port=flag(call.request, b"per_port"))

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from portunus.control.tls import certificate_hosts
 from portunus.errors import PortunusError
 from portunus.server.advertised import CertificateNames, check_override, describe
-from portunus.server.api.app import ApiContext
 from portunus.server.api.request import Call, read_json
+from portunus.server.api.route import Routes
 
-__all__ = ["install"]
+__all__ = ["ROUTES", "AdvertisedSettings"]
 
 _KEY = "advertised_endpoint"
 
@@ -49,35 +51,64 @@ def _requested(body: dict[str, Any]) -> str | None:
     return value
 
 
-def install(ctx: ApiContext, *, cert_pem: bytes, seed: str | None, control_port: int) -> None:
+@attrs.frozen
+class AdvertisedSettings:
     """
-    Add the settings routes to C{ctx.app}.
+    What the settings routes serve from.
 
-    @param cert_pem: the server certificate (its SANs bound the overrides).
-    @param seed: the configured C{host:port} (server.toml, environment or
+    @ivar plane: stores the override and uses it for later enrollments.
+    @ivar names: the server certificate's names (they bound the overrides).
+    @ivar seed: the configured C{host:port} (server.toml, environment or
         flag, with the control port filled in), C{None} when none is.
-    @param control_port: the port a bare host gets.
+    @ivar control_port: the port a bare host gets.
     """
-    plane = ctx.plane
-    names = CertificateNames(*certificate_hosts(cert_pem))
 
-    def current() -> dict[str, Any]:
-        return describe(plane.advertised_override(), seed, control_port, names)
+    plane: Any
+    names: CertificateNames
+    seed: str | None
+    control_port: int
 
-    @ctx.route("/v1/settings/advertised-endpoint", "GET", "superadmin")
-    async def show(call: Call) -> object:
-        return current()
+    @classmethod
+    def of(
+        cls, plane: Any, *, cert_pem: bytes, seed: str | None, control_port: int
+    ) -> AdvertisedSettings:
+        """The settings over C{plane} for the certificate C{cert_pem}."""
+        return cls(plane, CertificateNames(*certificate_hosts(cert_pem)), seed, control_port)
 
-    @ctx.route(
-        "/v1/settings/advertised-endpoint",
-        "PUT",
-        "superadmin",
-        action="settings.advertised_endpoint",
-    )
-    async def change(call: Call) -> object:
-        text = _requested(read_json(call.request))
-        call.note("setting", _KEY)
-        endpoint = None if text is None else check_override(text, control_port, names)
-        call.note(endpoint=endpoint)
-        await plane.set_advertised_override(endpoint)
-        return current()
+    def current(self) -> dict[str, Any]:
+        return describe(self.plane.advertised_override(), self.seed, self.control_port, self.names)
+
+
+ROUTES = Routes("settings", bind=None)
+
+
+@ROUTES.route(
+    "GET",
+    "/v1/settings/advertised-endpoint",
+    "getAdvertisedEndpoint",
+    "The host:port enrollment URIs name, and where it comes from",
+    access="superadmin",
+    answer="AdvertisedEndpoint",
+)
+async def show(settings: AdvertisedSettings, call: Call) -> object:
+    return settings.current()
+
+
+@ROUTES.route(
+    "PUT",
+    "/v1/settings/advertised-endpoint",
+    "setAdvertisedEndpoint",
+    'Override the host:port enrollment URIs name (null or "" clears it)',
+    access="superadmin",
+    action="settings.advertised_endpoint",
+    answer="AdvertisedEndpoint",
+    body="AdvertisedEndpointChange",
+    codes=("invalid_json", "validation_failed", "endpoint_invalid", "endpoint_not_in_cert_san"),
+)
+async def change(settings: AdvertisedSettings, call: Call) -> object:
+    text = _requested(read_json(call.request))
+    call.note("setting", _KEY)
+    endpoint = None if text is None else check_override(text, settings.control_port, settings.names)
+    call.note(endpoint=endpoint)
+    await settings.plane.set_advertised_override(endpoint)
+    return settings.current()

@@ -31,16 +31,17 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from portunus.errors import PortunusError
-from portunus.server.api.app import ApiContext
-from portunus.server.api.request import Call, Stream
+from portunus.server.api.request import ApiContext, Call, Stream
+from portunus.server.api.route import Routes
 from portunus.server.api.rules import flag, owned_rule, stats_json
+from portunus.server.api.schemas import FLAG
 
 __all__ = [
     "KEEPALIVE_SECS",
     "MAX_STREAMS",
     "MAX_STREAMS_PER_USER",
+    "ROUTES",
     "StreamBudget",
-    "install",
     "sse_event",
 ]
 
@@ -231,22 +232,44 @@ class _StatsStream:
         self._close()
 
 
-def install(ctx: ApiContext) -> None:
-    """Add the stats stream route to C{ctx.app}."""
-    plane = ctx.plane
-    budget = StreamBudget()
+@attrs.frozen
+class _Streams:
+    """What the stream route serves from: the context and the app's one budget."""
 
-    @ctx.route("/v1/rules/<rule_id>/stats/stream", "GET")
-    async def stream(call: Call, rule_id: str) -> object:
-        view = await owned_rule(plane, call, rule_id)
-        snapshot = await plane.rule_stats(view.rule.id)
-        release = budget.acquire(call.who.user_id)
-        follower = _StatsStream(
-            view.rule.id,
-            flag(call.request, b"per_target"),
-            snapshot,
-            ctx.clock,
-            release,
-        )
-        follower.follow(plane.subscribe_stats)
-        return Stream(follower.run, headers=_HEADERS)
+    ctx: ApiContext
+    budget: StreamBudget = attrs.field(factory=StreamBudget)
+
+
+ROUTES = Routes("rules", bind=_Streams)
+
+
+@ROUTES.route(
+    "GET",
+    "/v1/rules/{rule_id}/stats/stream",
+    "ruleStatsStream",
+    "A rule's stats as server-sent events",
+    answer="EventStream",
+    media_type="text/event-stream",
+    codes=("rule_not_found", "not_owner", "rate_limited"),
+    query={"per_target": FLAG},
+    headers={"Cache-Control": "no-cache"},
+    description="The stream opens with an `event: stats` carrying the last snapshot "
+    "(the JSON of GET /v1/rules/{rule_id}/stats, without per_port), then one `stats` "
+    "event per report of the client, a `: keepalive` comment every 30 s, and "
+    "`event: removed` when the rule goes away. Streams are limited in all and per "
+    "user (rate_limited).",
+)
+async def stream(streams: _Streams, call: Call, rule_id: str) -> object:
+    plane = streams.ctx.plane
+    view = await owned_rule(plane, call, rule_id)
+    snapshot = await plane.rule_stats(view.rule.id)
+    release = streams.budget.acquire(call.who.user_id)
+    follower = _StatsStream(
+        view.rule.id,
+        flag(call.request, b"per_target"),
+        snapshot,
+        streams.ctx.clock,
+        release,
+    )
+    follower.follow(plane.subscribe_stats)
+    return Stream(follower.run, headers=_HEADERS)
