@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from portunus.client.agent import EdgeAgent
 from portunus.client.forwarding import EdgeForwarder
 from portunus.client.session import ClientSession
+from portunus.compat import clear_exit_signal
 from portunus.control.enrollment import Bundle, parse_endpoint
 from portunus.control.tls import PinMismatch, PinnedClientTLS
 from portunus.exitcode import stop_with_status
@@ -173,8 +174,7 @@ class EdgeClientService(MultiService):
             log.info("edge stopped", event="client.stopped")
             # twistd re-raises the stopping signal at exit; a completed
             # drain is a clean shutdown and exits 0 (as the standalone does).
-            if getattr(self._reactor, "_exitSignal", None) is not None:
-                self._reactor._exitSignal = None
+            clear_exit_signal(self._reactor)
 
         d = self.agent.stop() if stopped is None else stopped.addCallback(drain)
         return d.addCallback(done)

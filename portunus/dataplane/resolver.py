@@ -49,6 +49,7 @@ from twisted.names import client, dns, hosts, resolve
 from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
+from portunus.compat import DnsAnswer, HookedDnsResolver
 from portunus.tomltext import describe_value as _describe
 from portunus.tomltext import printable as _safe
 
@@ -550,7 +551,7 @@ class TargetResolver:
         self._misses += 1
         flight = self._in_flight[key] = _Flight()
         waiter = flight.join()
-        lookup = Deferred.fromCoroutine(self._lookup(name, _FAMILIES[strategy]))
+        lookup = Deferred.fromCoroutine(self._look_up(name, _FAMILIES[strategy]))
         lookup.addCallbacks(
             self._flight_succeeded,
             self._flight_failed,
@@ -586,7 +587,7 @@ class TargetResolver:
 
     # -- lookups ----------------------------------------------------------
 
-    async def _lookup(self, name: str, families: Sequence[int]) -> tuple[tuple[str, ...], float]:
+    async def _look_up(self, name: str, families: Sequence[int]) -> tuple[tuple[str, ...], float]:
         first_error: DnsFailure | None = None
         for rtype in families:
             self._queries += 1
@@ -777,12 +778,12 @@ class _TcpClientFactory(client.DNSClientFactory):
 
     def buildProtocol(self, addr: Any) -> dns.DNSProtocol:
         # On the client's reactor, so its timers follow an injected clock.
-        protocol = dns.DNSProtocol(self.controller, reactor=self.controller._reactor)
+        protocol = dns.DNSProtocol(self.controller, reactor=self.controller.reactor)
         protocol.factory = self
         return protocol
 
 
-class _DnsClient(client.Resolver):
+class _DnsClient(HookedDnsResolver):
     """
     L{client.Resolver} with Portunus's transport rules: optionally TCP only;
     optionally no TCP retry of a truncated answer; a per-server UDP timeout
@@ -807,8 +808,9 @@ class _DnsClient(client.Resolver):
         self._gone: list[Deferred[None]] = []
         per_server = max(ATTEMPT_TIMEOUT / len(servers), 0.5)
         super().__init__(servers=list(servers), timeout=(per_server,), reactor=reactor)
-        self.factory = _TcpClientFactory(self, ATTEMPT_TIMEOUT)
-        self.factory.noisy = False
+        self._tcp_factory = _TcpClientFactory(self, ATTEMPT_TIMEOUT)
+        self._tcp_factory.noisy = False
+        self.factory = self._tcp_factory
 
     def queryUDP(self, queries: Any, timeout: Any = None) -> Any:
         # The caller's timeout is for the whole attempt; each server gets
@@ -818,14 +820,19 @@ class _DnsClient(client.Resolver):
         addresses = self.servers[start:] + self.servers[:start]
         addresses.reverse()
         used = addresses.pop()
-        d = self._query(used, queries, timeout[0])
-        d.addErrback(self._reissue, addresses, [used], queries, timeout)
+        d = self.query_server(used, queries, timeout[0])
+        d.addErrback(self.reissue, addresses, [used], queries, timeout)
         return d
 
-    def _query(self, *args: Any) -> Any:
-        address = args[0]
-        protocol = self._connectedProtocol(interface=_source_interface(address[0]))
-        d = protocol.query(*args)
+    def query_server(
+        self,
+        address: tuple[str, int],
+        queries: list[dns.Query],
+        timeout: float,
+        id: int | None = None,
+    ) -> Deferred[dns.Message]:
+        protocol = self.connected_protocol(_source_interface(address[0]))
+        d: Deferred[dns.Message] = protocol.query(address, queries, timeout, id)
 
         def done(result: object) -> object:
             protocol.transport.stopListening()
@@ -845,7 +852,7 @@ class _DnsClient(client.Resolver):
             if not self._connecting:
                 self._connecting = True
                 host, port = self.pickServer()
-                self._reactor.connectTCP(host, port, self.factory, timeout=ATTEMPT_TIMEOUT)
+                self.reactor.connectTCP(host, port, self._tcp_factory, timeout=ATTEMPT_TIMEOUT)
         d.addErrback(self._drop_tcp_on_timeout)
         return d
 
@@ -857,9 +864,11 @@ class _DnsClient(client.Resolver):
                 protocol.transport.loseConnection()
         return failure
 
-    def _lookup(self, name: Any, cls: Any, type: Any, timeout: Any) -> Any:
+    def lookup_records(
+        self, name: bytes, cls: int, type: int, timeout: Sequence[float] | None
+    ) -> Deferred[DnsAnswer]:
         if not self._tcp_only:
-            return super()._lookup(name, cls, type, timeout)
+            return super().lookup_records(name, cls, type, timeout)
         d = self.queryTCP([dns.Query(name, type, cls)], ATTEMPT_TIMEOUT)
         d.addCallback(self._answers)
         return d

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from portunus.compat import nothing_buffered
+
 __all__ = [
     "PIPE_SIZE",
     "Pipe",
@@ -296,11 +298,7 @@ class SpliceRelay:
         A socket transport with nothing queued in it: its socket can be
         spliced, or written to directly, without reordering any bytes.
         """
-        return (
-            hasattr(transport, "socket")
-            and not getattr(transport, "dataBuffer", b"")
-            and not getattr(transport, "_tempDataBuffer", [])
-        )
+        return hasattr(transport, "socket") and nothing_buffered(transport)
 
     def start(self) -> None:
         # Neither transport is writing: nothing is buffered (can_take_over).

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portunus.compat import close_without_shutdown
 from portunus.dataplane.proxyprotocol import ProxyProtocolError, encode_header
 from portunus.dataplane.ratelimit import PauseGate, Throttle
 from portunus.dataplane.resolver import DnsFailure, Resolution
@@ -510,7 +511,7 @@ class TcpRelay:
                 # Both ways are already shut down (each write side by the
                 # splice relay, each read side at its EOF): close() alone
                 # ends the socket, without Twisted's shutdown(SHUT_RDWR).
-                transport._shouldShutdown = False
+                close_without_shutdown(transport)
                 transport.connectionLost(_CONNECTION_DONE)
         self._maybe_finish()
 

@@ -25,6 +25,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from portunus import __version__
+from portunus.compat import clear_exit_signal, raise_listen_errors_at_start
 from portunus.control.enrollment import new_secret
 from portunus.control.tls import (
     ensure_server_certificate,
@@ -149,8 +150,7 @@ class ServerService(MultiService):
             log.info("portunus-server stopped", event="server.stopped")
             # twistd re-raises the stopping signal at exit; a clean stop of
             # sessions and store exits 0 instead (as the standalone does).
-            if getattr(self._reactor, "_exitSignal", None) is not None:
-                self._reactor._exitSignal = None
+            clear_exit_signal(self._reactor)
             return None
 
         closing = self.store.close() if d is None else d.addCallback(lambda _: self.store.close())
@@ -163,10 +163,9 @@ class _Listener(StreamServerEndpointService):
     instead of a server that runs without it.
     """
 
-    _raiseSynchronously = True
-
     def __init__(self, endpoint: Any, factory: Any, what: str, address: str) -> None:
         super().__init__(endpoint, factory)
+        raise_listen_errors_at_start(self)
         self._what = what
         self._address = address
 

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 
+from portunus.compat import clear_exit_signal
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.dataplane.rlimits import raise_nofile_limit
 from portunus.dataplane.workerpool import WorkerListeners, bind_for_workers, sni_listener_key
@@ -200,8 +201,7 @@ class StandaloneService(MultiService):
             log.info("standalone forwarder stopped", event="standalone.stopped")
             # twistd re-raises the stopping signal at exit so the status shows
             # it; a completed drain is a clean shutdown and exits 0 instead.
-            if getattr(self._reactor, "_exitSignal", None) is not None:
-                self._reactor._exitSignal = None
+            clear_exit_signal(self._reactor)
 
         if self.supervisor is not None:
             d: Deferred[Any] = self.supervisor.stop()
