@@ -16,11 +16,11 @@ ReplayDone so the client drops what the server no longer has.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -48,10 +48,17 @@ from portunus.server.plane import (
     IControlPlane,
     RuleView,
     StatsCallback,
+    StatsEntry,
 )
-from portunus.server.sessions import ISessionHost, ServerSession, SessionRegistry
+from portunus.server.sessions import (
+    EnrollAnswer,
+    ISessionHost,
+    ServerSession,
+    SessionRegistry,
+    WelcomeValues,
+)
 from portunus.server.settings import parse_advertised_endpoint
-from portunus.server.store import RuleState
+from portunus.server.store import ClientRecord, RuleRecord, RuleState, Store
 
 __all__ = ["ADVERTISED_ENDPOINT_SETTING", "ControlPlane", "PlaneSettings"]
 
@@ -94,7 +101,7 @@ def _is_sni(rule: Rule) -> bool:
     return rule.sni_pattern is not None or rule.sni_fallback
 
 
-def refuse_overlaps(rule: Rule, others: list[Any]) -> None:
+def refuse_overlaps(rule: Rule, others: Sequence[RuleRecord]) -> None:
     """
     Refuse C{rule} if it shares a port with one of C{others} (the client's
     rules of the same protocol overlapping its ports): C{port_in_use}, or
@@ -147,18 +154,18 @@ def _removal_unanswered(failure: Failure, rule_id: int) -> None:
 class ControlPlane:
     """The one owner of clients, enrollments, rules and live sessions."""
 
-    def __init__(self, store: Any, settings: PlaneSettings, clock: Any) -> None:
+    def __init__(self, store: Store, settings: PlaneSettings, clock: IReactorTime) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.sessions = SessionRegistry()
         #: rule id -> last stats entry from its client, with C{updated_at}.
-        self._stats: dict[int, dict[str, Any]] = {}
+        self._stats: dict[int, StatsEntry] = {}
         #: rule id -> client id, for the rules sent to a client this run:
         #: a client's stats are believed only for its own rules.
         self._owners: dict[int, str] = {}
         #: rule id -> record, for the rules in C{_owners}: the metrics' rows.
-        self._live_rules: dict[int, Any] = {}
+        self._live_rules: dict[int, RuleRecord] = {}
         #: Told the reason of every refused control connection (metrics).
         self.auth_failure_observer: Callable[[str], object] = lambda reason: None
         #: rule id -> who follows its stats (the API's live streams).
@@ -168,7 +175,7 @@ class ControlPlane:
 
     # -- clients ---------------------------------------------------------
 
-    def _client_view(self, record: Any) -> ClientView:
+    def _client_view(self, record: ClientRecord) -> ClientView:
         session = self.sessions.get(record.client_id)
         if record.revoked_at is not None:
             state = "revoked"
@@ -188,15 +195,13 @@ class ControlPlane:
             features=tuple(sorted(session.features)) if session else (),
         )
 
-    @inlineCallbacks
-    def list_clients(self) -> Any:
-        records = yield self.store.list_clients()
+    async def list_clients(self) -> list[ClientView]:
+        records = await self.store.list_clients()
         views = [self._client_view(r) for r in records]
         return sorted(views, key=lambda v: (v.name, v.client_id))
 
-    @inlineCallbacks
-    def get_client(self, client_id: str) -> Any:
-        record = yield self.store.get_client(client_id)
+    async def get_client(self, client_id: str) -> ClientView:
+        record = await self.store.get_client(client_id)
         return self._client_view(record)
 
     def _endpoint_for(self, address: str | None) -> str:
@@ -204,12 +209,13 @@ class ControlPlane:
             return self.advertised_endpoint
         return format_endpoint(address, self.settings.control_port)
 
-    @inlineCallbacks
-    def _new_enrollment(self, record: Any, address: str | None, ttl_secs: int) -> Any:
+    async def _new_enrollment(
+        self, record: ClientRecord, address: str | None, ttl_secs: int
+    ) -> EnrollmentView:
         endpoint = self._endpoint_for(address)
         code = new_secret()
         now = self.clock.seconds()
-        yield self.store.create_enrollment(
+        await self.store.create_enrollment(
             client_id=record.client_id,
             code_hash=hash_secret(code),
             issued_at=now,
@@ -235,32 +241,28 @@ class ControlPlane:
             expires_at=now + ttl_secs,
         )
 
-    @inlineCallbacks
-    def enroll_client(self, name: str, address: str | None, ttl_secs: int) -> Any:
+    async def enroll_client(self, name: str, address: str | None, ttl_secs: int) -> EnrollmentView:
         name = check_client_name(name)
         ttl_secs = check_enrollment_ttl(ttl_secs)
         address = check_client_address(address)
-        record = yield self.store.create_client(name, address, self.clock.seconds())
-        view = yield self._new_enrollment(record, address, ttl_secs)
-        return view
+        record = await self.store.create_client(name, address, self.clock.seconds())
+        return await self._new_enrollment(record, address, ttl_secs)
 
-    @inlineCallbacks
-    def reenroll_client(self, client_id: str, address: str | None, ttl_secs: int) -> Any:
+    async def reenroll_client(
+        self, client_id: str, address: str | None, ttl_secs: int
+    ) -> EnrollmentView:
         ttl_secs = check_enrollment_ttl(ttl_secs)
         address = check_client_address(address)
-        record = yield self.store.get_client(client_id)
-        view = yield self._new_enrollment(record, address, ttl_secs)
-        return view
+        record = await self.store.get_client(client_id)
+        return await self._new_enrollment(record, address, ttl_secs)
 
-    @inlineCallbacks
-    def rename_client(self, client_id: str, name: str) -> Any:
+    async def rename_client(self, client_id: str, name: str) -> ClientView:
         name = check_client_name(name)
-        record = yield self.store.rename_client(client_id, name)
+        record = await self.store.rename_client(client_id, name)
         return self._client_view(record)
 
-    @inlineCallbacks
-    def revoke_client(self, client_id: str) -> Any:
-        record = yield self.store.revoke_client(client_id, self.clock.seconds())
+    async def revoke_client(self, client_id: str) -> ClientView:
+        record = await self.store.revoke_client(client_id, self.clock.seconds())
         if self.sessions.disconnect(client_id, "token_revoked"):
             log.info(
                 "client {client_id} revoked; its session was closed",
@@ -269,21 +271,19 @@ class ControlPlane:
             )
         return self._client_view(record)
 
-    @inlineCallbacks
-    def delete_client(self, client_id: str) -> Any:
-        rules = yield self.store.list_rules(client_id)
-        yield self.store.delete_client(client_id)
+    async def delete_client(self, client_id: str) -> None:
+        rules = await self.store.list_rules(client_id)
+        await self.store.delete_client(client_id)
         for record in rules:
             self._stats.pop(record.rule_id, None)
             self._live_rules.pop(record.rule_id, None)
             self._stats_ended(record.rule_id)
         self.sessions.disconnect(client_id, "client_deleted")
         log.info("client {client_id} deleted", event="client.deleted", client_id=client_id)
-        return None
 
     # -- rules -----------------------------------------------------------
 
-    def _rule_view(self, record: Any) -> RuleView:
+    def _rule_view(self, record: RuleRecord) -> RuleView:
         return RuleView(
             rule=record.rule,
             client_id=record.client_id,
@@ -308,23 +308,20 @@ class ControlPlane:
 
     def _fill_defaults(self, rule: Rule) -> Rule:
         if rule.protocol is Protocol.UDP:
-            changes: dict[str, Any] = {}
             if rule.udp_flow_idle_secs == 60:
-                changes["udp_flow_idle_secs"] = self.settings.udp_flow_idle_secs
+                rule = attrs.evolve(rule, udp_flow_idle_secs=self.settings.udp_flow_idle_secs)
             if rule.udp_max_flows == 1024:
-                changes["udp_max_flows"] = self.settings.udp_max_flows_per_rule
-            rule = attrs.evolve(rule, **changes)
+                rule = attrs.evolve(rule, udp_max_flows=self.settings.udp_max_flows_per_rule)
         return rule
 
-    @inlineCallbacks
-    def push_rule(
+    async def push_rule(
         self,
         client_id: str,
         rule: Rule,
         ack_timeout: float,
         owner_user_id: str | None = None,
         grant_id: str | None = None,
-    ) -> Any:
+    ) -> RuleView:
         if len(rule.listen) > self.settings.range_rule_max_ports:
             raise PortunusError(
                 "exceeds_cap",
@@ -332,7 +329,7 @@ class ControlPlane:
                 f"(range_rule_max_ports); this one spans {len(rule.listen)}",
                 field="listen",
             )
-        client = yield self.store.get_client(client_id)
+        client = await self.store.get_client(client_id)
         if client.revoked_at is not None:
             raise PortunusError(
                 "client_revoked",
@@ -349,7 +346,7 @@ class ControlPlane:
             )
         self._gate(session, rule)
         rule = self._fill_defaults(rule)
-        record = yield self.store.insert_rule(
+        record = await self.store.insert_rule(
             client_id,
             rule,
             self.clock.seconds(),
@@ -366,7 +363,7 @@ class ControlPlane:
         )
         self._owners[record.rule_id] = client_id
         self._live_rules[record.rule_id] = record
-        outcome = yield self._push_and_wait(session, record.rule, ack_timeout)
+        outcome = await self._push_and_wait(session, record.rule, ack_timeout)
         if outcome is None:
             raise PortunusError(
                 "ack_timeout",
@@ -383,7 +380,7 @@ class ControlPlane:
                 rule_id=record.rule_id,
                 reason=reason,
             )
-        updated = yield self.store.get_rule(record.rule_id)
+        updated = await self.store.get_rule(record.rule_id)
         return self._rule_view(updated)
 
     def _push_and_wait(
@@ -395,7 +392,9 @@ class ControlPlane:
         """
         waiter: Deferred[tuple[str, str | None] | None] = Deferred()
         pushed = session.push_rule(rule)
-        pushed.addCallback(self._record_outcome, rule.id)
+        pushed.addCallback(
+            lambda outcome: Deferred.fromCoroutine(self._record_outcome(outcome, rule.id))
+        )
 
         def answered(outcome: tuple[str, str | None]) -> tuple[str, str | None]:
             if not waiter.called:
@@ -403,7 +402,7 @@ class ControlPlane:
                 waiter.callback(outcome)
             return outcome
 
-        def lost(failure: Any) -> None:
+        def lost(failure: Failure) -> None:
             log.warn(
                 "rule {rule_id}: no answer from the client ({why})",
                 event="rule.push_unanswered",
@@ -422,12 +421,13 @@ class ControlPlane:
         pushed.addCallbacks(answered, lost)
         return waiter
 
-    @inlineCallbacks
-    def _record_outcome(self, outcome: tuple[str, str | None], rule_id: int) -> Any:
+    async def _record_outcome(
+        self, outcome: tuple[str, str | None], rule_id: int
+    ) -> tuple[str, str | None]:
         state, reason = outcome
         kind = "active" if state == "activated" else "failed"
         try:
-            yield self.store.set_rule_state(rule_id, kind, reason, self.clock.seconds())
+            await self.store.set_rule_state(rule_id, kind, reason, self.clock.seconds())
         except PortunusError:
             pass  # removed meanwhile
         else:
@@ -441,25 +441,23 @@ class ControlPlane:
             )
         return outcome
 
-    @inlineCallbacks
-    def list_rules(self, client_id: str | None, owner_user_id: str | None = None) -> Any:
+    async def list_rules(
+        self, client_id: str | None, owner_user_id: str | None = None
+    ) -> list[RuleView]:
         if client_id is not None:
-            yield self.store.get_client(client_id)
-        records = yield self.store.list_rules(client_id, owner_user_id)
+            await self.store.get_client(client_id)
+        records = await self.store.list_rules(client_id, owner_user_id)
         return [self._rule_view(r) for r in records]
 
-    @inlineCallbacks
-    def get_rule(self, rule_id: int) -> Any:
-        record = yield self.store.get_rule(rule_id)
+    async def get_rule(self, rule_id: int) -> RuleView:
+        record = await self.store.get_rule(rule_id)
         return self._rule_view(record)
 
-    @inlineCallbacks
-    def remove_rule(self, rule_id: int) -> Any:
-        record = yield self.store.delete_rule(rule_id)
-        yield self.forget_rules([record])
-        return None
+    async def remove_rule(self, rule_id: int) -> None:
+        record = await self.store.delete_rule(rule_id)
+        await self.forget_rules([record])
 
-    def forget_rules(self, records: list[Any]) -> Any:
+    async def forget_rules(self, records: Sequence[RuleRecord]) -> None:
         for record in records:
             rule_id = record.rule_id
             self._stats.pop(rule_id, None)
@@ -470,11 +468,9 @@ class ControlPlane:
             session = self.sessions.get(record.client_id)
             if session is not None:
                 session.remove_rule(rule_id).addErrback(_removal_unanswered, rule_id)
-        return succeed(None)
 
-    @inlineCallbacks
-    def rule_stats(self, rule_id: int) -> Any:
-        record = yield self.store.get_rule(rule_id)
+    async def rule_stats(self, rule_id: int) -> StatsEntry:
+        record = await self.store.get_rule(rule_id)
         entry = self._stats.get(rule_id)
         if entry is None:
             return {"rule_id": rule_id, "client_id": record.client_id, "updated_at": None}
@@ -482,11 +478,10 @@ class ControlPlane:
 
     # -- sessions --------------------------------------------------------
 
-    @inlineCallbacks
-    def redeem_enrollment(self, code: str) -> Any:
+    async def redeem_enrollment(self, code: str) -> EnrollAnswer:
         token = new_secret()
         try:
-            redemption = yield self.store.redeem_enrollment(
+            redemption = await self.store.redeem_enrollment(
                 hash_secret(code), self.clock.seconds(), hash_secret(token)
             )
         except PortunusError as e:
@@ -515,13 +510,13 @@ class ControlPlane:
             "token": token,
         }
 
-    @inlineCallbacks
-    def authenticate(self, token: str) -> Any:
+    async def authenticate(self, token: str) -> tuple[str, str]:
         reason = None
+        record = None
         if not token:
             reason = "missing_token"
         else:
-            record = yield self.store.client_for_token_hash(
+            record = await self.store.client_for_token_hash(
                 hash_secret(token), include_revoked=True
             )
             if record is None:
@@ -532,9 +527,10 @@ class ControlPlane:
             log.warn("control connection refused: {reason}", event="auth.failure", reason=reason)
             self.auth_failure_observer(reason)
             raise AuthFailed(reason)
+        assert record is not None
         return record.client_id, record.name
 
-    def welcome_values(self) -> dict[str, Any]:
+    def welcome_values(self) -> WelcomeValues:
         return {
             "server_version": __version__,
             "server_time_ms": int(self.clock.seconds() * 1000),
@@ -549,7 +545,7 @@ class ControlPlane:
             # Runs after the Welcome (the Hello answer) has been written.
             if session.lost or self.sessions.get(session.client_id or "") is not session:
                 return
-            self.replay(session).addErrback(
+            Deferred.fromCoroutine(self.replay(session)).addErrback(
                 lambda f: log.failure(
                     "replay to {client_id} failed", f, client_id=session.client_id
                 )
@@ -557,24 +553,23 @@ class ControlPlane:
 
         self.clock.callLater(0, replay)
 
-    @inlineCallbacks
-    def replay(self, session: ServerSession) -> Any:
+    async def replay(self, session: ServerSession) -> int:
         """Push every Active rule of the session's client, then ReplayDone."""
         assert session.client_id is not None
-        active = yield self.store.rules_in_state(session.client_id, RuleState.ACTIVE)
+        active = await self.store.rules_in_state(session.client_id, RuleState.ACTIVE)
         for record in active:
             try:
                 self._gate(session, record.rule)
             except PortunusError as e:
-                yield self.store.set_rule_state(
+                await self.store.set_rule_state(
                     record.rule_id, "failed", e.code, self.clock.seconds()
                 )
                 continue
             self._owners[record.rule_id] = session.client_id
             self._live_rules[record.rule_id] = record
-            outcome = yield session.push_rule(record.rule, replay=True)
-            yield self._record_outcome(outcome, record.rule_id)
-        removed = yield session.replay_done(len(active))
+            outcome = await session.push_rule(record.rule, replay=True)
+            await self._record_outcome(outcome, record.rule_id)
+        removed = await session.replay_done(len(active))
         log.info(
             "replayed {count} active rule(s) to {client_name}",
             event="client.replayed",
@@ -595,7 +590,7 @@ class ControlPlane:
                 reason=reason,
             )
 
-    def stats_received(self, session: ServerSession, sent_at_ms: int, stats: Any) -> None:
+    def stats_received(self, session: ServerSession, sent_at_ms: int, stats: object) -> None:
         updated_at = self.clock.seconds()
         for entry in stats if isinstance(stats, list) else ():
             if not isinstance(entry, dict) or not isinstance(entry.get("rule_id"), int):
@@ -621,7 +616,7 @@ class ControlPlane:
 
         return unsubscribe
 
-    def _tell(self, rule_id: int, callbacks: list[StatsCallback], entry: Any) -> None:
+    def _tell(self, rule_id: int, callbacks: list[StatsCallback], entry: StatsEntry | None) -> None:
         for callback in callbacks:
             try:
                 callback(entry)
@@ -645,9 +640,8 @@ class ControlPlane:
     def advertised_override(self) -> str | None:
         return self._advertised_override
 
-    @inlineCallbacks
-    def set_advertised_override(self, endpoint: str | None) -> Any:
-        yield self.store.set_setting(ADVERTISED_ENDPOINT_SETTING, endpoint)
+    async def set_advertised_override(self, endpoint: str | None) -> None:
+        await self.store.set_setting(ADVERTISED_ENDPOINT_SETTING, endpoint)
         self._advertised_override = endpoint
         log.info(
             "advertised endpoint override {what}",
@@ -655,15 +649,13 @@ class ControlPlane:
             what=f"set to {endpoint}" if endpoint else "cleared",
             endpoint=endpoint,
         )
-        return None
 
-    @inlineCallbacks
-    def load_advertised_override(self) -> Any:
+    async def load_advertised_override(self) -> str | None:
         """
         Read the override from the store (at startup).  A value that no
         longer parses is ignored with a warning rather than handed to edges.
         """
-        value = yield self.store.get_setting(ADVERTISED_ENDPOINT_SETTING)
+        value = await self.store.get_setting(ADVERTISED_ENDPOINT_SETTING)
         if value is not None:
             try:
                 parsed = parse_advertised_endpoint(value)
@@ -688,7 +680,7 @@ class ControlPlane:
         """
         rows = []
         for rule_id, record in sorted(self._live_rules.items()):
-            rule: Rule = record.rule
+            rule = record.rule
             rows.append(
                 RuleMetricsRow(
                     rule_id=rule_id,

@@ -6,19 +6,20 @@ server's state (store, sessions, rule lifecycle).  The API module turns
 requests into calls on it and its results (or L{PortunusError}s) into JSON;
 the server's composition root provides the real implementation, tests a
 fake.  Every method but L{IControlPlane.subscribe_stats} and
-L{IControlPlane.advertised_override} returns a L{Deferred}; refusals fail
-it with a L{portunus.errors.PortunusError} carrying a stable code.
+L{IControlPlane.advertised_override} is a coroutine (the API's handlers
+await it; elsewhere C{Deferred.fromCoroutine} makes it a L{Deferred});
+refusals raise a L{portunus.errors.PortunusError} carrying a stable code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import attrs
 from zope.interface import Interface
 
 from portunus.model import Rule
+from portunus.server.store import RuleRecord
 
 __all__ = [
     "ClientView",
@@ -26,11 +27,20 @@ __all__ = [
     "IControlPlane",
     "RuleView",
     "StatsCallback",
+    "StatsEntry",
 ]
+
+#: One rule's stats: the JSON object its client last reported (the
+#: counters of L{portunus.dataplane.stats.RuleStats}, its C{ports} and
+#: C{per_target}), with C{rule_id}, C{client_id} and C{updated_at} (unix
+#: seconds, C{None} before the first report) set by the server.  The
+#: counters are the client's JSON: the server passes them on unchecked, so
+#: their values are C{object} until a reader checks them.
+StatsEntry = dict[str, object]
 
 #: Told each stats entry a rule's client reports (as L{IControlPlane.rule_stats}
 #: answers it), and C{None} once when the rule is removed.
-StatsCallback = Callable[[dict[str, Any] | None], object]
+StatsCallback = Callable[[StatsEntry | None], object]
 
 
 @attrs.frozen
@@ -86,50 +96,49 @@ class RuleView:
 class IControlPlane(Interface):
     """What operators can ask of the server."""
 
-    def list_clients() -> Any:
-        """C{Deferred[list[ClientView]]}, ordered by name then id."""
+    async def list_clients() -> list[ClientView]:
+        """Every client, ordered by name then id."""
 
-    def get_client(client_id: str) -> Any:
-        """C{Deferred[ClientView]}; C{client_not_found}."""
+    async def get_client(client_id: str) -> ClientView:
+        """The client; C{client_not_found}."""
 
-    def enroll_client(name: str, address: str | None, ttl_secs: int) -> Any:
+    async def enroll_client(name: str, address: str | None, ttl_secs: int) -> EnrollmentView:
         """
-        C{Deferred[EnrollmentView]} for a new client called C{name};
-        C{address} is the host the client will dial (None: the advertised
-        endpoint).  C{invalid_name}, C{invalid_client_address},
-        C{invalid_enrollment_ttl}.
-        """
-
-    def reenroll_client(client_id: str, address: str | None, ttl_secs: int) -> Any:
-        """
-        C{Deferred[EnrollmentView]}: a new code for an existing client;
-        its earlier unconsumed codes are superseded.  C{client_not_found}.
+        A new client called C{name} and its first code; C{address} is the
+        host the client will dial (None: the advertised endpoint).
+        C{invalid_name}, C{invalid_client_address}, C{invalid_enrollment_ttl}.
         """
 
-    def rename_client(client_id: str, name: str) -> Any:
-        """C{Deferred[ClientView]}; C{client_not_found}, C{invalid_name}."""
-
-    def revoke_client(client_id: str) -> Any:
+    async def reenroll_client(client_id: str, address: str | None, ttl_secs: int) -> EnrollmentView:
         """
-        C{Deferred[ClientView]}: the token stops working and the live
-        session is closed at once.  Idempotent.  C{client_not_found}.
+        A new code for an existing client; its earlier unconsumed codes are
+        superseded.  C{client_not_found}.
         """
 
-    def delete_client(client_id: str) -> Any:
+    async def rename_client(client_id: str, name: str) -> ClientView:
+        """The renamed client; C{client_not_found}, C{invalid_name}."""
+
+    async def revoke_client(client_id: str) -> ClientView:
         """
-        C{Deferred[None]}: only a revoked client may be deleted
-        (C{client_not_revoked}); its rules go with it.
+        The revoked client: the token stops working and the live session is
+        closed at once.  Idempotent.  C{client_not_found}.
         """
 
-    def push_rule(
+    async def delete_client(client_id: str) -> None:
+        """
+        Only a revoked client may be deleted (C{client_not_revoked}); its
+        rules go with it.
+        """
+
+    async def push_rule(
         client_id: str,
         rule: Rule,
         ack_timeout: float,
         owner_user_id: str | None = None,
         grant_id: str | None = None,
-    ) -> Any:
+    ) -> RuleView:
         """
-        C{Deferred[RuleView]} once the client has activated the rule.
+        The rule, once the client has activated it.
         C{rule.id} is ignored: the server assigns one.  The rule is stamped
         with C{owner_user_id} and the C{grant_id} that allowed it (a grant
         revoked meanwhile refuses the push with C{client_not_granted}).
@@ -140,34 +149,30 @@ class IControlPlane(Interface):
         field), C{ack_timeout} (the rule stays pending).
         """
 
-    def list_rules(client_id: str | None, owner_user_id: str | None = None) -> Any:
+    async def list_rules(client_id: str | None, owner_user_id: str | None = None) -> list[RuleView]:
+        """The rules ordered by id, optionally of one client and/or one owner."""
+
+    async def get_rule(rule_id: int) -> RuleView:
+        """The rule; C{rule_not_found}."""
+
+    async def remove_rule(rule_id: int) -> None:
         """
-        C{Deferred[list[RuleView]]} ordered by id, optionally of one client
-        and/or one owner.
+        Deleted server-side at once, the client told to stop accepting and
+        drain.  C{rule_not_found}.
         """
 
-    def get_rule(rule_id: int) -> Any:
-        """C{Deferred[RuleView]}; C{rule_not_found}."""
-
-    def remove_rule(rule_id: int) -> Any:
+    async def forget_rules(records: Sequence[RuleRecord]) -> None:
         """
-        C{Deferred[None]}: deleted server-side at once, the client told to
-        stop accepting and drain.  C{rule_not_found}.
+        Rules already deleted from the store (a user's or a grant's cascade)
+        are dropped from the caches and their clients told to stop them.
         """
 
-    def forget_rules(records: list[Any]) -> Any:
+    async def rule_stats(rule_id: int) -> StatsEntry:
         """
-        C{Deferred[None]}: rules already deleted from the store (a user's or
-        a grant's cascade) are dropped from the caches and their clients
-        told to stop them.
-        """
-
-    def rule_stats(rule_id: int) -> Any:
-        """
-        C{Deferred[dict]}: the last stats the client reported for the rule
-        (the JSON of L{portunus.dataplane.stats.RuleStats} with
-        C{per_port} and C{per_target} lists, plus C{updated_at}), or zeros
-        with C{updated_at: None} before the first report.  C{rule_not_found}.
+        The last stats the client reported for the rule (with C{per_port}
+        and C{per_target} lists, plus C{updated_at}), or only the rule and
+        client ids with C{updated_at: None} before the first report.
+        C{rule_not_found}.
         """
 
     def subscribe_stats(rule_id: int, callback: StatsCallback) -> Callable[[], None]:
@@ -182,9 +187,9 @@ class IControlPlane(Interface):
     def advertised_override() -> str | None:
         """The C{host:port} set through the API for enrollment URIs, or C{None}."""
 
-    def set_advertised_override(endpoint: str | None) -> Any:
+    async def set_advertised_override(endpoint: str | None) -> None:
         """
-        C{Deferred[None]}: store C{endpoint} (a checked C{host:port}, or
-        C{None} to clear it) in the server settings; enrollment URIs issued
-        from then on name it instead of the configured endpoint.
+        Store C{endpoint} (a checked C{host:port}, or C{None} to clear it)
+        in the server settings; enrollment URIs issued from then on name it
+        instead of the configured endpoint.
         """

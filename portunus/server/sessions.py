@@ -10,9 +10,10 @@ L{ISessionHost}, which the control plane provides.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TypedDict
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -31,23 +32,42 @@ from portunus.control.commands import (
 from portunus.model import Rule
 from portunus.rulejson import rule_to_dict
 
-__all__ = ["ISessionHost", "ServerSession", "SessionRegistry"]
+__all__ = ["EnrollAnswer", "ISessionHost", "ServerSession", "SessionRegistry", "WelcomeValues"]
 
 log = Logger()
 
 _request_ids = itertools.count(1)
 
 
+class EnrollAnswer(TypedDict):
+    """The answer to C{Enroll}: the client's identity and its token."""
+
+    client_id: str
+    client_name: str
+    #: The C{host:port} the client dials from now on.
+    server_endpoint: str
+    token: str
+
+
+class WelcomeValues(TypedDict):
+    """What the plane puts in every Welcome (the answer to C{Hello})."""
+
+    server_version: str
+    server_time_ms: int
+    udp_flow_idle_secs: int
+    udp_max_flows_per_rule: int
+
+
 class ISessionHost(Interface):
     """What a session needs from the control plane."""
 
-    def redeem_enrollment(code: str) -> Any:
-        """C{Deferred[dict]}: the Enroll answer; fails with EnrollmentRefused."""
+    async def redeem_enrollment(code: str) -> EnrollAnswer:
+        """The Enroll answer; raises L{EnrollmentRefused}."""
 
-    def authenticate(token: str) -> Any:
-        """C{Deferred[(client_id, client_name)]}; fails with L{AuthFailed}."""
+    async def authenticate(token: str) -> tuple[str, str]:
+        """The token's C{(client_id, client_name)}; raises L{AuthFailed}."""
 
-    def welcome_values() -> Any:
+    def welcome_values() -> WelcomeValues:
         """The UDP tunables and server version for the Welcome."""
 
     def session_started(session: ServerSession) -> None:
@@ -56,14 +76,14 @@ class ISessionHost(Interface):
     def session_ended(session: ServerSession, reason: str) -> None:
         """The connection is gone."""
 
-    def stats_received(session: ServerSession, sent_at_ms: int, stats: Any) -> None:
-        """A StatsReport arrived."""
+    def stats_received(session: ServerSession, sent_at_ms: int, stats: object) -> None:
+        """A StatsReport arrived; C{stats} is the client's JSON, unchecked."""
 
 
 class ServerSession(amp.AMP):
     """One client's control connection, server side."""
 
-    def __init__(self, host: Any, clock: Any) -> None:
+    def __init__(self, host: ISessionHost, clock: IReactorTime) -> None:
         super().__init__()
         self._host = host
         self._clock = clock
@@ -106,13 +126,13 @@ class ServerSession(amp.AMP):
     # -- commands from the client ----------------------------------------
 
     @Enroll.responder
-    def enroll(self, code: str) -> Deferred[Any]:
-        return maybeDeferred(self._host.redeem_enrollment, code)
+    def enroll(self, code: str) -> Deferred[EnrollAnswer]:
+        return Deferred.fromCoroutine(self._host.redeem_enrollment(code))
 
     @Hello.responder
     def hello(
         self, token: str, protocol_version: str, client_version: str, features: list[str]
-    ) -> Deferred[Any]:
+    ) -> Deferred[dict[str, object]]:
         if self.client_id is not None or self._authenticating:
             log.warn(
                 "client {client} sent Hello twice; ignored",
@@ -122,7 +142,7 @@ class ServerSession(amp.AMP):
             raise AuthFailed("hello_after_welcome")
         self._authenticating = True
 
-        def authenticated(identity: tuple[str, str]) -> dict[str, Any]:
+        def authenticated(identity: tuple[str, str]) -> dict[str, object]:
             self.client_id, self.client_name = identity
             self.client_version = client_version
             self.features = frozenset(features)
@@ -138,7 +158,7 @@ class ServerSession(amp.AMP):
                 protocol_version=protocol_version,
                 features=sorted(self.features),
             )
-            welcome: dict[str, Any] = dict(self._host.welcome_values())
+            welcome: dict[str, object] = dict(self._host.welcome_values())
             welcome.update(client_id=self.client_id, client_name=self.client_name)
             self._host.session_started(self)
             return welcome
@@ -150,11 +170,11 @@ class ServerSession(amp.AMP):
                 self._clock.callLater(0, self.close, "auth_failed")
             return failure
 
-        d = maybeDeferred(self._host.authenticate, token)
+        d = Deferred.fromCoroutine(self._host.authenticate(token))
         return d.addCallbacks(authenticated, refused)
 
     @StatsReport.responder
-    def stats_report(self, sent_at_ms: int, stats: Any) -> dict[str, Any]:
+    def stats_report(self, sent_at_ms: int, stats: object) -> dict[str, object]:
         self._require_auth()
         self._host.stats_received(self, sent_at_ms, stats)
         return {}

@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
@@ -231,7 +232,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     # Queued first on the store's one worker thread, so it lands before any
     # enrollment the API or CLI could issue.
-    plane.load_advertised_override().addErrback(
+    Deferred.fromCoroutine(plane.load_advertised_override()).addErrback(
         lambda f: log.failure("could not load the advertised endpoint override", f)
     )
     metrics = ServerMetrics(plane)

@@ -1,19 +1,18 @@
 """
 An in-memory L{IControlPlane} for testing the operator surfaces.
 
-It keeps clients and rules in dicts, answers with already-fired
-Deferreds, records every call, and can be told to fail the next call of a
+It keeps clients and rules in dicts, answers at once (its coroutines
+never wait), records every call, and can be told to fail the next call of a
 method with any exception (a L{PortunusError} to test the envelope, any
 other to test the 500 path).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from portunus.errors import PortunusError
@@ -24,7 +23,9 @@ from portunus.server.plane import (
     IControlPlane,
     RuleView,
     StatsCallback,
+    StatsEntry,
 )
+from portunus.server.store import RuleRecord
 
 PIN = "sha256:" + "ab" * 32
 
@@ -34,7 +35,7 @@ class FakePlane:
     def __init__(self) -> None:
         self.clients: dict[str, ClientView] = {}
         self.rules: dict[int, RuleView] = {}
-        self.stats: dict[int, dict[str, Any]] = {}
+        self.stats: dict[int, StatsEntry] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.failures: dict[str, BaseException] = {}
         #: Rule ids dropped by forget_rules (cascades).
@@ -72,12 +73,12 @@ class FakePlane:
     def fail_next(self, method: str, error: BaseException) -> None:
         self.failures[method] = error
 
-    def _call(self, method: str, *args: Any) -> Deferred[Any] | None:
+    def _call(self, method: str, *args: Any) -> None:
+        """Record the call; raise the failure C{fail_next} set for it, if any."""
         self.calls.append((method, args))
         error = self.failures.pop(method, None)
         if error is not None:
-            return fail(error)
-        return None
+            raise error
 
     def _client(self, client_id: str) -> ClientView:
         try:
@@ -104,87 +105,54 @@ class FakePlane:
 
     # -- IControlPlane -------------------------------------------------------
 
-    def list_clients(self) -> Any:
-        return self._call("list_clients") or succeed(
-            sorted(self.clients.values(), key=lambda c: (c.name, c.client_id))
-        )
+    async def list_clients(self) -> list[ClientView]:
+        self._call("list_clients")
+        return sorted(self.clients.values(), key=lambda c: (c.name, c.client_id))
 
-    def get_client(self, client_id: str) -> Any:
-        d = self._call("get_client", client_id)
-        if d is not None:
-            return d
-        try:
-            return succeed(self._client(client_id))
-        except PortunusError as e:
-            return fail(e)
+    async def get_client(self, client_id: str) -> ClientView:
+        self._call("get_client", client_id)
+        return self._client(client_id)
 
-    def enroll_client(self, name: str, address: str | None, ttl_secs: int) -> Any:
-        d = self._call("enroll_client", name, address, ttl_secs)
-        if d is not None:
-            return d
+    async def enroll_client(self, name: str, address: str | None, ttl_secs: int) -> EnrollmentView:
+        self._call("enroll_client", name, address, ttl_secs)
         view = self.add_client(name, state="disconnected")
-        return succeed(self._enrollment(view, address, ttl_secs))
+        return self._enrollment(view, address, ttl_secs)
 
-    def reenroll_client(self, client_id: str, address: str | None, ttl_secs: int) -> Any:
-        d = self._call("reenroll_client", client_id, address, ttl_secs)
-        if d is not None:
-            return d
-        try:
-            view = self._client(client_id)
-        except PortunusError as e:
-            return fail(e)
-        return succeed(self._enrollment(view, address, ttl_secs))
+    async def reenroll_client(
+        self, client_id: str, address: str | None, ttl_secs: int
+    ) -> EnrollmentView:
+        self._call("reenroll_client", client_id, address, ttl_secs)
+        return self._enrollment(self._client(client_id), address, ttl_secs)
 
-    def rename_client(self, client_id: str, name: str) -> Any:
-        d = self._call("rename_client", client_id, name)
-        if d is not None:
-            return d
-        try:
-            view = attrs.evolve(self._client(client_id), name=name)
-        except PortunusError as e:
-            return fail(e)
+    async def rename_client(self, client_id: str, name: str) -> ClientView:
+        self._call("rename_client", client_id, name)
+        view = attrs.evolve(self._client(client_id), name=name)
         self.clients[client_id] = view
-        return succeed(view)
+        return view
 
-    def revoke_client(self, client_id: str) -> Any:
-        d = self._call("revoke_client", client_id)
-        if d is not None:
-            return d
-        try:
-            view = attrs.evolve(self._client(client_id), state="revoked", revoked_at=self.now)
-        except PortunusError as e:
-            return fail(e)
+    async def revoke_client(self, client_id: str) -> ClientView:
+        self._call("revoke_client", client_id)
+        view = attrs.evolve(self._client(client_id), state="revoked", revoked_at=self.now)
         self.clients[client_id] = view
-        return succeed(view)
+        return view
 
-    def delete_client(self, client_id: str) -> Any:
-        d = self._call("delete_client", client_id)
-        if d is not None:
-            return d
-        try:
-            view = self._client(client_id)
-        except PortunusError as e:
-            return fail(e)
+    async def delete_client(self, client_id: str) -> None:
+        self._call("delete_client", client_id)
+        view = self._client(client_id)
         if view.state != "revoked":
-            return fail(PortunusError("client_not_revoked", "revoke it first"))
+            raise PortunusError("client_not_revoked", "revoke it first")
         del self.clients[client_id]
-        return succeed(None)
 
-    def push_rule(
+    async def push_rule(
         self,
         client_id: str,
         rule: Rule,
         ack_timeout: float,
         owner_user_id: str | None = None,
         grant_id: str | None = None,
-    ) -> Any:
-        d = self._call("push_rule", client_id, rule, ack_timeout)
-        if d is not None:
-            return d
-        try:
-            client = self._client(client_id)
-        except PortunusError as e:
-            return fail(e)
+    ) -> RuleView:
+        self._call("push_rule", client_id, rule, ack_timeout)
+        client = self._client(client_id)
         rule = attrs.evolve(rule, id=self._next_rule)
         self._next_rule += 1
         view = RuleView(
@@ -198,58 +166,39 @@ class FakePlane:
             grant_id=grant_id,
         )
         self.rules[rule.id] = view
-        return succeed(view)
+        return view
 
-    def list_rules(self, client_id: str | None, owner_user_id: str | None = None) -> Any:
-        d = self._call("list_rules", client_id)
-        if d is not None:
-            return d
-        return succeed(
-            [
-                view
-                for _, view in sorted(self.rules.items())
-                if (client_id is None or view.client_id == client_id)
-                and (owner_user_id is None or view.owner_user_id == owner_user_id)
-            ]
-        )
+    async def list_rules(
+        self, client_id: str | None, owner_user_id: str | None = None
+    ) -> list[RuleView]:
+        self._call("list_rules", client_id)
+        return [
+            view
+            for _, view in sorted(self.rules.items())
+            if (client_id is None or view.client_id == client_id)
+            and (owner_user_id is None or view.owner_user_id == owner_user_id)
+        ]
 
-    def forget_rules(self, records: list[Any]) -> Any:
+    async def forget_rules(self, records: Sequence[RuleRecord]) -> None:
         for record in records:
             self.rules.pop(record.rule_id, None)
             self.forgotten.append(record.rule_id)
             self._removed(record.rule_id)
-        return succeed(None)
 
-    def get_rule(self, rule_id: int) -> Any:
-        d = self._call("get_rule", rule_id)
-        if d is not None:
-            return d
-        try:
-            return succeed(self._rule(rule_id))
-        except PortunusError as e:
-            return fail(e)
+    async def get_rule(self, rule_id: int) -> RuleView:
+        self._call("get_rule", rule_id)
+        return self._rule(rule_id)
 
-    def remove_rule(self, rule_id: int) -> Any:
-        d = self._call("remove_rule", rule_id)
-        if d is not None:
-            return d
-        try:
-            self._rule(rule_id)
-        except PortunusError as e:
-            return fail(e)
+    async def remove_rule(self, rule_id: int) -> None:
+        self._call("remove_rule", rule_id)
+        self._rule(rule_id)
         del self.rules[rule_id]
         self._removed(rule_id)
-        return succeed(None)
 
-    def rule_stats(self, rule_id: int) -> Any:
-        d = self._call("rule_stats", rule_id)
-        if d is not None:
-            return d
-        try:
-            view = self._rule(rule_id)
-        except PortunusError as e:
-            return fail(e)
-        default = {
+    async def rule_stats(self, rule_id: int) -> StatsEntry:
+        self._call("rule_stats", rule_id)
+        view = self._rule(rule_id)
+        default: StatsEntry = {
             "rule_id": rule_id,
             "client_id": view.client_id,
             "bytes_in": 0,
@@ -263,7 +212,7 @@ class FakePlane:
         }
         # As the real plane: the rule's client and updated_at, whatever the cache holds.
         stored = self.stats.get(rule_id, default)
-        return succeed({"updated_at": None, **stored, "client_id": view.client_id})
+        return {"updated_at": None, **stored, "client_id": view.client_id}
 
     def subscribe_stats(self, rule_id: int, callback: StatsCallback) -> Callable[[], None]:
         self.subscribers.setdefault(rule_id, []).append(callback)
@@ -280,9 +229,6 @@ class FakePlane:
     def advertised_override(self) -> str | None:
         return self.advertised
 
-    def set_advertised_override(self, endpoint: str | None) -> Any:
-        d = self._call("set_advertised_override", endpoint)
-        if d is not None:
-            return d
+    async def set_advertised_override(self, endpoint: str | None) -> None:
+        self._call("set_advertised_override", endpoint)
         self.advertised = endpoint
-        return succeed(None)

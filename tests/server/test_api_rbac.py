@@ -13,8 +13,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.model import Rule
-from portunus.server.plane import ClientView
-from portunus.server.store import RuleRecord, Store
+from portunus.server.plane import ClientView, RuleView
+from portunus.server.store import Store
 from tests.server._apiharness import ApiHarness
 from tests.server._fakeplane import FakePlane
 
@@ -41,26 +41,25 @@ class StorePlane(FakePlane):
         self.clients[record.client_id] = view
         return view
 
-    def push_rule(
+    async def push_rule(
         self,
         client_id: str,
         rule: Rule,
         ack_timeout: float,
         owner_user_id: str | None = None,
         grant_id: str | None = None,
-    ) -> Any:
-        def stored(record: RuleRecord) -> Any:
-            self._next_rule = record.rule_id
-            return FakePlane.push_rule(self, client_id, rule, ack_timeout, owner_user_id, grant_id)
-
-        return self.store.insert_rule(
+    ) -> RuleView:
+        record = await self.store.insert_rule(
             client_id, rule, self.now, owner_user_id=owner_user_id, grant_id=grant_id
-        ).addCallback(stored)
-
-    def remove_rule(self, rule_id: int) -> Any:
-        return self.store.delete_rule(rule_id).addCallback(
-            lambda _: FakePlane.remove_rule(self, rule_id)
         )
+        self._next_rule = record.rule_id
+        return await FakePlane.push_rule(
+            self, client_id, rule, ack_timeout, owner_user_id, grant_id
+        )
+
+    async def remove_rule(self, rule_id: int) -> None:
+        await self.store.delete_rule(rule_id)
+        await FakePlane.remove_rule(self, rule_id)
 
 
 def _fired(d: Deferred[Any]) -> Any:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
@@ -130,7 +131,9 @@ class StreamTestCase(SynchronousTestCase):
 
     def _push(self, port: int, owner: str) -> int:
         view = self.successResultOf(
-            self.plane.push_rule(self.edge.client_id, tcp_rule(port), 2.0, owner_user_id=owner)
+            ensureDeferred(
+                self.plane.push_rule(self.edge.client_id, tcp_rule(port), 2.0, owner_user_id=owner)
+            )
         )
         rule_id: int = view.rule.id
         return rule_id
@@ -227,7 +230,7 @@ class StreamTests(StreamTestCase):
         class Record:
             rule_id = self.bobs
 
-        self.successResultOf(self.plane.forget_rules([Record()]))
+        self.successResultOf(ensureDeferred(self.plane.forget_rules([Record()])))
         self.assertEqual(conn.events()[-1], ("removed", {"rule_id": self.bobs}))
         self.assertTrue(conn.ended)
 
@@ -251,7 +254,7 @@ class StreamTests(StreamTestCase):
         the stream let go of the connection (its producer is unregistered).
         """
         conn = self.open(self.bobs)
-        self.successResultOf(self.plane.remove_rule(self.bobs))
+        self.successResultOf(ensureDeferred(self.plane.remove_rule(self.bobs)))
         self.assertTrue(conn.ended)
         conn.transport.clear()
         request = (
@@ -326,7 +329,7 @@ class StreamLimitTests(StreamTestCase):
         self.assertEqual(refused.status, 429)
         self.assertIn("the server already serves 3", refused.json()["error"]["message"])
 
-        self.successResultOf(self.plane.remove_rule(self.carols))
+        self.successResultOf(ensureDeferred(self.plane.remove_rule(self.carols)))
         self.assertTrue(ended.ended)
         self.assertEqual(self.open(self.bobs, cookie=self.bob).status, 200)
 
@@ -362,7 +365,7 @@ class StreamLagTests(StreamTestCase):
         conn.pause()
         with capturedLogs() as logged:
             self.plane.emit_stats(self.bobs, bytes_in=1)
-            self.successResultOf(self.plane.remove_rule(self.bobs))
+            self.successResultOf(ensureDeferred(self.plane.remove_rule(self.bobs)))
         self.assertEqual(conn.events()[1:], [("removed", {"rule_id": self.bobs})])
         self.assertTrue(conn.ended)
         lagged = [e["skipped"] for e in logged if e.get("event") == "stats_stream.lagged"]

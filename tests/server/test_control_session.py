@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -136,7 +137,7 @@ class Harness:
 
     def push(self, client_id: str, rule: Rule) -> Any:
         """Push, let the edge answer, and return the Deferred."""
-        d = self.plane.push_rule(client_id, rule, 2.0)
+        d = ensureDeferred(self.plane.push_rule(client_id, rule, 2.0))
         self.settle(self.pump)
         return d
 
@@ -159,7 +160,7 @@ class Harness:
     @staticmethod
     def successful(d: Any) -> Any:
         results: list[Any] = []
-        d.addBoth(results.append)
+        ensureDeferred(d).addBoth(results.append)
         assert results, "Deferred has not fired"
         if isinstance(results[0], Failure):
             results[0].raiseException()
@@ -207,7 +208,7 @@ class EnrollmentTests(SynchronousTestCase):
             (lambda: self.h.plane.enroll_client("e", None, 0), "invalid_enrollment_ttl"),
             (lambda: self.h.plane.enroll_client("e", "h:1", 600), "invalid_client_address"),
         ]:
-            failure = self.failureResultOf(call(), PortunusError)
+            failure = self.failureResultOf(ensureDeferred(call()), PortunusError)
             self.assertEqual(failure.value.code, code)
 
 
@@ -271,7 +272,9 @@ class SessionTests(SynchronousTestCase):
 
     def test_ack_timeout_leaves_pending_and_a_late_ack_lands(self) -> None:
         _, _, _, pump = self.h.edge(self.bundle.token)
-        d = self.h.plane.push_rule(self.bundle.client_id, tcp_rule(free_port()), 2.0)
+        d = ensureDeferred(
+            self.h.plane.push_rule(self.bundle.client_id, tcp_rule(free_port()), 2.0)
+        )
         self.h.clock.advance(2.0)  # nothing pumped: no answer yet
         self.assertEqual(self.failureResultOf(d, PortunusError).value.code, "ack_timeout")
         [stored] = self.h.successful(self.h.plane.list_rules(None))
@@ -282,7 +285,9 @@ class SessionTests(SynchronousTestCase):
 
     def test_not_connected_refused(self) -> None:
         failure = self.failureResultOf(
-            self.h.plane.push_rule(self.bundle.client_id, tcp_rule(free_port()), 2.0),
+            ensureDeferred(
+                self.h.plane.push_rule(self.bundle.client_id, tcp_rule(free_port()), 2.0)
+            ),
             PortunusError,
         )
         self.assertEqual(failure.value.code, "client_not_connected")
@@ -298,7 +303,7 @@ class SessionTests(SynchronousTestCase):
             targets=(Target("10.0.0.5", PortRange.single(53)),),
         )
         failure = self.failureResultOf(
-            self.h.plane.push_rule(self.bundle.client_id, udp, 2.0), PortunusError
+            ensureDeferred(self.h.plane.push_rule(self.bundle.client_id, udp, 2.0)), PortunusError
         )
         self.assertEqual(failure.value.code, "unsupported_protocol")
 

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from treq.testing import StubTreq
+from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.model import PortRange, Protocol, Rule, Target
@@ -223,8 +224,10 @@ class PlaneTests(SynchronousTestCase):
         """A rule pushed for a user carries its id; one pushed for nobody, ""."""
         self.h.successful(self.h.store.accounts.create_user("alice", "user", "Alice", None, 0.0))
         self.connect()
-        owned = self.h.plane.push_rule(
-            self.bundle.client_id, tcp_rule(free_port(), "owned"), 2.0, owner_user_id="alice"
+        owned = ensureDeferred(
+            self.h.plane.push_rule(
+                self.bundle.client_id, tcp_rule(free_port(), "owned"), 2.0, owner_user_id="alice"
+            )
         )
         self.h.settle(self.h.pump)
         owned_id = self.h.successful(owned).rule.id

@@ -69,6 +69,7 @@ from portunus.server.api.route import (
 from portunus.server.audit.entry import AuditEntry, AuditSink
 from portunus.server.auth.csrf import MUTATING_METHODS, check_csrf
 from portunus.server.auth.principal import ANONYMOUS, Principal
+from portunus.server.plane import IControlPlane
 
 __all__ = ["make_api"]
 
@@ -274,7 +275,7 @@ def _check_role(principal: Principal, operation: Operation) -> Principal:
 
 
 def make_api(
-    plane: Any,
+    plane: IControlPlane,
     accounts: Any,
     clock: IReactorTime,
     audit: AuditSink,

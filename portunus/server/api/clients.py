@@ -19,7 +19,7 @@ from portunus.server.clientspec import (
     check_client_name,
     check_enrollment_ttl,
 )
-from portunus.server.plane import ClientView, EnrollmentView
+from portunus.server.plane import ClientView, EnrollmentView, IControlPlane
 
 __all__ = [
     "DEFAULT_TTL_SECS",
@@ -75,12 +75,12 @@ def _ttl(body: dict[str, Any]) -> int:
     return check_enrollment_ttl(body.get("ttl_secs", DEFAULT_TTL_SECS))
 
 
-async def resolve_client(plane: Any, ref: str) -> ClientView:
+async def resolve_client(plane: IControlPlane, ref: str) -> ClientView:
     """
     The client C{ref} names: its id, else its name.  A name several
     clients share is C{client_name_ambiguous}: the operator must give the id.
     """
-    clients: list[ClientView] = await plane.list_clients()
+    clients = await plane.list_clients()
     for view in clients:
         if view.client_id == ref:
             return view

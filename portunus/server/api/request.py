@@ -23,6 +23,7 @@ from twisted.web.iweb import IRequest
 from portunus.errors import PortunusError
 from portunus.server.audit.entry import AuditSink
 from portunus.server.auth.principal import Principal
+from portunus.server.plane import IControlPlane
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -213,7 +214,7 @@ class _Unobserved:
 class ApiContext:
     """What the routes serve from: the plane, the accounts, the clock, the audit."""
 
-    plane: Any
+    plane: IControlPlane
     #: The accounts service (L{portunus.server.auth.accounts.Accounts});
     #: the pipeline uses only its L{Authenticator} part.
     accounts: Any

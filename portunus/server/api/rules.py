@@ -20,7 +20,7 @@ from portunus.server.api.request import Answer, ApiContext, Call, read_json, tim
 from portunus.server.api.route import Routes
 from portunus.server.api.schemas import FLAG, RULE_BODY_CODES, string
 from portunus.server.auth.rbac import covering_grant, require_owner
-from portunus.server.plane import RuleView
+from portunus.server.plane import IControlPlane, RuleView
 
 __all__ = [
     "ROUTES",
@@ -86,12 +86,12 @@ def flag(request: IRequest, name: bytes) -> bool:
     return values[-1].lower() in (b"1", b"true", b"yes")
 
 
-async def owned_rule(plane: Any, call: Call, text: str) -> RuleView:
+async def owned_rule(plane: IControlPlane, call: Call, text: str) -> RuleView:
     """
     The rule C{text} names, if the caller owns it or is a superadmin:
     C{rule_not_found}, C{not_owner}.
     """
-    view: RuleView = await plane.get_rule(_rule_id(text))
+    view = await plane.get_rule(_rule_id(text))
     call.note("rule", view.rule.id)
     require_owner(call.who, view.owner_user_id, view.rule.id)
     return view
