@@ -21,6 +21,7 @@ from portunus.errors import PortunusError
 from portunus.server.store._ids import new_ulid
 from portunus.server.store._records import RuleRecord
 from portunus.server.store._rulerows import delete_rules_where
+from portunus.server.store._runner import Transact
 
 __all__ = [
     "AccountStore",
@@ -163,7 +164,7 @@ class AccountStore:
 
     def __init__(
         self,
-        run: Callable[..., Deferred[Any]],
+        run: Transact,
         randbytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._run = run

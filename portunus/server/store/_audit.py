@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
 
 from portunus.server.audit.entry import AuditEntry
+from portunus.server.store._runner import Transact
 
 __all__ = [
     "DEFAULT_MAX_AGE_SECS",
@@ -95,7 +96,7 @@ class AuditStore:
     is one named transaction run by the store's runner.
     """
 
-    def __init__(self, run: Callable[..., Deferred[Any]]) -> None:
+    def __init__(self, run: Transact) -> None:
         self._run = run
 
     def append(self, entries: Sequence[AuditEntry]) -> Deferred[int]:

@@ -9,16 +9,18 @@ reads never see half-applied writes); unit tests run them inline.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-__all__ = ["Runner", "ThreadPoolRunner", "run_synchronously"]
+__all__ = ["Runner", "ThreadPoolRunner", "Transact", "run_synchronously"]
 
 T = TypeVar("T")
 
@@ -27,6 +29,17 @@ class Runner(Protocol):
     """Run C{fn} (a whole transaction called C{name}) and fire with its result."""
 
     def __call__(self, name: str, fn: Callable[[], T]) -> Deferred[T]: ...
+
+
+class Transact(Protocol):
+    """
+    Run C{fn} on the store's connection as the transaction C{name}
+    (C{BEGIN IMMEDIATE} when it C{write}s) and fire with its result.
+    """
+
+    def __call__(
+        self, name: str, fn: Callable[[sqlite3.Connection], T], *, write: bool
+    ) -> Deferred[T]: ...
 
 
 def run_synchronously(name: str, fn: Callable[[], T]) -> Deferred[T]:
@@ -44,7 +57,7 @@ class ThreadPoolRunner:
     thread; results come back on the reactor thread.
     """
 
-    reactor: Any
+    reactor: IReactorFromThreads
     pool: ThreadPool
 
     def __call__(self, name: str, fn: Callable[[], T]) -> Deferred[T]:

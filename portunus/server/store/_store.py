@@ -10,14 +10,16 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python.threadpool import ThreadPool
 
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
+from portunus.reactors import IStoreReactor
 from portunus.rulejson import rule_to_dict
 from portunus.server.store._accounts import AccountStore
 from portunus.server.store._audit import AuditStore
@@ -598,7 +600,17 @@ class Store:
         return self._run("set_setting", txn, write=True)
 
 
-def open_store(data_dir: str, reactor: Any, *, runner: Runner | None = None) -> Store:
+@overload
+def open_store(data_dir: str, reactor: IStoreReactor, *, runner: None = None) -> Store: ...
+
+
+@overload
+def open_store(data_dir: str, reactor: IReactorTime | None, *, runner: Runner) -> Store: ...
+
+
+def open_store(
+    data_dir: str, reactor: IStoreReactor | IReactorTime | None, *, runner: Runner | None = None
+) -> Store:
     """
     Open (creating if needed) C{<data_dir>/state.db}, synchronously: lock
     the data dir, apply pending migrations, and start the store's worker
@@ -607,7 +619,8 @@ def open_store(data_dir: str, reactor: Any, *, runner: Runner | None = None) -> 
     With C{runner=None} the store owns a one-thread L{ThreadPool} on
     C{reactor}, stopped by L{Store.close} (or at reactor shutdown if
     nobody closed it).  A given C{runner} (such as
-    L{run_synchronously}) is used as is and C{reactor} only tells time.
+    L{run_synchronously}) is used as is and C{reactor} only tells time
+    (C{None}: the system clock).
 
     Refusals: C{startup.store_in_use}, C{startup.schema_version_too_new},
     C{startup.store_open_failed}.
@@ -618,7 +631,7 @@ def open_store(data_dir: str, reactor: Any, *, runner: Runner | None = None) -> 
         lock = DataDirLock.acquire(data_dir)
     except OSError as e:
         raise _open_failed(path, e) from None
-    now = reactor.seconds() if hasattr(reactor, "seconds") else time.time()
+    now = time.time() if reactor is None else reactor.seconds()
     try:
         try:
             conn = connect(path)
@@ -636,21 +649,23 @@ def open_store(data_dir: str, reactor: Any, *, runner: Runner | None = None) -> 
         lock.release()
         raise
 
-    pool: ThreadPool | None = None
     if runner is None:
+        # The overloads: without a runner, the reactor is a whole one.
+        threaded = cast(IStoreReactor, reactor)
         pool = ThreadPool(minthreads=1, maxthreads=1, name="portunus-store")
         # The worker thread starts with the reactor (work queued before then
         # waits): a process that fails before running it (a busy port, say)
         # has no non-daemon thread keeping it alive at exit.
-        if hasattr(reactor, "callWhenRunning") and not getattr(reactor, "running", True):
-            reactor.callWhenRunning(pool.start)
-        else:
+        if threaded.running:
             pool.start()
-        runner = ThreadPoolRunner(reactor, pool)
-    store = Store(conn, lock, runner, path=path, schema_version=version)
-    if pool is not None:
-        _stop_with_store(store, reactor, pool)
-    return store
+        else:
+            threaded.callWhenRunning(pool.start)
+        store = Store(
+            conn, lock, ThreadPoolRunner(threaded, pool), path=path, schema_version=version
+        )
+        _stop_with_store(store, threaded, pool)
+        return store
+    return Store(conn, lock, runner, path=path, schema_version=version)
 
 
 def _open_failed(path: str, error: sqlite3.Error | OSError) -> PortunusError:
@@ -662,7 +677,7 @@ def _open_failed(path: str, error: sqlite3.Error | OSError) -> PortunusError:
     )
 
 
-def _stop_with_store(store: Store, reactor: Any, pool: ThreadPool) -> None:
+def _stop_with_store(store: Store, reactor: IReactorCore, pool: ThreadPool) -> None:
     """Stop C{pool} when the store closes, and close the store at shutdown."""
     fired = False
 

@@ -1,0 +1,32 @@
+"""
+Tests for L{portunus.reactors}: the reactor the twistd entry points get
+provides every Twisted interface the combined types promise.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import Interface
+
+from portunus import reactors
+from portunus.reactors import installed_reactor
+
+
+class InstalledReactorTests(SynchronousTestCase):
+    def test_provides_every_promised_interface(self) -> None:
+        """
+        Each interface the combined types extend (IReactorTCP, IReactorFDSet,
+        IReactorProcess, ...) is provided by the installed reactor, so
+        typing it as L{reactors.IProcessReactor} promises nothing false.
+        """
+        reactor = installed_reactor()
+        for combined in (reactors.IStoreReactor, reactors.IDataplaneReactor):
+            self.assertTrue(set(combined.__iro__) <= set(reactors.IProcessReactor.__iro__))
+        promised = [
+            iface
+            for iface in reactors.IProcessReactor.__iro__
+            if iface.__module__ != reactors.__name__ and iface is not Interface
+        ]
+        self.assertGreaterEqual(len(promised), 9)
+        missing = [iface.__name__ for iface in promised if not iface.providedBy(reactor)]
+        self.assertEqual(missing, [])
