@@ -12,12 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorCore
 
 __all__ = ["stop_with_status"]
 
 
-def stop_with_status(reactor: Any, status: int, _exit: Any = os._exit) -> None:
+def stop_with_status(
+    reactor: IReactorCore, status: int, _exit: Callable[[int], object] = os._exit
+) -> None:
     """Stop C{reactor}; the process then exits with C{status}."""
 
     def leave() -> None:
@@ -27,5 +31,5 @@ def stop_with_status(reactor: Any, status: int, _exit: Any = os._exit) -> None:
         _exit(status)
 
     reactor.addSystemEventTrigger("after", "shutdown", leave)
-    if getattr(reactor, "running", False):
+    if reactor.running:
         reactor.stop()

@@ -61,6 +61,13 @@ class IDataplaneReactor(
 class IProcessReactor(IDataplaneReactor, IStoreReactor, IReactorProcess):
     """What a whole Portunus process (server, edge, standalone) uses of its reactor."""
 
+    def run(installSignalHandlers: bool = True) -> None:
+        """
+        L{IReactorCore.run}, with the keyword every Twisted reactor's C{run}
+        takes (C{ReactorBase.run}): a worker process leaves signals to its
+        parent.
+        """
+
 
 def installed_reactor() -> IProcessReactor:
     """

@@ -5,6 +5,8 @@ provides every Twisted interface the combined types promise.
 
 from __future__ import annotations
 
+import inspect
+
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import Interface
 
@@ -30,3 +32,8 @@ class InstalledReactorTests(SynchronousTestCase):
         self.assertGreaterEqual(len(promised), 9)
         missing = [iface.__name__ for iface in promised if not iface.providedBy(reactor)]
         self.assertEqual(missing, [])
+
+    def test_run_takes_install_signal_handlers(self) -> None:
+        """The installed reactor's C{run} takes what L{reactors.IProcessReactor} says."""
+        parameters = inspect.signature(installed_reactor().run).parameters
+        self.assertIn("installSignalHandlers", parameters)

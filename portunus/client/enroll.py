@@ -7,11 +7,12 @@ only after the server has shown the certificate the URI names.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -20,6 +21,7 @@ from portunus.control.commands import Enroll, EnrollmentRefused
 from portunus.control.enrollment import Bundle, EnrollUri, format_endpoint, parse_endpoint
 from portunus.control.tls import PinMismatch, PinnedClientTLS
 from portunus.errors import PortunusError
+from portunus.reactors import IProcessReactor
 
 __all__ = ["EnrollingProtocol", "enroll"]
 
@@ -68,7 +70,9 @@ def bundle_for(uri: EnrollUri, answer: dict[str, Any]) -> Bundle:
 
 
 @inlineCallbacks
-def enroll(reactor: Any, uri: EnrollUri, endpoint: Any = None) -> Any:
+def enroll(
+    reactor: IProcessReactor, uri: EnrollUri, endpoint: IStreamClientEndpoint | None = None
+) -> Generator[Deferred[Any], Any, Bundle]:
     """
     Redeem C{uri}'s code; fire with the L{Bundle}.
 

@@ -34,6 +34,7 @@ from portunus.compat import clear_exit_signal
 from portunus.control.enrollment import Bundle, parse_endpoint
 from portunus.control.tls import PinMismatch, PinnedClientTLS
 from portunus.exitcode import stop_with_status
+from portunus.reactors import IProcessReactor
 
 __all__ = ["EdgeClientService", "full_jitter_backoff"]
 
@@ -61,7 +62,7 @@ class EdgeClientService(MultiService):
     def __init__(
         self,
         bundle: Bundle,
-        reactor: Any,
+        reactor: IProcessReactor,
         forwarder: EdgeForwarder,
         *,
         initial_delay: float = 0.5,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -57,7 +57,7 @@ class ClientSession(amp.AMP):
         self,
         agent: EdgeAgent,
         token: str,
-        clock: Any,
+        clock: IReactorTime,
         events: IClientEvents,
         stats_interval: float = 5.0,
         wait_for_handshake: bool = True,

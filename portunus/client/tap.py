@@ -39,6 +39,7 @@ from portunus.dataplane.workerpool import parse_worker_count
 from portunus.errors import PortunusError
 from portunus.exitcode import stop_with_status
 from portunus.logging import make_observer
+from portunus.reactors import IProcessReactor, installed_reactor
 from portunus.tapsupport import LOG_OPTIONS, LoggingOptions, install_log_observer
 
 __all__ = ["Options", "makeService"]
@@ -118,7 +119,9 @@ class Options(LoggingOptions):
 class _EnrollFirst(Service):
     """Enrolls from C{PORTUNUS_ENROLL_URI}, then starts the edge."""
 
-    def __init__(self, parent: MultiService, reactor: Any, uri: str, path: str, build: Any):
+    def __init__(
+        self, parent: MultiService, reactor: IProcessReactor, uri: str, path: str, build: Any
+    ):
         self._parent = parent
         self._reactor = reactor
         self._uri = uri
@@ -164,11 +167,9 @@ def _find_bundle(options: Options, environ: dict[str, str]) -> tuple[str | None,
     return None, tried
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+def makeService(options: Options, reactor: IProcessReactor | None = None) -> IService:
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+        reactor = installed_reactor()
     environ = dict(os.environ)
     observer = make_observer(options["log-format"], options.level, sys.stderr)
     root = _Root(observer)

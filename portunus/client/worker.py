@@ -39,6 +39,7 @@ from portunus.dataplane.listeners import BoundSocket
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
 from portunus.errors import PortunusError
 from portunus.logging import make_observer, parse_log_level
+from portunus.reactors import IProcessReactor, installed_reactor
 from portunus.rulejson import RuleDecodeError, rule_from_dict
 
 __all__ = ["REPORT_INTERVAL_SECS", "WorkerRules", "main", "worker_observer"]
@@ -175,7 +176,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(reactor: Any, args: argparse.Namespace) -> int:
+def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
     observer = make_observer(args.log_format, parse_log_level(args.log_level), sys.stderr)
     globalLogBeginner.beginLoggingTo(
         [worker_observer(observer, args.index)], redirectStandardIO=False
@@ -232,9 +233,7 @@ def run(reactor: Any, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from twisted.internet import reactor
-
-    return run(reactor, _parse_args(sys.argv[1:] if argv is None else argv))
+    return run(installed_reactor(), _parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

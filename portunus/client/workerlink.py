@@ -40,7 +40,7 @@ from typing import Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IFileDescriptorReceiver
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -123,7 +123,7 @@ class WorkerLink(Int32StringReceiver):
         self._on_lost(reason)
 
 
-class OneLinkFactory(Factory):
+class OneLinkFactory(ServerFactory):
     """Gives an adopted socket the link made for it."""
 
     def __init__(self, link: WorkerLink) -> None:

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from portunus.client.workerlink import OneLinkFactory, WorkerLink
 from portunus.dataplane.listeners import BoundSocket
 from portunus.model import Rule
+from portunus.reactors import IProcessReactor
 from portunus.rulejson import rule_to_dict
 
 __all__ = ["LINK_FD", "WorkerOwner", "WorkerProcess", "spawn_worker"]
@@ -124,7 +125,7 @@ class WorkerProcess(ProcessProtocol):
         self.ended.callback(None)
 
 
-def spawn_worker(reactor: Any, worker: WorkerProcess, args: list[str]) -> None:
+def spawn_worker(reactor: IProcessReactor, worker: WorkerProcess, args: list[str]) -> None:
     """
     Start C{worker}'s process with its end of a new socketpair on
     L{LINK_FD} (stdin and stdout are pipes it does not use; stderr is

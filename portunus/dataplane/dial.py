@@ -34,10 +34,19 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import address, error, tcp
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import (
+    IProtocol,
+    IReactorFDSet,
+    IReactorTCP,
+    IReactorTime,
+    IWriteDescriptor,
+)
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from portunus.reactors import IDataplaneReactor
 
 __all__ = ["DialAttempt", "Dialer", "ReactorDialer", "SocketDialer", "dialer_for"]
 
@@ -72,7 +81,7 @@ class Dialer(Protocol):
         """
 
 
-def dialer_for(reactor: Any) -> Dialer:
+def dialer_for(reactor: IDataplaneReactor) -> Dialer:
     """L{SocketDialer} for a real POSIX reactor, L{ReactorDialer} otherwise."""
     from twisted.internet.posixbase import PosixReactorBase
 
@@ -99,7 +108,9 @@ class _OneProtocolFactory(ClientFactory):
 
 
 class _ConnectorAttempt:
-    def __init__(self, reactor: Any, host: str, port: int, timeout: float, factory: Any) -> None:
+    def __init__(
+        self, reactor: IReactorTCP, host: str, port: int, timeout: float, factory: ClientFactory
+    ) -> None:
         self._reactor = reactor
         self._args = (host, port, factory)
         self._timeout = timeout
@@ -117,7 +128,7 @@ class _ConnectorAttempt:
 class ReactorDialer:
     """Dials with C{reactor.connectTCP}."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTCP) -> None:
         self._reactor = reactor
 
     def attempt(
@@ -146,7 +157,11 @@ class DialedConnection(tcp.Connection):
     logstr = "TargetConnection,client"
 
     def __init__(
-        self, sock: socket.socket, protocol: IProtocol, peer: tuple[Any, ...], reactor: Any
+        self,
+        sock: socket.socket,
+        protocol: IProtocol,
+        peer: tuple[Any, ...],
+        reactor: IReactorFDSet,
     ) -> None:
         super().__init__(sock, protocol, reactor)
         self._peer = peer
@@ -167,6 +182,7 @@ class DialedConnection(tcp.Connection):
         return f"<DialedConnection to {self._peer[0]}:{self._peer[1]}>"
 
 
+@implementer(IWriteDescriptor)
 class _SocketAttempt:
     """
     One non-blocking C{connect()}: while it is pending, the reactor sees
@@ -190,8 +206,8 @@ class _SocketAttempt:
     def __init__(
         self,
         dialer: SocketDialer,
-        reactor: Any,
-        clock: Any,
+        reactor: IReactorFDSet,
+        clock: IReactorTime,
         peer: tuple[Any, ...],
         timeout: float,
         protocol: IProtocol,
@@ -329,7 +345,7 @@ class SocketDialer:
     (which only come without a resolver) go through C{connectTCP}.
     """
 
-    def __init__(self, reactor: Any, clock: Any = None) -> None:
+    def __init__(self, reactor: IDataplaneReactor, clock: IReactorTime | None = None) -> None:
         """
         @param clock: runs the turn-later starts and the timeouts; by
             default the reactor itself.

@@ -31,13 +31,14 @@ from typing import Any
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portunus.model import Balance, Rule, Target
+from portunus.reactors import IDataplaneReactor
 
 __all__ = [
     "FAILURES_TO_FAIL",
@@ -356,7 +357,7 @@ class _ProbeFactory(ClientFactory):
             self.done.errback(reason)
 
 
-def tcp_probe(reactor: Any) -> ProbeConnect:
+def tcp_probe(reactor: IReactorTCP) -> ProbeConnect:
     """The default probe: a TCP handshake through C{reactor.connectTCP}."""
 
     def connect(host: str, port: int, timeout: float) -> Deferred[None]:
@@ -377,7 +378,7 @@ class ActiveProber:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDataplaneReactor,
         selector: TargetSelector,
         interval: float,
         timeout: float = PROBE_TIMEOUT_SECS,

@@ -30,7 +30,8 @@ from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IReactorSocket
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from portunus.dataplane.listeners import (
@@ -52,6 +53,7 @@ from portunus.dataplane.udp import UdpRuntime
 from portunus.dataplane.workerpool import sni_listener_key
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
+from portunus.reactors import IDataplaneReactor
 
 __all__ = ["AUTO", "DEFAULT_DRAIN_SECS", "SUPPORTED_PROTOCOLS", "BoundRule", "Forwarder"]
 
@@ -173,7 +175,7 @@ class _ActiveRule:
         if runtime.trusted is not None:
             routes = ListenerRoutes(single=runtime, trusted=runtime.trusted)
         for bound in sockets:
-            factory: Factory = (
+            factory: ServerFactory = (
                 PreambleFactory(routes, bound.port, runtime.reactor)
                 if routes is not None
                 else InboundFactory(runtime, bound.port)
@@ -201,7 +203,7 @@ class _ActiveRule:
         return self.runtime.drain(timeout)
 
 
-def _adopt(reactor: Any, bound: BoundSocket, factory: Factory) -> Listening:
+def _adopt(reactor: IReactorSocket, bound: BoundSocket, factory: ServerFactory) -> Listening:
     try:
         port = reactor.adoptStreamPort(bound.sock.fileno(), bound.family, factory)
     finally:
@@ -213,7 +215,7 @@ def _adopt(reactor: Any, bound: BoundSocket, factory: Factory) -> Listening:
 class _SniGroup:
     """One listening port shared by the SNI-routed rules on it."""
 
-    def __init__(self, reactor: Any, trusted: TrustedSources | None) -> None:
+    def __init__(self, reactor: IDataplaneReactor, trusted: TrustedSources | None) -> None:
         self.reactor = reactor
         self.routes = ListenerRoutes(trusted=trusted)
         self.ports: list[Listening] = []
@@ -269,7 +271,7 @@ class Forwarder:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDataplaneReactor,
         connect_timeout: float = CONNECT_TIMEOUT_SECS,
         supported_protocols: frozenset[Protocol] = SUPPORTED_PROTOCOLS,
         splice: SpliceContext | _Auto | None = AUTO,

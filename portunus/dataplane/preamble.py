@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -67,7 +67,7 @@ class ListenerRoutes:
 class Preamble(Protocol):
     """Reads the PROXY header and/or ClientHello of one connection."""
 
-    def __init__(self, routes: ListenerRoutes, listen_port: int, clock: Any) -> None:
+    def __init__(self, routes: ListenerRoutes, listen_port: int, clock: IReactorTime) -> None:
         self._routes = routes
         self._port = listen_port
         self._clock = clock
@@ -240,12 +240,12 @@ class Preamble(Protocol):
                 self._refuse_proxy(rejected)
 
 
-class PreambleFactory(Factory):
+class PreambleFactory(ServerFactory):
     """Accepts connections on one port whose rule is chosen by a preamble."""
 
     noisy = False
 
-    def __init__(self, routes: ListenerRoutes, listen_port: int, clock: Any) -> None:
+    def __init__(self, routes: ListenerRoutes, listen_port: int, clock: IReactorTime) -> None:
         self.routes = routes
         self.listen_port = listen_port
         self._clock = clock

@@ -50,6 +50,7 @@ from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
 from portunus.compat import DnsAnswer, HookedDnsResolver
+from portunus.reactors import IDataplaneReactor
 from portunus.tomltext import describe_value as _describe
 from portunus.tomltext import printable as _safe
 
@@ -453,7 +454,7 @@ class TargetResolver:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDataplaneReactor,
         settings: ResolverSettings,
         resolver: IResolver | None = None,
         *,
@@ -795,7 +796,7 @@ class _DnsClient(HookedDnsResolver):
     def __init__(
         self,
         servers: Sequence[tuple[str, int]],
-        reactor: Any,
+        reactor: IDataplaneReactor,
         *,
         tcp_only: bool,
         tcp_fallback: bool,

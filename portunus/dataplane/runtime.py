@@ -9,8 +9,6 @@ policy and the set of live relays (for draining).
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
@@ -22,6 +20,7 @@ from portunus.dataplane.resolver import TargetResolver
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, SpliceContext, TcpRelay
 from portunus.model import Rule
+from portunus.reactors import IDataplaneReactor
 
 __all__ = ["RuleRuntime"]
 
@@ -33,7 +32,7 @@ class RuleRuntime:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDataplaneReactor,
         rule: Rule,
         resolver: TargetResolver | None = None,
         splice: SpliceContext | None = None,

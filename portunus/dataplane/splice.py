@@ -22,7 +22,9 @@ import socket
 import sys
 from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from portunus.compat import nothing_buffered
 
@@ -183,6 +185,7 @@ class SpliceOwner(Protocol):
         """The first splice showed these sockets cannot be spliced."""
 
 
+@implementer(IReadDescriptor, IWriteDescriptor)
 class _End:
     """
     One spliced socket as the reactor sees it, with the direction it feeds
@@ -264,7 +267,7 @@ class SpliceRelay:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorFDSet,
         client_transport: Any,
         target_transport: Any,
         pool: PipePool,

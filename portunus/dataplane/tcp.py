@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -722,7 +722,7 @@ def client_leg_for(relay: TcpRelay) -> IProtocol:
     return _ClientLeg(relay)
 
 
-class InboundFactory(Factory):
+class InboundFactory(ServerFactory):
     """Accepts client connections on one listen port of one rule."""
 
     noisy = False

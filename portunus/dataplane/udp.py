@@ -47,7 +47,13 @@ from typing import Any, Protocol
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import DNSLookupError, MessageLengthError
-from twisted.internet.interfaces import IReadDescriptor, IResolutionReceiver
+from twisted.internet.interfaces import (
+    IReactorFDSet,
+    IReactorPluggableNameResolver,
+    IReactorTime,
+    IReadDescriptor,
+    IResolutionReceiver,
+)
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -63,6 +69,7 @@ from portunus.dataplane.listeners import (
 from portunus.dataplane.ratelimit import RULE_UDP_REASONS, DatagramBudget, RuleLimiter
 from portunus.dataplane.stats import PortStats, RuleStats
 from portunus.model import Rule, Target
+from portunus.reactors import IDataplaneReactor
 
 __all__ = [
     "LOG_THROTTLE_SECS",
@@ -265,7 +272,7 @@ class UdpFlowTable:
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         rule: Rule,
         stats: RuleStats,
         open_upstream: UpstreamOpener,
@@ -653,7 +660,7 @@ class _SocketUpstream:
 
     __slots__ = ("_flow", "_reactor", "_sock")
 
-    def __init__(self, reactor: Any, sock: socket.socket, flow: UdpFlow) -> None:
+    def __init__(self, reactor: IReactorFDSet, sock: socket.socket, flow: UdpFlow) -> None:
         self._reactor = reactor
         self._sock = sock
         self._flow = flow
@@ -715,7 +722,7 @@ class SocketUpstreamOpener:
     the kernel delivers only the target's datagrams and its ICMP errors.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorFDSet) -> None:
         self._reactor = reactor
 
     def __call__(self, address: str, port: int, flow: UdpFlow) -> UpstreamSocket:
@@ -773,7 +780,9 @@ class _FirstAddress:
         self.result.errback(DNSLookupError(f"{self._host}: no addresses"))
 
 
-def hostname_resolver(reactor: Any, prefer_ipv6: bool = False) -> Resolver:
+def hostname_resolver(
+    reactor: IReactorPluggableNameResolver, prefer_ipv6: bool = False
+) -> Resolver:
     """
     A L{Resolver} on the reactor's name resolver (the system's, by
     default): the first IPv4 address, or the first IPv6 one with
@@ -815,7 +824,7 @@ class UdpRuntime:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IDataplaneReactor,
         rule: Rule,
         stats: RuleStats | None = None,
         open_upstream: UpstreamOpener | None = None,

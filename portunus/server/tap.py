@@ -19,6 +19,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory, IReactorCore
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -35,6 +36,7 @@ from portunus.control.tls import (
 )
 from portunus.errors import PortunusError
 from portunus.logging import make_observer
+from portunus.reactors import IProcessReactor, installed_reactor
 from portunus.server.api import audit as audit_api
 from portunus.server.api import metrics as metrics_api
 from portunus.server.api import settings as settings_api
@@ -49,8 +51,8 @@ from portunus.server.datadir import prepare_data_dir, resolve_data_dir
 from portunus.server.metrics import ServerMetrics
 from portunus.server.metricsweb import MetricsRoot
 from portunus.server.sessions import ServerSession
-from portunus.server.settings import ServerSettings, load_server_settings
-from portunus.server.store import open_store
+from portunus.server.settings import ListenerKind, ServerSettings, load_server_settings
+from portunus.server.store import Store, open_store
 from portunus.tapsupport import LOG_OPTIONS, LoggingOptions, install_log_observer
 
 __all__ = ["OPERATOR_TOKEN_FILE", "Options", "makeService"]
@@ -131,7 +133,7 @@ class ServerService(MultiService):
     """The control plane's listeners, and a clean stop of sessions and store."""
 
     def __init__(
-        self, plane: ControlPlane, store: Any, observer: ILogObserver, reactor: Any
+        self, plane: ControlPlane, store: Store, observer: ILogObserver, reactor: IReactorCore
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -182,7 +184,9 @@ class _Listener(StreamServerEndpointService):
             raise SystemExit(1) from None
 
 
-def _listener(reactor: Any, settings: ServerSettings, kind: Any, factory: Any) -> _Listener:
+def _listener(
+    reactor: IReactorCore, settings: ServerSettings, kind: ListenerKind, factory: IProtocolFactory
+) -> _Listener:
     names = {
         "control": ("control listener", settings.control_listen),
         "operator_http": ("operator HTTP API", settings.operator_http_listen),
@@ -193,11 +197,9 @@ def _listener(reactor: Any, settings: ServerSettings, kind: Any, factory: Any) -
     return _Listener(endpoint, factory, what, str(address))
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+def makeService(options: Options, reactor: IProcessReactor | None = None) -> IService:
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+        reactor = installed_reactor()
     environ = dict(os.environ)
     observer = make_observer(options["log-format"], options.level, sys.stderr)
     try:

@@ -4,17 +4,16 @@ The Forwarder a standalone config needs.
 
 from __future__ import annotations
 
-from typing import Any
-
 from portunus.dataplane.forwarder import Forwarder
 from portunus.dataplane.resolver import ResolverConfigError, TargetResolver
 from portunus.errors import PortunusError
+from portunus.reactors import IDataplaneReactor
 from portunus.standalone.config import StandaloneConfig
 
 __all__ = ["forwarder_for"]
 
 
-def forwarder_for(config: StandaloneConfig, reactor: Any) -> Forwarder:
+def forwarder_for(config: StandaloneConfig, reactor: IDataplaneReactor) -> Forwarder:
     """
     The Forwarder for a config: with a DNS resolver (from its [resolver]
     table) only when some target is a host name, so configs of IP

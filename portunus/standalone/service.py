@@ -23,6 +23,7 @@ from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.dataplane.rlimits import raise_nofile_limit
 from portunus.dataplane.workerpool import WorkerListeners, bind_for_workers, sni_listener_key
 from portunus.errors import PortunusError
+from portunus.reactors import IProcessReactor
 from portunus.standalone.config import StandaloneConfig
 from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.workers import WorkerSupervisor
@@ -39,7 +40,7 @@ class StandaloneService(MultiService):
     def __init__(
         self,
         config: StandaloneConfig,
-        reactor: Any,
+        reactor: IProcessReactor,
         forwarder: Forwarder | None = None,
         log_observer: ILogObserver | None = None,
         stderr: IO[str] | None = None,

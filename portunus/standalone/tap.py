@@ -5,7 +5,7 @@ C{twistd portunus-standalone}: command-line options and the composition root.
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
+from typing import IO
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -14,6 +14,7 @@ from portunus.dataplane import SUPPORTED_PROTOCOLS
 from portunus.dataplane.workerpool import parse_worker_count
 from portunus.errors import PortunusError
 from portunus.logging import make_observer, parse_log_level
+from portunus.reactors import IProcessReactor, installed_reactor
 from portunus.standalone.config import ConfigError, StandaloneConfig, load_config
 from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.service import StandaloneService
@@ -84,11 +85,9 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+def makeService(options: Options, reactor: IProcessReactor | None = None) -> IService:
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
+        reactor = installed_reactor()
     assert options.config is not None
     observer = make_observer(options.log_format, options.level, sys.stderr)
     try:

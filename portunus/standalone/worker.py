@@ -21,6 +21,7 @@ from collections import defaultdict
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogBeginner
@@ -29,6 +30,7 @@ from twisted.python.failure import Failure
 from portunus.dataplane import SUPPORTED_PROTOCOLS, BoundRule
 from portunus.dataplane.listeners import BoundSocket
 from portunus.logging import make_observer, parse_log_level
+from portunus.reactors import IProcessReactor, installed_reactor
 from portunus.standalone.config import StandaloneConfig, load_config
 from portunus.standalone.forwarder import forwarder_for
 
@@ -76,7 +78,7 @@ def _bound_rules(config: StandaloneConfig, listeners: list[dict[str, Any]]) -> l
 class _ParentLink(Protocol):
     """stdout carries reports to the parent; stdin closing means it is gone."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorCore) -> None:
         self._reactor = reactor
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -85,7 +87,7 @@ class _ParentLink(Protocol):
             self._reactor.stop()
 
 
-def run(reactor: Any, args: argparse.Namespace) -> int:
+def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
     from twisted.internet import stdio
 
     level = parse_log_level(args.log_level)
@@ -136,9 +138,7 @@ def run(reactor: Any, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from twisted.internet import reactor
-
-    return run(reactor, _parse_args(sys.argv[1:] if argv is None else argv))
+    return run(installed_reactor(), _parse_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
