@@ -2,7 +2,7 @@
 What the edge agent needs of a data plane.
 
 Two things provide it: the in-process L{portunus.dataplane.Forwarder}
-(the default) and L{portunus.client.workers.WorkerForwarder}
+(the default) and L{portunus.dataplane.workers.forwarder.WorkerForwarder}
 (C{--workers N}), so the agent is the same either way.
 """
 

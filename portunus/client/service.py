@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import ClientService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
@@ -33,10 +33,11 @@ from portunus.client.session import ClientSession
 from portunus.compat import clear_exit_signal
 from portunus.control.enrollment import Bundle, parse_endpoint
 from portunus.control.tls import PinMismatch, PinnedClientTLS
+from portunus.dataplane.workers.forwarder import WorkerForwarder
 from portunus.exitcode import stop_with_status
 from portunus.reactors import IProcessReactor
 
-__all__ = ["EdgeClientService", "full_jitter_backoff"]
+__all__ = ["EdgeClientService", "WorkerPoolService", "full_jitter_backoff"]
 
 log = Logger()
 
@@ -179,3 +180,18 @@ class EdgeClientService(MultiService):
 
         d = self.agent.stop() if stopped is None else stopped.addCallback(drain)
         return d.addCallback(done)
+
+
+class WorkerPoolService(Service):
+    """
+    Starts an edge's workers (C{--workers N}) with the edge.  Stopping them
+    is the edge's: its agent's stop() drains every rule and lets the
+    workers exit.
+    """
+
+    def __init__(self, forwarder: WorkerForwarder) -> None:
+        self.forwarder = forwarder
+
+    def startService(self) -> None:
+        super().startService()
+        self.forwarder.start()

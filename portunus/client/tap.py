@@ -22,8 +22,7 @@ from twisted.python import usage
 
 from portunus.client.enroll import enroll
 from portunus.client.forwarding import EdgeForwarder
-from portunus.client.service import EdgeClientService
-from portunus.client.workers import WorkerForwarder, WorkerPoolService
+from portunus.client.service import EdgeClientService, WorkerPoolService
 from portunus.control.enrollment import (
     ENV_BUNDLE,
     default_bundle_paths,
@@ -35,7 +34,8 @@ from portunus.control.enrollment import (
 from portunus.dataplane.forwarder import Forwarder
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
 from portunus.dataplane.rlimits import raise_nofile_limit
-from portunus.dataplane.workerpool import parse_worker_count
+from portunus.dataplane.workers.forwarder import WorkerForwarder
+from portunus.dataplane.workers.pool import parse_worker_count
 from portunus.errors import PortunusError
 from portunus.exitcode import stop_with_status
 from portunus.logging import make_observer
@@ -182,6 +182,7 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
             forwarder = pool = WorkerForwarder(
                 reactor,
                 options.workers,
+                event_prefix="client",
                 drain_secs=drain,
                 report_secs=options["stats-report-interval-secs"],
                 log_level=options["log-level"],

@@ -50,7 +50,7 @@ from portunus.dataplane.splice import splice_disabled_by_env, splice_supported
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.tcp import CONNECT_TIMEOUT_SECS, InboundFactory, SpliceContext, TcpRelay
 from portunus.dataplane.udp import UdpRuntime
-from portunus.dataplane.workerpool import sni_listener_key
+from portunus.dataplane.workers.pool import sni_listener_key
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
 from portunus.reactors import IDataplaneReactor

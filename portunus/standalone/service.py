@@ -21,7 +21,7 @@ from twisted.logger import ILogObserver, Logger
 from portunus.compat import clear_exit_signal
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.dataplane.rlimits import raise_nofile_limit
-from portunus.dataplane.workerpool import WorkerListeners, bind_for_workers, sni_listener_key
+from portunus.dataplane.workers.pool import WorkerListeners, bind_for_workers, sni_listener_key
 from portunus.errors import PortunusError
 from portunus.reactors import IProcessReactor
 from portunus.standalone.config import StandaloneConfig

@@ -11,7 +11,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from portunus.dataplane import SUPPORTED_PROTOCOLS
-from portunus.dataplane.workerpool import parse_worker_count
+from portunus.dataplane.workers.pool import parse_worker_count
 from portunus.errors import PortunusError
 from portunus.logging import make_observer, parse_log_level
 from portunus.reactors import IProcessReactor, installed_reactor

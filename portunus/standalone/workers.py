@@ -14,7 +14,7 @@ own reactor and relays:
 Workers report their counters once a second; the parent sums them (plus
 the final counters of workers that exited) for its stats events.  A worker
 that dies is restarted with backoff; stopping the service drains them all.
-What this shares with the edge's workers is in L{portunus.dataplane.workerpool}.
+What this shares with the edge's workers is in L{portunus.dataplane.workers.pool}.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portunus.dataplane.stats import RuleStats
-from portunus.dataplane.workerpool import (
+from portunus.dataplane.workers.pool import (
     KILL_GRACE_SECS,
     RestartBackoff,
     WorkerListeners,

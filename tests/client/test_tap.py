@@ -13,11 +13,11 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from portunus.client import workers
-from portunus.client.service import EdgeClientService
+from portunus.client.service import EdgeClientService, WorkerPoolService
 from portunus.client.tap import Options, makeService
-from portunus.client.workers import WorkerForwarder, WorkerPoolService
 from portunus.dataplane import Forwarder
+from portunus.dataplane.workers import forwarder as workers
+from portunus.dataplane.workers.forwarder import WorkerForwarder
 
 BUNDLE = {
     "version": 1,

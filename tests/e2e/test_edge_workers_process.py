@@ -33,7 +33,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from portunus.client.agent import EdgeAgent
-from portunus.client.workers import WorkerForwarder
+from portunus.dataplane.workers.forwarder import WorkerForwarder
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.rulejson import rule_to_dict
 from tests._net import (
@@ -240,14 +240,16 @@ class ReplaceWithWorkersTests(TestCase):
     """
     Replacing a rule on its own port with C{--workers 2}: the edge's agent
     and L{WorkerForwarder} in this process, with two real worker processes
-    (C{python -m portunus.client.worker}) and no server, since the server
+    (C{python -m portunus.dataplane.workers.worker}) and no server, since the server
     has no way to change a rule under the same id but a restored backup.
     """
 
     timeout = 120
 
     def setUp(self) -> None:
-        self.forwarder = WorkerForwarder(reactor, 2, drain_secs=10.0, log_level="warn")
+        self.forwarder = WorkerForwarder(
+            reactor, 2, event_prefix="client", drain_secs=10.0, log_level="warn"
+        )
         self.forwarder.start()
         self.agent = EdgeAgent(self.forwarder, drain_timeout=10.0)
         self.agent.begin_session()

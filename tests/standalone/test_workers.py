@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.dataplane import Forwarder
 from portunus.dataplane.listeners import bind_stream_sockets
-from portunus.dataplane.workerpool import (
+from portunus.dataplane.workers.pool import (
     RESTART_MAX_SECS,
     RESTART_MIN_SECS,
     bind_for_workers,

@@ -1,13 +1,11 @@
 """
-What the multi-process data planes share.
+The arithmetic and the binding of a multi-process data plane.
 
-The standalone forwarder (L{portunus.standalone.workers}) and the edge
-client (L{portunus.client.workers}) both serve their rules from N worker
-processes when asked to: the main process binds every listener, the
-workers serve them, report their counters, and the main process adds the
-reports up.  This module holds the pieces they have in common: the worker
-count option, binding a rule for N workers, the restart backoff, and the
-arithmetic on reports (counters summed, per-target health merged).
+The main process binds every listener and its workers serve them, report
+their counters, and the main process adds the reports up.  This module
+holds the parts that need no process: the worker count option, binding a
+rule for N workers, the restart backoff, and the arithmetic on reports
+(counters summed, per-target health merged).
 """
 
 from __future__ import annotations

@@ -1,21 +1,21 @@
 """
-One worker process of an edge started with C{--workers N}.
+One worker process of a data plane started with C{--workers N}.
 
-Started by L{portunus.client.workers.WorkerForwarder} as
-C{python -m portunus.client.worker}, it holds one end of a socketpair to
-the edge's main process (a L{WorkerLink} on descriptor C{--link-fd}).
-Over it the main process hands over each rule with its bound listening
-sockets; the worker serves them with its own reactor and L{Forwarder},
-removes them when told, and reports its counters every C{--report-secs}
-(the edge's stats report interval: the main process reads them no more
-often).
+Started by L{portunus.dataplane.workers.forwarder.WorkerForwarder} as
+C{python -m portunus.dataplane.workers.worker}, it holds one end of a
+socketpair to its main process (a L{WorkerLink} on descriptor
+C{--link-fd}).  Over it the main process hands over each rule with its
+bound listening sockets; the worker serves them with its own reactor and
+L{Forwarder}, removes them when told, and reports its counters every
+C{--report-secs} (as often as the main process reads them).
 
 It drains and exits on SIGTERM or SIGINT, when the main process says
 C{exit}, and when the link closes (the main process is gone).
 
-The main process logs C{rule.activated} and C{rule.removed} once for the
-whole edge, so a worker leaves those out of its log; every event it does
-log carries C{worker}, its index.
+The main process logs C{rule.activated} and C{rule.removed} once for all
+its workers, so a worker leaves those out of its log; every event it does
+log carries C{worker}, its index.  Its own events are named after the
+role running it (C{--event-prefix}: C{client.worker_started} ...).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogEvent, Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
-from portunus.client.workerlink import OneLinkFactory, WorkerLink
 from portunus.dataplane.forwarder import DEFAULT_DRAIN_SECS, BoundRule, Forwarder
 from portunus.dataplane.listeners import BoundSocket
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
+from portunus.dataplane.workers.link import OneLinkFactory, WorkerLink
 from portunus.errors import PortunusError
 from portunus.logging import make_observer, parse_log_level
 from portunus.reactors import IProcessReactor, installed_reactor
@@ -50,16 +50,22 @@ log = Logger()
 #: says otherwise.
 REPORT_INTERVAL_SECS = 1.0
 
-#: Logged once for the whole edge, by the main process.
+#: Logged once for all the workers, by the main process.
 PARENT_EVENTS = frozenset({"rule.activated", "rule.removed"})
 
 
 class WorkerRules:
     """The rules this worker serves, as the main process's messages say."""
 
-    def __init__(self, forwarder: Forwarder, send: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        send: Callable[[dict[str, Any]], None],
+        event_prefix: str,
+    ) -> None:
         self.forwarder = forwarder
         self._send = send
+        self._event_prefix = event_prefix
         #: The main process's key of each rule served -> the rule's id.
         self._ids: dict[int, int] = {}
         #: Rules draining, by key: who waits for each to finish.
@@ -79,7 +85,7 @@ class WorkerRules:
         else:
             log.warn(
                 "unknown message {op!r} from the main process",
-                event="client.worker_bad_message",
+                event=f"{self._event_prefix}.worker_bad_message",
                 op=op,
             )
 
@@ -106,7 +112,7 @@ class WorkerRules:
             text = e.message if isinstance(e, PortunusError) else str(e)
             log.error(
                 "could not serve rule key {key}: {code}: {message}",
-                event="client.worker_rule_failed",
+                event=f"{self._event_prefix}.worker_rule_failed",
                 key=key,
                 code=code,
                 message=text,
@@ -166,8 +172,9 @@ def worker_observer(observer: ILogObserver, index: int) -> ILogObserver:
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="portunus-client-worker")
+    parser = argparse.ArgumentParser(prog="portunus-worker")
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--event-prefix", required=True, help="client or standalone")
     parser.add_argument("--link-fd", type=int, required=True)
     parser.add_argument("--drain-secs", type=float, default=DEFAULT_DRAIN_SECS)
     parser.add_argument("--report-secs", type=float, default=REPORT_INTERVAL_SECS)
@@ -198,11 +205,14 @@ def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
 
     def on_lost(reason: Failure) -> None:
         if not stopping:
-            log.warn("the edge's main process went away; draining", event="client.worker_orphaned")
+            log.warn(
+                "the main process went away; draining",
+                event=f"{args.event_prefix}.worker_orphaned",
+            )
             shut_down()
 
-    link = WorkerLink(on_message, on_lost)
-    rules = WorkerRules(forwarder, link.send)
+    link = WorkerLink(on_message, on_lost, event_prefix=args.event_prefix)
+    rules = WorkerRules(forwarder, link.send, args.event_prefix)
     sock = socket.socket(fileno=args.link_fd)
     sock.setblocking(False)
     try:
@@ -224,7 +234,7 @@ def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: reactor.callFromThread(shut_down))
     log.info(
         "worker {index} started (pid {pid})",
-        event="client.worker_started",
+        event=f"{args.event_prefix}.worker_started",
         index=args.index,
         pid=os.getpid(),
     )

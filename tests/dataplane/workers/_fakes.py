@@ -1,5 +1,5 @@
 """
-Fakes for the edge's worker processes: a link transport that records the
+Fakes for worker processes: a link transport that records the
 descriptors it is asked to send, and frames to feed a link.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet.testing import StringTransport
 
-from portunus.client.workerprocess import WorkerProcess
+from portunus.dataplane.workers.process import WorkerProcess
 
 
 def frame(message: dict[str, Any]) -> bytes:

@@ -1,5 +1,5 @@
 """
-The edge's worker process, rule side: WorkerRules adopts handed-over
+A worker process, rule side: WorkerRules adopts handed-over
 sockets into its Forwarder, removes, reports by the main process's keys
 and drains on stop; its log observer tags events and leaves out the ones
 the main process logs.  A memory reactor, no processes.
@@ -16,9 +16,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from portunus.client.worker import WorkerRules, worker_observer
 from portunus.dataplane import Forwarder
 from portunus.dataplane.listeners import bind_stream_sockets
+from portunus.dataplane.workers.worker import WorkerRules, worker_observer
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.rulejson import rule_to_dict
 from tests._net import LOOPBACK, free_port
@@ -40,7 +40,7 @@ class WorkerRulesTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.forwarder = Forwarder(self.reactor)
         self.sent: list[dict[str, Any]] = []
-        self.rules = WorkerRules(self.forwarder, self.sent.append)
+        self.rules = WorkerRules(self.forwarder, self.sent.append, "client")
 
     def hand_over(self, key: int, rule: Rule) -> list[int]:
         """What the main process sends: the rule and a duplicate of each bound socket."""

@@ -1,12 +1,12 @@
 """
-One worker process of an edge, as its main process sees it.
+One worker process, as its main process sees it.
 
 L{WorkerProcess} is the process (its exit, its signals) and its link
-(L{portunus.client.workerlink}): it hands rules over with duplicates of
+(L{portunus.dataplane.workers.link}): it hands rules over with duplicates of
 their sockets (closed once the worker acknowledges them), asks for
 removals and fires each when the worker has drained, or has gone away,
 and keeps the worker's latest report.  L{spawn_worker} starts
-C{python -m portunus.client.worker} on a fresh socketpair.
+C{python -m portunus.dataplane.workers.worker} on a fresh socketpair.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from portunus.client.workerlink import OneLinkFactory, WorkerLink
 from portunus.dataplane.listeners import BoundSocket
+from portunus.dataplane.workers.link import OneLinkFactory, WorkerLink
 from portunus.model import Rule
 from portunus.reactors import IProcessReactor
 from portunus.rulejson import rule_to_dict
@@ -36,6 +36,10 @@ LINK_FD = 3
 
 class WorkerOwner(Protocol):
     """Who hears of a worker's exit and of rules it could not serve."""
+
+    #: The role running the workers (C{client}, C{standalone}): the first
+    #: part of their log events.
+    event_prefix: str
 
     def worker_ended(self, worker: WorkerProcess, code: int | None, signal: int | None) -> None: ...
 
@@ -51,7 +55,7 @@ class WorkerProcess(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.started = started
-        self.link = WorkerLink(self._message, self._link_lost)
+        self.link = WorkerLink(self._message, self._link_lost, event_prefix=pool.event_prefix)
         #: The latest report: key -> {"stats": ..., "targets": ...}.
         self.last: dict[int, dict[str, Any]] = {}
         self.ended: Deferred[None] = Deferred()
@@ -129,7 +133,7 @@ def spawn_worker(reactor: IProcessReactor, worker: WorkerProcess, args: list[str
     """
     Start C{worker}'s process with its end of a new socketpair on
     L{LINK_FD} (stdin and stdout are pipes it does not use; stderr is
-    this process's, so its log lines join the edge's).
+    this process's, so its log lines join the main process's).
     """
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -140,7 +144,7 @@ def spawn_worker(reactor: IProcessReactor, worker: WorkerProcess, args: list[str
         argv = [
             sys.executable,
             "-m",
-            "portunus.client.worker",
+            "portunus.dataplane.workers.worker",
             "--index",
             str(worker.index),
             "--link-fd",

@@ -1,5 +1,5 @@
 """
-The edge's multi-process data plane, main-process side: WorkerForwarder
+The multi-process data plane, main-process side: WorkerForwarder
 binds here, hands sockets and rules to every worker, fans removals out,
 sums reports, merges target health, restarts dead workers with every rule
 and stops them all.  Workers are fakes on a Clock (no processes).
@@ -13,18 +13,20 @@ from typing import Any
 
 from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.client.agent import ACTIVATED, FAILED, EdgeAgent
-from portunus.client.workerprocess import WorkerProcess
-from portunus.client.workers import WorkerForwarder
-from portunus.dataplane.workerpool import KILL_GRACE_SECS, RESTART_MAX_SECS, RESTART_MIN_SECS
+from portunus.dataplane.workers import forwarder as forwarder_module
+from portunus.dataplane.workers.forwarder import WorkerForwarder
+from portunus.dataplane.workers.pool import KILL_GRACE_SECS, RESTART_MAX_SECS, RESTART_MIN_SECS
+from portunus.dataplane.workers.process import WorkerProcess
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.rulejson import rule_to_dict
 from tests._net import LOOPBACK, free_port
-from tests.client._workerfakes import FakeLauncher, link_of, process_of, reply
+from tests.dataplane.workers._fakes import FakeLauncher, link_of, process_of, reply
 
 
 def make_rule(
@@ -70,6 +72,14 @@ def port_is_free(port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> boo
     return True
 
 
+def logged(case: SynchronousTestCase) -> list[dict[str, Any]]:
+    """Every event logged from now until the test ends."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
 def ended(code: int | None = 0, signal: int | None = None) -> Failure:
     if code == 0:
         return Failure(ProcessDone(0))
@@ -103,7 +113,9 @@ class WorkerForwarderTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.launcher = FakeLauncher()
-        self.forwarder = WorkerForwarder(self.clock, self.count, launch=self.launcher)
+        self.forwarder = WorkerForwarder(
+            self.clock, self.count, event_prefix="client", launch=self.launcher
+        )
         self.forwarder.start()
         #: (worker index, key) -> inodes of the sockets handed over.
         self.handed: dict[tuple[int, int], list[int]] = {}
@@ -220,11 +232,7 @@ class HandOverTests(WorkerForwarderTestCase):
         worker = self.worker(0)
         [add] = link_of(worker).messages()
         [fd] = link_of(worker).fds
-        events: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = logged(self)
         reply(worker, {"op": "add_failed", "key": add["key"], "code": "bind_failed"})
         [event] = [e for e in events if e.get("event") == "client.worker_rule_failed"]
         self.assertEqual((event["rule"], event["index"]), (rule.name, 0))
@@ -400,7 +408,7 @@ class RestartTests(WorkerForwarderTestCase):
                 raise OSError("no more processes")
             self.launcher(worker)
 
-        forwarder = WorkerForwarder(self.clock, 1, launch=failing)
+        forwarder = WorkerForwarder(self.clock, 1, event_prefix="client", launch=failing)
         forwarder.start()
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(forwarder.workers, {})
@@ -459,7 +467,7 @@ class RestartTests(WorkerForwarderTestCase):
                 stale.append(worker)
                 raise OSError("started, then failed")
 
-        forwarder = WorkerForwarder(self.clock, 1, launch=launch)
+        forwarder = WorkerForwarder(self.clock, 1, event_prefix="client", launch=launch)
         forwarder.start()
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.clock.advance(RESTART_MIN_SECS)
@@ -657,3 +665,29 @@ class ReplaceTests(WorkerForwarderTestCase):
         self.forwarder.remove(2, 0)
         self.forwarder.remove(1, 0)
         self.assertTrue(port_is_free(port))
+
+
+class EventPrefixTests(SynchronousTestCase):
+    def test_the_role_names_every_worker_event(self) -> None:
+        """
+        The role given as event_prefix names the events about the workers
+        (exits, a broken link) and is passed on for the workers' own.
+        """
+        spawned: list[list[str]] = []
+
+        def spawn(reactor: Any, worker: WorkerProcess, args: list[str]) -> None:
+            spawned.append(args)
+            FakeLauncher()(worker)
+
+        self.patch(forwarder_module, "spawn_worker", spawn)
+        events = logged(self)
+        forwarder = WorkerForwarder(Clock(), 1, event_prefix="standalone")
+        forwarder.start()
+        [args] = spawned
+        self.assertEqual(args[args.index("--event-prefix") + 1], "standalone")
+        worker = forwarder.workers[0]
+        worker.link.dataReceived(len(b"not json").to_bytes(4, "big") + b"not json")
+        worker.processEnded(ended(None, 9))
+        names = [e.get("event") for e in events if str(e.get("event")).endswith("worker_exited")]
+        self.assertEqual(names, ["standalone.worker_exited"])
+        self.assertIn("standalone.worker_link_broken", [e.get("event") for e in events])

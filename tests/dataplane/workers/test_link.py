@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from portunus.client.workerlink import OneLinkFactory, WorkerLink
-from tests.client._workerfakes import FdTransport, decode, frame
+from portunus.dataplane.workers.link import OneLinkFactory, WorkerLink
+from tests.dataplane.workers._fakes import FdTransport, decode, frame
 
 reactor: Any = _reactor
 
@@ -34,7 +34,9 @@ class Received:
 class WorkerLinkTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.received = Received()
-        self.link = WorkerLink(self.received.message, self.received.lost.append)
+        self.link = WorkerLink(
+            self.received.message, self.received.lost.append, event_prefix="client"
+        )
         self.transport = FdTransport()
         self.link.makeConnection(self.transport)
 
@@ -90,8 +92,8 @@ class RealSocketpairTests(TestCase):
         a new descriptor for the same pipe.
         """
         got: Deferred[tuple[dict[str, Any], list[int]]] = Deferred()
-        sender = WorkerLink(lambda m, f: None)
-        receiver = WorkerLink(lambda m, f: got.callback((m, f)))
+        sender = WorkerLink(lambda m, f: None, event_prefix="client")
+        receiver = WorkerLink(lambda m, f: got.callback((m, f)), event_prefix="client")
         a, b = socket.socketpair()
         for sock, link in ((a, sender), (b, receiver)):
             sock.setblocking(False)

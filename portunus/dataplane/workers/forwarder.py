@@ -1,13 +1,13 @@
 """
-An edge's data plane in N worker processes (C{--workers N}).
+A data plane in N worker processes (C{--workers N}), for the edge and the
+standalone forwarder.
 
 L{WorkerForwarder} stands in for the in-process L{Forwarder}, so the
-L{EdgeAgent} drives it the same way.  The main process keeps the control
-session and binds each pushed rule's listeners itself, so a bind error
-(C{port_in_use} ...) is answered to the server exactly as with one
-process and nothing is half applied.  It then hands the bound sockets and
-the rule to every worker over that worker's link
-(L{portunus.client.workerlink}):
+edge's agent and the standalone service drive it the same way.  The main
+process binds each rule's listeners itself, so a bind error
+(C{port_in_use} ...) is reported exactly as with one process and nothing
+is half applied.  It then hands the bound sockets and the rule to every
+worker over that worker's link (L{portunus.dataplane.workers.link}):
 
   - a TCP listener is shared: every worker accepts from the same queue;
   - a UDP port is bound once per worker with C{SO_REUSEPORT}, so a
@@ -18,9 +18,8 @@ The main process keeps its own copy of every socket, so a worker that
 dies is restarted (with backoff) and gets every current rule again, its
 listeners included.  A removal reaches every worker and completes when
 all have drained.  Counters are the sum of the workers' reports (sent
-every C{report_secs}, the edge's stats report interval) plus what exited
-workers had counted; per-target health is merged by
-L{merge_target_states}.
+every C{report_secs}) plus what exited workers had counted; per-target
+health is merged by L{merge_target_states}.
 """
 
 from __future__ import annotations
@@ -30,12 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.logger import Logger
 
-from portunus.client.worker import REPORT_INTERVAL_SECS
-from portunus.client.workerprocess import WorkerProcess, spawn_worker
 from portunus.dataplane.forwarder import (
     DEFAULT_DRAIN_SECS,
     SUPPORTED_PROTOCOLS,
@@ -46,7 +42,7 @@ from portunus.dataplane.forwarder import (
 from portunus.dataplane.listeners import BoundSocket, InheritedSockets
 from portunus.dataplane.sni import SniError, SniRouteTable
 from portunus.dataplane.stats import RuleStats
-from portunus.dataplane.workerpool import (
+from portunus.dataplane.workers.pool import (
     KILL_GRACE_SECS,
     InheritedListeners,
     RestartBackoff,
@@ -57,10 +53,12 @@ from portunus.dataplane.workerpool import (
     sum_snapshots,
     without_gauges,
 )
+from portunus.dataplane.workers.process import WorkerProcess, spawn_worker
+from portunus.dataplane.workers.worker import REPORT_INTERVAL_SECS
 from portunus.errors import PortunusError
 from portunus.model import Rule
 
-__all__ = ["WorkerForwarder", "WorkerPoolService"]
+__all__ = ["WorkerForwarder"]
 
 log = Logger()
 
@@ -97,13 +95,14 @@ Launch = Callable[[WorkerProcess], None]
 
 
 class WorkerForwarder:
-    """The L{Forwarder} interface the edge agent uses, served by N processes."""
+    """The L{Forwarder} interface, served by N processes."""
 
     def __init__(
         self,
         reactor: Any,
         count: int,
         *,
+        event_prefix: str,
         drain_secs: float = DEFAULT_DRAIN_SECS,
         report_secs: float = REPORT_INTERVAL_SECS,
         log_level: str = "info",
@@ -111,16 +110,20 @@ class WorkerForwarder:
         launch: Launch | None = None,
     ) -> None:
         """
+        @param event_prefix: the role running the workers (C{client},
+            C{standalone}): the first part of the workers' log events,
+            theirs and this process's about them (C{<role>.worker_exited}).
         @param drain_secs: how long a worker told to stop by a signal (not
             by this process) lets its connections finish.
         @param report_secs: how often each worker reports its counters and
-            target health: the interval the edge reads them at (a worker
+            target health: the interval the caller reads them at (a worker
             that crashes loses what it counted since its last report).
         @param launch: starts a worker process and connects its link; the
-            default spawns C{python -m portunus.client.worker}.
+            default spawns C{python -m portunus.dataplane.workers.worker}.
         """
         self._reactor = reactor
         self.count = count
+        self.event_prefix = event_prefix
         self._drain_secs = drain_secs
         self.report_secs = report_secs
         self._log_args = ["--log-level", log_level, "--log-format", log_format]
@@ -157,7 +160,9 @@ class WorkerForwarder:
         except Exception:
             del self.workers[index]
             log.failure(
-                "could not start worker {index}", event="client.worker_spawn_failed", index=index
+                "could not start worker {index}",
+                event=f"{self.event_prefix}.worker_spawn_failed",
+                index=index,
             )
             self._restart_later(index, 0.0)
             return
@@ -165,7 +170,14 @@ class WorkerForwarder:
             worker.add(installed.key, installed.rule, self._sockets_for(installed, index))
 
     def _spawn(self, worker: WorkerProcess) -> None:
-        args = ["--drain-secs", str(self._drain_secs), "--report-secs", str(self.report_secs)]
+        args = [
+            "--event-prefix",
+            self.event_prefix,
+            "--drain-secs",
+            str(self._drain_secs),
+            "--report-secs",
+            str(self.report_secs),
+        ]
         spawn_worker(self._reactor, worker, [*args, *self._log_args])
 
     def worker_ended(self, worker: WorkerProcess, code: int | None, signal: int | None) -> None:
@@ -177,7 +189,7 @@ class WorkerForwarder:
         delay = self._restart_later(worker.index, self._reactor.seconds() - worker.started)
         log.error(
             "worker {index} exited (code {code}, signal {signal}); restarting in {delay}s",
-            event="client.worker_exited",
+            event=f"{self.event_prefix}.worker_exited",
             index=worker.index,
             code=code,
             signal=signal,
@@ -194,7 +206,7 @@ class WorkerForwarder:
         rule = next((i.rule for i in self._installed.values() if i.key == key), None)
         log.error(
             "worker {index} could not serve rule {rule}: {code}",
-            event="client.worker_rule_failed",
+            event=f"{self.event_prefix}.worker_rule_failed",
             index=worker.index,
             rule=rule.name if rule is not None else None,
             rule_id=str(rule.id) if rule is not None else None,
@@ -344,8 +356,8 @@ class WorkerForwarder:
         """
         Remove every rule (each worker drains up to C{drain_timeout}), then
         let the workers exit; any still running C{KILL_GRACE_SECS} after
-        the drain deadline are killed.  Called once, by the edge's agent
-        as the edge stops.
+        the drain deadline are killed.  Called once, as the role using it
+        stops (the edge: by its agent).
         """
         self.stopping = True
         for call in self._restarts.values():
@@ -373,21 +385,7 @@ class WorkerForwarder:
         for worker in list(self.workers.values()):
             log.warn(
                 "worker {index} still running after the drain; killing it",
-                event="client.worker_killed",
+                event=f"{self.event_prefix}.worker_killed",
                 index=worker.index,
             )
             worker.signal("KILL")
-
-
-class WorkerPoolService(Service):
-    """
-    Starts the workers with the edge.  Stopping them is the edge's: its
-    agent's stop() drains every rule and lets the workers exit.
-    """
-
-    def __init__(self, forwarder: WorkerForwarder) -> None:
-        self.forwarder = forwarder
-
-    def startService(self) -> None:
-        super().startService()
-        self.forwarder.start()

@@ -1,5 +1,5 @@
 """
-What the standalone's and the edge's workers share: the restart backoff,
+What needs no worker process: the restart backoff,
 gauges dropped from an exited worker's counters, and per-target states
 merged over workers (counters summed, health from the freshest view).
 """
@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from portunus.dataplane.workerpool import (
+from portunus.dataplane.workers.pool import (
     HEALTHY_RUN_SECS,
     RESTART_MAX_SECS,
     RESTART_MIN_SECS,

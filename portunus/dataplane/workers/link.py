@@ -1,5 +1,5 @@
 """
-The link between an edge and one of its worker processes.
+The link between a main process and one of its worker processes.
 
 One UNIX-domain socketpair per worker carries JSON messages, each framed
 by a 4-byte big-endian length, and the listening sockets the messages
@@ -69,9 +69,16 @@ class WorkerLink(Int32StringReceiver):
         self,
         on_message: OnMessage,
         on_lost: Callable[[Failure], None] = lambda reason: None,
+        *,
+        event_prefix: str,
     ) -> None:
+        """
+        @param event_prefix: the role running the workers (C{client},
+            C{standalone}), the first part of the link's log events.
+        """
         self._on_message = on_message
         self._on_lost = on_lost
+        self._event_prefix = event_prefix
         self._fds: deque[int] = deque()
 
     def send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
@@ -110,7 +117,7 @@ class WorkerLink(Int32StringReceiver):
     def _broken(self, what: str) -> None:
         log.error(
             "worker link received {what}; closing it",
-            event="client.worker_link_broken",
+            event=f"{self._event_prefix}.worker_link_broken",
             what=what,
         )
         if self.transport is not None:
