@@ -183,6 +183,7 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
                 reactor,
                 options.workers,
                 event_prefix="client",
+                resolver=ResolverSettings(),
                 drain_secs=drain,
                 report_secs=options["stats-report-interval-secs"],
                 log_level=options["log-level"],

@@ -3,8 +3,9 @@ The standalone forwarder as a Twisted service.
 
 It binds every rule in C{privilegedStartService} (so ports below 1024 can be
 bound before twistd sheds privileges), refuses to start if any rule failed
-to bind, serves them from C{startService}, reports per-rule counters
-periodically, and drains in-flight connections on shutdown.
+to bind, serves them from C{startService} (in this process, or in worker
+processes started then), reports per-rule counters periodically, and
+drains in-flight connections on shutdown.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from twisted.logger import ILogObserver, Logger
 from portunus.compat import clear_exit_signal
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.dataplane.rlimits import raise_nofile_limit
-from portunus.dataplane.workers.pool import WorkerListeners, bind_for_workers, sni_listener_key
+from portunus.dataplane.workers.forwarder import WorkerForwarder
+from portunus.dataplane.workers.pool import WorkerListeners, sni_listener_key
 from portunus.errors import PortunusError
+from portunus.model import Rule
 from portunus.reactors import IProcessReactor
 from portunus.standalone.config import StandaloneConfig
-from portunus.standalone.forwarder import forwarder_for
-from portunus.standalone.workers import WorkerSupervisor
+from portunus.standalone.forwarder import StandaloneForwarder, forwarder_for
 from portunus.tapsupport import install_log_observer
 
 __all__ = ["StandaloneService"]
@@ -41,28 +43,24 @@ class StandaloneService(MultiService):
         self,
         config: StandaloneConfig,
         reactor: IProcessReactor,
-        forwarder: Forwarder | None = None,
+        forwarder: StandaloneForwarder | None = None,
         log_observer: ILogObserver | None = None,
         stderr: IO[str] | None = None,
-        workers: int = 1,
-        log_level: str = "warn",
-        log_format: str = "json",
     ) -> None:
         """
-        @param workers: with more than one, this process only binds the
-            listeners and supervises that many worker processes serving them.
+        @param forwarder: serves the rules; a L{WorkerForwarder}
+            (C{--workers N}) leaves this process only binding the listeners
+            and supervising the workers that serve them.
         """
         super().__init__()
         self.config = config
         self._reactor = reactor
         self.forwarder = forwarder if forwarder is not None else forwarder_for(config, reactor)
-        self.workers = workers
-        self._worker_log = (log_level, log_format)
-        self._worker_listeners: list[WorkerListeners] = []
-        self.supervisor: WorkerSupervisor | None = None
+        self.workers = self.forwarder.count if isinstance(self.forwarder, WorkerForwarder) else 1
         self._log_observer = log_observer
         self._stderr = stderr if stderr is not None else sys.stderr
-        self._bound: list[BoundRule] | None = None
+        #: What bind_all bound (a BoundRule, or WorkerListeners for workers).
+        self._bound: list[Any] | None = None
         self._stats_loop: LoopingCall | None = None
         self._previous_sighup: Any = None
 
@@ -79,7 +77,7 @@ class StandaloneService(MultiService):
         successes for L{startService}.  A failed rule binds nothing.
         """
         failures: list[tuple[str, PortunusError]] = []
-        bound: list[BoundRule] = []
+        bound: list[Any] = []
         #: SNI-routed ports bound already: their other rules share the
         #: listener (the forwarder only learns of it at activation).
         sni_ports: set[tuple[tuple[str, ...], int]] = set()
@@ -87,14 +85,7 @@ class StandaloneService(MultiService):
             sni = sni_listener_key(rule)
             joins = sni in sni_ports
             try:
-                if self.workers > 1:
-                    self._worker_listeners.append(
-                        WorkerListeners(rule, (), ())
-                        if joins
-                        else bind_for_workers(rule, self.workers)
-                    )
-                else:
-                    bound.append(BoundRule(rule, ()) if joins else self.forwarder.bind(rule))
+                bound.append(self._joining(rule) if joins else self.forwarder.bind(rule))
                 if sni is not None:
                     sni_ports.add(sni)
             except PortunusError as e:
@@ -111,11 +102,15 @@ class StandaloneService(MultiService):
         if failures:
             for b in bound:
                 b.close()
-            for listeners in self._worker_listeners:
-                listeners.close()
-            bound, self._worker_listeners = [], []
+            bound = []
         self._bound = bound
         return failures
+
+    def _joining(self, rule: Rule) -> BoundRule | WorkerListeners:
+        """An SNI rule joining its port's listener: bound with no socket of its own."""
+        if isinstance(self.forwarder, WorkerForwarder):
+            return WorkerListeners(rule, (), ())
+        return BoundRule(rule, ())
 
     def privilegedStartService(self) -> None:
         failures = self.bind_all()
@@ -137,16 +132,9 @@ class StandaloneService(MultiService):
         raise_nofile_limit("standalone")
         for b in bound:
             self.forwarder.activate(b)
-        if self.workers > 1:
-            self.supervisor = WorkerSupervisor(
-                self._reactor,
-                self.config.source,
-                self._worker_listeners,
-                self.workers,
-                self.config.shutdown_drain_secs,
-                *self._worker_log,
-            )
-            self.supervisor.start()
+        if isinstance(self.forwarder, WorkerForwarder):
+            # Each worker is handed every rule activated above.
+            self.forwarder.start()
         if self.config.stats_enabled:
             self._stats_loop = LoopingCall(self.report_stats)
             self._stats_loop.clock = self._reactor
@@ -164,9 +152,8 @@ class StandaloneService(MultiService):
 
     def report_stats(self) -> None:
         """Log one C{standalone.stats} event per rule."""
-        source = self.supervisor if self.supervisor is not None else self.forwarder
         names = {rule.id: rule.name for rule in self.config.rules}
-        for rule_id, stats in source.stats().items():
+        for rule_id, stats in self.forwarder.stats().items():
             log.info(
                 "rule {rule}: {bytes_in} B in, {bytes_out} B out, "
                 "{active_connections} active connections",
@@ -176,7 +163,7 @@ class StandaloneService(MultiService):
                 **stats.snapshot(),
             )
 
-        if self.supervisor is None:
+        if isinstance(self.forwarder, Forwarder):
             for port, counters in self.forwarder.sni_stats().items():
                 log.info(
                     "SNI port {port}: {exact} exact, {wildcard} wildcard, "
@@ -191,7 +178,7 @@ class StandaloneService(MultiService):
             "stopping: no new connections; draining up to {drain_secs}s",
             event="shutdown.signal",
             drain_secs=self.config.shutdown_drain_secs,
-            active_connections=(self.supervisor or self.forwarder).connection_count(),
+            active_connections=self.forwarder.connection_count(),
         )
         if self._stats_loop is not None and self._stats_loop.running:
             self._stats_loop.stop()
@@ -204,10 +191,7 @@ class StandaloneService(MultiService):
             # it; a completed drain is a clean shutdown and exits 0 instead.
             clear_exit_signal(self._reactor)
 
-        if self.supervisor is not None:
-            d: Deferred[Any] = self.supervisor.stop()
-        else:
-            d = self.forwarder.stop(self.config.shutdown_drain_secs)
+        d: Deferred[Any] = self.forwarder.stop(self.config.shutdown_drain_secs)
         return d.addCallback(stopped)
 
     # -- signals ----------------------------------------------------------

@@ -91,16 +91,14 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
     assert options.config is not None
     observer = make_observer(options.log_format, options.level, sys.stderr)
     try:
-        forwarder = forwarder_for(options.config, reactor)
+        forwarder = forwarder_for(
+            options.config,
+            reactor,
+            workers=options.workers,
+            log_level=options.level.name,
+            log_format=options.log_format,
+        )
     except PortunusError as e:
         sys.stderr.write(f"error: {e.message}\n")
         raise SystemExit(EXIT_CONFIG) from e
-    return StandaloneService(
-        options.config,
-        reactor,
-        forwarder=forwarder,
-        log_observer=observer,
-        workers=options.workers,
-        log_level=options.level.name,
-        log_format=options.log_format,
-    )
+    return StandaloneService(options.config, reactor, forwarder=forwarder, log_observer=observer)

@@ -1,64 +1,47 @@
 """
-The multi-process supervisor: worker counts, stats summing, restarts, stop;
-binding SNI rules that share a port for the workers.
+The standalone forwarder with --workers: its config makes a WorkerForwarder
+for the 'standalone' role; the service binds every rule here (SNI rules
+sharing a port: once), hands them all to each worker as it starts, logs
+the workers' summed counters (an exited worker's stay, its open ones do
+not), restarts a dead worker with every rule, and drains them on stop.
+Workers are fakes on a Clock (no processes).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from typing import Any
 
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.dataplane import Forwarder
-from portunus.dataplane.listeners import bind_stream_sockets
-from portunus.dataplane.workers.pool import (
-    RESTART_MAX_SECS,
-    RESTART_MIN_SECS,
-    bind_for_workers,
-    parse_worker_count,
-    sum_snapshots,
-)
+from portunus.dataplane.resolver import ResolverSettings
+from portunus.dataplane.workers import forwarder as forwarder_module
+from portunus.dataplane.workers.forwarder import WorkerForwarder
+from portunus.dataplane.workers.pool import RESTART_MIN_SECS
+from portunus.dataplane.workers.process import WorkerProcess
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.standalone.config import StandaloneConfig
+from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.service import StandaloneService
-from portunus.standalone.worker import EXIT_CONFIG_CHANGED, _bound_rules
-from portunus.standalone.workers import WorkerSupervisor
 from tests._net import LOOPBACK, free_port
+from tests.dataplane.workers._fakes import FakeLauncher, link_of, reply
 
 
-class FakeProcessTransport:
-    def __init__(self) -> None:
-        self.signals: list[str] = []
-
-    def signalProcess(self, name: str) -> None:
-        self.signals.append(name)
-
-
-class SpawningClock(Clock):
-    """A Clock that records spawnProcess calls instead of starting processes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[tuple[Any, list[str], dict[int, Any]]] = []
-
-    def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> Any:
-        transport = FakeProcessTransport()
-        protocol.transport = transport
-        self.spawned.append((protocol, args, kw["childFDs"]))
-        return transport
-
-
-def rule(protocol: Protocol = Protocol.TCP) -> Rule:
+def rule(protocol: Protocol = Protocol.TCP, target: str = LOOPBACK) -> Rule:
+    kind = socket.SOCK_STREAM if protocol is Protocol.TCP else socket.SOCK_DGRAM
     return Rule(
         name=f"r-{protocol.value}",
         protocol=protocol,
-        listen=PortRange.single(free_port()),
-        targets=(Target(LOOPBACK, PortRange.single(9)),),
+        listen=PortRange.single(free_port(kind)),
+        targets=(Target(target, PortRange.single(9)),),
         listen_addresses=(LOOPBACK,),
     )
 
@@ -69,116 +52,161 @@ def exited(code: int | None = 0, signal: int | None = None) -> Failure:
     return Failure(ProcessTerminated(exitCode=code, signal=signal))
 
 
-class WorkerCountTests(SynchronousTestCase):
-    def test_counts(self) -> None:
-        """--workers takes 1..64 or auto; anything else names the allowed values."""
-        self.assertEqual(parse_worker_count("2"), 2)
-        self.assertGreaterEqual(parse_worker_count("auto"), 1)
-        for bad in ("0", "65", "two", ""):
-            error = self.assertRaises(ValueError, parse_worker_count, bad)
-            self.assertIn("'auto' or a whole number from 1 to 64", str(error))
+def inode(fd: int) -> int:
+    return os.fstat(fd).st_ino
 
 
-class SumSnapshotTests(SynchronousTestCase):
-    def test_sums_rules_and_ports(self) -> None:
-        """Counters from several workers add up per rule and per port."""
-        a = {"7": {"bytes_in": 10, "active_connections": 1, "ports": {"80": {"bytes_in": 10}}}}
-        b = {"7": {"bytes_in": 5, "active_connections": 2, "ports": {"80": {"bytes_in": 5}}}}
-        totals = sum_snapshots([a, b])
-        self.assertEqual((totals[7].bytes_in, totals[7].active_connections), (15, 3))
-        self.assertEqual(totals[7].ports[80].bytes_in, 15)
+def logged(case: SynchronousTestCase) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
 
 
-class SupervisorTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.clock = SpawningClock()
-        config = FilePath(self.mktemp())
-        config.setContent(b"# config\n")
-        self.tcp = bind_for_workers(rule(Protocol.TCP), 2)
-        self.udp = bind_for_workers(rule(Protocol.UDP), 2)
-        self.addCleanup(self.tcp.close)
-        self.addCleanup(self.udp.close)
-        self.supervisor = WorkerSupervisor(
-            self.clock, config.path, [self.tcp, self.udp], 2, 30.0, "warn", "json"
+class ForwarderForTests(SynchronousTestCase):
+    def spawned_args(self, config: StandaloneConfig, **kw: Any) -> list[str]:
+        """The command line of the first worker C{forwarder_for(config)} starts."""
+        spawned: list[list[str]] = []
+        self.patch(
+            forwarder_module, "spawn_worker", lambda reactor, worker, args: spawned.append(args)
         )
-        self.supervisor.start()
+        forwarder = forwarder_for(config, Clock(), workers=2, **kw)
+        assert isinstance(forwarder, WorkerForwarder)
+        self.assertEqual((forwarder.count, forwarder.event_prefix), (2, "standalone"))
+        forwarder.start()
+        return spawned[0]
 
-    def test_tcp_shared_udp_per_worker(self) -> None:
-        """Each worker gets the shared TCP listener and its own UDP socket."""
-        tcp_fd = self.tcp.shared[0].sock.fileno()
-        udp_fds = [group[0].sock.fileno() for group in self.udp.per_worker]
-        self.assertNotEqual(udp_fds[0], udp_fds[1])
-        for index, (_, args, child_fds) in enumerate(self.clock.spawned):
-            self.assertIn(tcp_fd, child_fds)
-            self.assertIn(udp_fds[index], child_fds)
-            self.assertNotIn(udp_fds[1 - index], child_fds)
-            self.assertIn("portunus.standalone.worker", args)
+    def test_workers_serve_for_the_standalone_role(self) -> None:
+        """
+        --workers 2 makes a WorkerForwarder whose workers log standalone.*
+        events at the service's level, drain for shutdown_drain_secs, report
+        rule totals only (all the service logs) and, with IP targets only,
+        have no DNS resolver.
+        """
+        config = StandaloneConfig(source="t.toml", rules=(rule(),), shutdown_drain_secs=7.5)
+        args = self.spawned_args(config, log_level="info", log_format="pretty")
+        self.assertEqual(args[args.index("--event-prefix") + 1], "standalone")
+        self.assertEqual(args[args.index("--drain-secs") + 1], "7.5")
+        self.assertEqual(args[args.index("--log-level") + 1], "info")
+        self.assertEqual(args[args.index("--log-format") + 1], "pretty")
+        self.assertIn("--no-port-stats", args)
+        self.assertNotIn("--resolver", args)
 
-    def test_reports_are_summed_and_survive_a_dead_worker(self) -> None:
-        """Stats sum the live workers' reports plus the last report of exited ones."""
-        p0, p1 = (p for p, _, _ in self.clock.spawned)
-        p0.outReceived(b'{"rules": {"1": {"bytes_in": 100, "total_connections": 2}}}\n')
-        p1.outReceived(b'{"rules": {"1": {"bytes_in": 50, ')
-        p1.outReceived(b'"total_connections": 1}}}\n')
-        self.assertEqual(self.supervisor.stats()[1].bytes_in, 150)
-        p0.processEnded(exited(None, 9))
-        self.assertEqual(self.supervisor.stats()[1].total_connections, 3)
+    def test_host_name_targets_give_the_workers_the_resolver_settings(self) -> None:
+        """The [resolver] table reaches every worker intact."""
+        settings = ResolverSettings(nameservers=("127.0.0.1:5353",), cache_entries=17)
+        config = StandaloneConfig(
+            source="t.toml", rules=(rule(target="db.internal"),), resolver=settings
+        )
+        args = self.spawned_args(config)
+        sent = json.loads(args[args.index("--resolver") + 1])
+        self.assertEqual(ResolverSettings(**sent), settings)
 
-    def test_a_dead_worker_has_nothing_open(self) -> None:
-        """An exited worker's counters stay in the sums; its open connections do not."""
-        p0, p1 = (p for p, _, _ in self.clock.spawned)
-        p0.outReceived(b'{"rules": {"1": {"bytes_in": 100, "active_connections": 4}}}\n')
-        p1.outReceived(b'{"rules": {"1": {"bytes_in": 50, "active_connections": 1}}}\n')
-        p0.processEnded(exited(None, 9))
-        stats = self.supervisor.stats()[1]
-        self.assertEqual((stats.bytes_in, stats.active_connections), (150, 1))
+    def test_one_worker_is_this_process(self) -> None:
+        config = StandaloneConfig(source="t.toml", rules=(rule(),))
+        self.assertIsInstance(forwarder_for(config, Clock(), workers=1), Forwarder)
 
-    def test_dead_worker_restarts_with_backoff(self) -> None:
-        """A worker that dies is restarted; quick repeated deaths back off."""
-        first = self.clock.spawned[0][0]
-        first.processEnded(exited(None, 9))
-        self.assertEqual(len(self.clock.spawned), 2)
-        self.clock.advance(RESTART_MIN_SECS)
-        self.assertEqual(len(self.clock.spawned), 3)
-        again = self.clock.spawned[2][0]
-        again.processEnded(exited(1))
-        self.clock.advance(RESTART_MIN_SECS)
-        self.assertEqual(len(self.clock.spawned), 3)
-        self.clock.advance(RESTART_MIN_SECS)
-        self.assertEqual(len(self.clock.spawned), 4)
-        self.assertEqual(self.supervisor.restarts, 2)
 
-    def test_changed_config_waits_longest(self) -> None:
-        """A worker refusing a changed config is retried only after the longest delay."""
-        self.clock.spawned[0][0].processEnded(exited(EXIT_CONFIG_CHANGED))
-        self.clock.advance(RESTART_MAX_SECS - 1)
-        self.assertEqual(len(self.clock.spawned), 2)
+class ServiceWithWorkersTestCase(SynchronousTestCase):
+    def start(self, *rules: Rule) -> None:
+        self.clock = Clock()
+        self.launcher = FakeLauncher()
+        self.forwarder = WorkerForwarder(
+            self.clock, 2, event_prefix="standalone", port_stats=False, launch=self.launcher
+        )
+        config = StandaloneConfig(source="t.toml", rules=rules, stats_log_interval_secs=1)
+        self.service = StandaloneService(config, self.clock, forwarder=self.forwarder)
+        self.assertEqual(self.service.bind_all(), [])
+        self.service.startService()
+        self.addCleanup(self._close_everything)
+
+    def _close_everything(self) -> None:
+        if self.service.running:
+            self.service.stopService()
+        for worker in self.launcher.launched:
+            worker.link.connectionLost(Failure(ConnectionDone()))
+
+    def adds(self, worker: WorkerProcess) -> list[dict[str, Any]]:
+        """The rules handed to C{worker} since last asked, each acknowledged."""
+        adds = [m for m in link_of(worker).messages() if m["op"] == "add"]
+        for add in adds:
+            reply(worker, {"op": "added", "key": add["key"]})
+        return adds
+
+
+class ServiceWithWorkersTests(ServiceWithWorkersTestCase):
+    def setUp(self) -> None:
+        self.tcp, self.udp = rule(Protocol.TCP), rule(Protocol.UDP)
+        self.start(self.tcp, self.udp)
+
+    def test_every_worker_is_handed_every_rule(self) -> None:
+        """
+        Each worker gets every rule, in config order: the TCP listener
+        shared, a UDP socket of its own.
+        """
+        handed = []
+        for worker in self.launcher.launched:
+            handed.append([inode(fd) for fd in link_of(worker).fds])
+            adds = self.adds(worker)
+            self.assertEqual([a["rule"]["name"] for a in adds], ["r-tcp", "r-udp"])
+        self.assertEqual(len(handed), 2)
+        self.assertEqual(handed[0][0], handed[1][0])
+        self.assertNotEqual(handed[0][1], handed[1][1])
+
+    def report(self, worker: WorkerProcess, key: int, **counters: int) -> None:
+        reply(worker, {"op": "report", "rules": {str(key): {"stats": counters}}})
+
+    def test_stats_sum_the_workers_and_keep_what_a_dead_one_counted(self) -> None:
+        """
+        standalone.stats logs the sum of the workers' reports; a worker that
+        dies still counts what it counted, not what it had open, and is
+        restarted with every rule.
+        """
+        first, second = self.forwarder.workers[0], self.forwarder.workers[1]
+        self.adds(first)
+        [key, _] = [a["key"] for a in self.adds(second)]
+        self.report(first, key, bytes_in=100, total_connections=2, active_connections=4)
+        self.report(second, key, bytes_in=50, total_connections=1, active_connections=1)
+        events = logged(self)
         self.clock.advance(1)
-        self.assertEqual(len(self.clock.spawned), 3)
+        [stats] = [
+            e for e in events if e.get("event") == "standalone.stats" and e["rule"] == "r-tcp"
+        ]
+        self.assertEqual(
+            (stats["bytes_in"], stats["total_connections"], stats["active_connections"]),
+            (150, 3, 5),
+        )
 
-    def test_stop_terms_all_and_waits(self) -> None:
-        """stop() sends TERM to every worker and fires when all have exited."""
-        processes = [p for p, _, _ in self.clock.spawned]
-        d = self.supervisor.stop()
-        self.assertEqual([p.transport.signals for p in processes], [["TERM"], ["TERM"]])
-        processes[0].processEnded(exited(0))
+        first.processEnded(exited(None, 9))
+        self.assertIn("standalone.worker_exited", [e.get("event") for e in events])
+        stats = self.forwarder.stats()[self.tcp.id]
+        self.assertEqual((stats.bytes_in, stats.active_connections), (150, 1))
+        self.clock.advance(RESTART_MIN_SECS)
+        again = self.forwarder.workers[0]
+        self.assertIsNot(again, first)
+        self.assertEqual([a["rule"]["name"] for a in self.adds(again)], ["r-tcp", "r-udp"])
+
+    def test_stop_drains_every_worker_then_lets_them_exit(self) -> None:
+        """Stopping removes every rule from every worker, then they exit; then it fires."""
+        events = logged(self)
+        d = self.service.stopService()
+        for worker in self.launcher.launched:
+            removes = [m for m in link_of(worker).messages() if m["op"] == "remove"]
+            self.assertEqual(len(removes), 2)
+            for message in removes:
+                reply(worker, {"op": "removed", "key": message["key"], "cut": 0})
+        for worker in self.launcher.launched:
+            self.assertEqual([m["op"] for m in link_of(worker).messages()], ["exit"])
         self.assertNoResult(d)
-        processes[1].processEnded(exited(0))
+        for worker in list(self.launcher.launched):
+            worker.processEnded(exited(0))
         self.successResultOf(d)
-        self.assertEqual(len(self.clock.spawned), 2)  # no restart while stopping
-
-    def test_stop_kills_stragglers_after_the_drain(self) -> None:
-        """Workers still running past drain + grace are killed."""
-        processes = [p for p, _, _ in self.clock.spawned]
-        d = self.supervisor.stop()
-        self.clock.advance(35)
-        self.assertEqual(processes[0].transport.signals, ["TERM", "KILL"])
-        for p in processes:
-            p.processEnded(exited(None, 9))
-        self.successResultOf(d)
+        self.assertIn("standalone.stopped", [e.get("event") for e in events])
+        self.clock.advance(60)
+        self.assertEqual(len(self.launcher.launched), 2, "no restart while stopping")
 
 
-class SniWorkersBindTests(SynchronousTestCase):
+class SniWorkersTests(ServiceWithWorkersTestCase):
     """SNI rules sharing a port, with --workers: one listener, handed over once."""
 
     def setUp(self) -> None:
@@ -195,19 +223,33 @@ class SniWorkersBindTests(SynchronousTestCase):
             )
             for name, pattern in (("a", "a.example"), ("b", "b.example"), ("rest", None))
         )
-        self.config = StandaloneConfig(source="test.toml", rules=self.rules)
 
     def test_the_port_is_bound_once_for_all_its_rules(self) -> None:
         """
         The first SNI rule of a port binds it; the others share that
         listener and bind nothing (before, they failed with port_in_use).
         """
-        service = StandaloneService(self.config, Clock(), forwarder=Forwarder(Clock()), workers=2)
+        config = StandaloneConfig(source="test.toml", rules=self.rules)
+        forwarder = WorkerForwarder(Clock(), 2, event_prefix="standalone", launch=FakeLauncher())
+        service = StandaloneService(config, Clock(), forwarder=forwarder)
         self.assertEqual(service.bind_all(), [])
-        listeners = service._worker_listeners
-        self.addCleanup(lambda: [group.close() for group in listeners])
-        self.assertEqual([len(group.shared) for group in listeners], [1, 0, 0])
-        self.assertEqual([group.rule.name for group in listeners], ["a", "b", "rest"])
+        bound = service._bound or []
+        self.addCleanup(lambda: [group.close() for group in bound])
+        self.assertEqual([len(group.shared) for group in bound], [1, 0, 0])
+        self.assertEqual([group.rule.name for group in bound], ["a", "b", "rest"])
+
+    def test_every_worker_gets_the_listener_with_the_first_rule(self) -> None:
+        """
+        Each worker is handed every rule of the port, the listener with the
+        first, so it is served before the others join it.
+        """
+        self.start(*self.rules)
+        for worker in self.launcher.launched:
+            adds = self.adds(worker)
+            self.assertEqual(
+                [(a["rule"]["name"], len(a["sockets"])) for a in adds],
+                [("a", 1), ("b", 0), ("rest", 0)],
+            )
 
     def test_one_process_binds_the_port_once_and_serves_every_rule(self) -> None:
         """
@@ -216,26 +258,10 @@ class SniWorkersBindTests(SynchronousTestCase):
         """
         reactor = MemoryReactorClock()
         forwarder = Forwarder(reactor)
-        service = StandaloneService(self.config, reactor, forwarder=forwarder, workers=1)
+        config = StandaloneConfig(source="test.toml", rules=self.rules)
+        service = StandaloneService(config, reactor, forwarder=forwarder)
         self.assertEqual(service.bind_all(), [])
         service.startService()
         self.addCleanup(service.stopService)
         self.assertEqual(sorted(r.name for r in forwarder.rules), ["a", "b", "rest"])
         self.assertEqual(len(reactor.adoptedPorts), 1)
-
-    def test_a_worker_serves_every_rule_the_listener_first(self) -> None:
-        """
-        A worker activates every rule of its config, those handed sockets
-        first, so the shared listener is served before the others join it.
-        """
-        [bound] = bind_stream_sockets((LOOPBACK,), [self.rules[0].listen.start])
-        entry = {"rule": "b", "address": LOOPBACK, "port": bound.port, "fd": bound.sock.detach()}
-        rules = _bound_rules(self.config, [entry])
-        self.addCleanup(lambda: [r.close() for r in rules])
-        self.assertEqual(
-            [(r.rule.name, len(r.sockets)) for r in rules], [("b", 1), ("a", 0), ("rest", 0)]
-        )
-        forwarder = Forwarder(MemoryReactorClock())
-        for r in rules:
-            forwarder.activate(r)
-        self.assertEqual(sorted(r.name for r in forwarder.rules), ["a", "b", "rest"])

@@ -25,6 +25,7 @@ health is merged by L{merge_target_states}.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ from portunus.dataplane.forwarder import (
     refuse_unless_installable,
 )
 from portunus.dataplane.listeners import BoundSocket, InheritedSockets
+from portunus.dataplane.resolver import ResolverSettings
 from portunus.dataplane.sni import SniError, SniRouteTable
 from portunus.dataplane.stats import RuleStats
 from portunus.dataplane.workers.pool import (
@@ -105,6 +107,8 @@ class WorkerForwarder:
         event_prefix: str,
         drain_secs: float = DEFAULT_DRAIN_SECS,
         report_secs: float = REPORT_INTERVAL_SECS,
+        port_stats: bool = True,
+        resolver: ResolverSettings | None = None,
         log_level: str = "info",
         log_format: str = "json",
         launch: Launch | None = None,
@@ -118,15 +122,25 @@ class WorkerForwarder:
         @param report_secs: how often each worker reports its counters and
             target health: the interval the caller reads them at (a worker
             that crashes loses what it counted since its last report).
+        @param port_stats: whether the reports carry each port's counters
+            (L{stats} then has them too); without, only each rule's.
+        @param resolver: the settings of each worker's DNS resolver for
+            host-name targets; without, names go to the reactor's resolver.
         @param launch: starts a worker process and connects its link; the
             default spawns C{python -m portunus.dataplane.workers.worker}.
         """
         self._reactor = reactor
         self.count = count
         self.event_prefix = event_prefix
-        self._drain_secs = drain_secs
         self.report_secs = report_secs
-        self._log_args = ["--log-level", log_level, "--log-format", log_format]
+        self._worker_args = [
+            *("--event-prefix", event_prefix),
+            *("--drain-secs", str(drain_secs)),
+            *("--report-secs", str(report_secs)),
+            *("--log-level", log_level, "--log-format", log_format),
+            *(() if port_stats else ("--no-port-stats",)),
+            *(() if resolver is None else ("--resolver", json.dumps(attrs.asdict(resolver)))),
+        ]
         self._launch = launch if launch is not None else self._spawn
         self.workers: dict[int, WorkerProcess] = {}
         self._installed: dict[int, _Installed] = {}
@@ -170,15 +184,7 @@ class WorkerForwarder:
             worker.add(installed.key, installed.rule, self._sockets_for(installed, index))
 
     def _spawn(self, worker: WorkerProcess) -> None:
-        args = [
-            "--event-prefix",
-            self.event_prefix,
-            "--drain-secs",
-            str(self._drain_secs),
-            "--report-secs",
-            str(self.report_secs),
-        ]
-        spawn_worker(self._reactor, worker, [*args, *self._log_args])
+        spawn_worker(self._reactor, worker, self._worker_args)
 
     def worker_ended(self, worker: WorkerProcess, code: int | None, signal: int | None) -> None:
         if self.workers.get(worker.index) is worker:
@@ -341,6 +347,10 @@ class WorkerForwarder:
             )
         totals = sum_snapshots(snapshots)
         return {rule_id: totals.get(rule_id, RuleStats()) for rule_id in self._installed}
+
+    def connection_count(self) -> int:
+        """Open TCP connections plus UDP flows, over every rule and worker."""
+        return sum(s.active_connections + s.active_flows for s in self.stats().values())
 
     def target_states(self, rule_id: int) -> list[dict[str, Any]] | None:
         """Per-target health and counters of a multi-target rule, merged over workers."""

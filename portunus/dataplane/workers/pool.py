@@ -170,14 +170,8 @@ class RestartBackoff:
     def __init__(self) -> None:
         self._next: dict[int, float] = {}
 
-    def delay(self, index: int, ran_secs: float, longest: bool = False) -> float:
-        """
-        @param longest: wait the longest delay at once (the worker refused
-            to run for a reason a quick retry cannot fix).
-        """
-        if longest:
-            delay = RESTART_MAX_SECS
-        elif ran_secs >= HEALTHY_RUN_SECS:
+    def delay(self, index: int, ran_secs: float) -> float:
+        if ran_secs >= HEALTHY_RUN_SECS:
             delay = RESTART_MIN_SECS
         else:
             delay = self._next.get(index, RESTART_MIN_SECS)

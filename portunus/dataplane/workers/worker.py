@@ -21,6 +21,7 @@ role running it (C{--event-prefix}: C{client.worker_started} ...).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -62,10 +63,13 @@ class WorkerRules:
         forwarder: Forwarder,
         send: Callable[[dict[str, Any]], None],
         event_prefix: str,
+        port_stats: bool = True,
     ) -> None:
+        """@param port_stats: whether reports carry each port's counters."""
         self.forwarder = forwarder
         self._send = send
         self._event_prefix = event_prefix
+        self._port_stats = port_stats
         #: The main process's key of each rule served -> the rule's id.
         self._ids: dict[int, int] = {}
         #: Rules draining, by key: who waits for each to finish.
@@ -154,7 +158,7 @@ class WorkerRules:
         rules = {}
         for key, rule_id in self._ids.items():
             rules[str(key)] = {
-                "stats": stats[rule_id].snapshot(per_port=True),
+                "stats": stats[rule_id].snapshot(per_port=self._port_stats),
                 "targets": self.forwarder.target_states(rule_id),
             }
         return {"op": "report", "rules": rules}
@@ -178,6 +182,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--link-fd", type=int, required=True)
     parser.add_argument("--drain-secs", type=float, default=DEFAULT_DRAIN_SECS)
     parser.add_argument("--report-secs", type=float, default=REPORT_INTERVAL_SECS)
+    parser.add_argument("--no-port-stats", dest="port_stats", action="store_false")
+    parser.add_argument(
+        "--resolver", help="ResolverSettings as JSON; without, names go to the reactor's resolver"
+    )
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="json")
     return parser.parse_args(argv)
@@ -188,7 +196,10 @@ def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
     globalLogBeginner.beginLoggingTo(
         [worker_observer(observer, args.index)], redirectStandardIO=False
     )
-    forwarder = Forwarder(reactor, resolver=TargetResolver(reactor, ResolverSettings()))
+    resolver = None
+    if args.resolver is not None:
+        resolver = TargetResolver(reactor, ResolverSettings(**json.loads(args.resolver)))
+    forwarder = Forwarder(reactor, resolver=resolver)
     stopping = False
 
     def shut_down() -> None:
@@ -212,7 +223,7 @@ def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
             shut_down()
 
     link = WorkerLink(on_message, on_lost, event_prefix=args.event_prefix)
-    rules = WorkerRules(forwarder, link.send, args.event_prefix)
+    rules = WorkerRules(forwarder, link.send, args.event_prefix, args.port_stats)
     sock = socket.socket(fileno=args.link_fd)
     sock.setblocking(False)
     try:

@@ -1,7 +1,8 @@
 """
-What needs no worker process: the restart backoff,
-gauges dropped from an exited worker's counters, and per-target states
-merged over workers (counters summed, health from the freshest view).
+What needs no worker process: the worker count option, the restart
+backoff, counters summed over workers, gauges dropped from an exited
+worker's counters, and per-target states merged over workers (counters
+summed, health from the freshest view).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from portunus.dataplane.workers.pool import (
     RESTART_MIN_SECS,
     RestartBackoff,
     merge_target_states,
+    parse_worker_count,
+    sum_snapshots,
     without_gauges,
 )
 
@@ -44,6 +47,26 @@ def state(
     }
 
 
+class WorkerCountTests(SynchronousTestCase):
+    def test_counts(self) -> None:
+        """--workers takes 1..64 or auto; anything else names the allowed values."""
+        self.assertEqual(parse_worker_count("2"), 2)
+        self.assertGreaterEqual(parse_worker_count("auto"), 1)
+        for bad in ("0", "65", "two", ""):
+            error = self.assertRaises(ValueError, parse_worker_count, bad)
+            self.assertIn("'auto' or a whole number from 1 to 64", str(error))
+
+
+class SumSnapshotTests(SynchronousTestCase):
+    def test_sums_rules_and_ports(self) -> None:
+        """Counters from several workers add up per rule and per port."""
+        a = {"7": {"bytes_in": 10, "active_connections": 1, "ports": {"80": {"bytes_in": 10}}}}
+        b = {"7": {"bytes_in": 5, "active_connections": 2, "ports": {"80": {"bytes_in": 5}}}}
+        totals = sum_snapshots([a, b])
+        self.assertEqual((totals[7].bytes_in, totals[7].active_connections), (15, 3))
+        self.assertEqual(totals[7].ports[80].bytes_in, 15)
+
+
 class RestartBackoffTests(SynchronousTestCase):
     def test_doubles_while_dying_young_and_resets_after_a_healthy_run(self) -> None:
         backoff = RestartBackoff()
@@ -52,9 +75,6 @@ class RestartBackoffTests(SynchronousTestCase):
         self.assertEqual(delays[-1], RESTART_MAX_SECS)
         self.assertEqual(backoff.delay(0, HEALTHY_RUN_SECS), RESTART_MIN_SECS)
         self.assertEqual(backoff.delay(1, 0.0), RESTART_MIN_SECS, "indexes back off apart")
-
-    def test_longest_waits_the_most_at_once(self) -> None:
-        self.assertEqual(RestartBackoff().delay(0, 0.0, longest=True), RESTART_MAX_SECS)
 
 
 class WithoutGaugesTests(SynchronousTestCase):
