@@ -5,6 +5,7 @@ Real-socket helpers for integration tests: loopback only, bounded loads.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import socket
 from typing import Any
@@ -23,6 +24,23 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> bool:
+    """Can C{port} be bound on loopback now (TCP: TIME_WAIT leftovers aside)?"""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        if kind == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def inode(fd: int) -> int:
+    """The inode of the open file C{fd}: the same for a socket's duplicates."""
+    return os.fstat(fd).st_ino
 
 
 def free_port_range(

@@ -26,7 +26,7 @@ from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.rulejson import rule_to_dict
 from tests._fakes import FakeTCPTransport
-from tests._net import LOOPBACK, free_port, free_port_range
+from tests._net import LOOPBACK, free_port, free_port_range, inode, port_is_free
 
 
 def rule(name: str = "web", protocol: Protocol = Protocol.TCP, ports: int = 1) -> Rule:
@@ -157,21 +157,6 @@ class ClassifyBindErrorTests(SynchronousTestCase):
         finally:
             for b in bound:
                 b.sock.close()
-
-
-def inode(fd: int) -> int:
-    return os.fstat(fd).st_ino
-
-
-def port_is_free(port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> bool:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        if kind == socket.SOCK_STREAM:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
 
 
 def open_fds() -> int:

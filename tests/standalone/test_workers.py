@@ -10,14 +10,12 @@ Workers are fakes on a Clock (no processes).
 from __future__ import annotations
 
 import json
-import os
 import socket
 from typing import Any
 
-from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,8 +29,15 @@ from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.standalone.config import StandaloneConfig
 from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.service import StandaloneService
-from tests._net import LOOPBACK, free_port
-from tests.dataplane.workers._fakes import FakeLauncher, link_of, reply
+from tests._net import LOOPBACK, free_port, inode
+from tests.dataplane.workers._fakes import (
+    FakeLauncher,
+    drain_and_exit,
+    ended,
+    link_of,
+    logged,
+    reply,
+)
 
 
 def rule(protocol: Protocol = Protocol.TCP, target: str = LOOPBACK) -> Rule:
@@ -44,23 +49,6 @@ def rule(protocol: Protocol = Protocol.TCP, target: str = LOOPBACK) -> Rule:
         targets=(Target(target, PortRange.single(9)),),
         listen_addresses=(LOOPBACK,),
     )
-
-
-def exited(code: int | None = 0, signal: int | None = None) -> Failure:
-    if code == 0:
-        return Failure(ProcessDone(0))
-    return Failure(ProcessTerminated(exitCode=code, signal=signal))
-
-
-def inode(fd: int) -> int:
-    return os.fstat(fd).st_ino
-
-
-def logged(case: SynchronousTestCase) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    case.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
 
 
 class ForwarderForTests(SynchronousTestCase):
@@ -177,7 +165,7 @@ class ServiceWithWorkersTests(ServiceWithWorkersTestCase):
             (150, 3, 5),
         )
 
-        first.processEnded(exited(None, 9))
+        first.processEnded(ended(None, 9))
         self.assertIn("standalone.worker_exited", [e.get("event") for e in events])
         stats = self.forwarder.stats()[self.tcp.id]
         self.assertEqual((stats.bytes_in, stats.active_connections), (150, 1))
@@ -187,19 +175,16 @@ class ServiceWithWorkersTests(ServiceWithWorkersTestCase):
         self.assertEqual([a["rule"]["name"] for a in self.adds(again)], ["r-tcp", "r-udp"])
 
     def test_stop_drains_every_worker_then_lets_them_exit(self) -> None:
-        """Stopping removes every rule from every worker, then they exit; then it fires."""
+        """
+        Stopping removes every rule from every worker with the config's
+        drain, then lets them exit; it fires once they have, with no restart.
+        """
         events = logged(self)
         d = self.service.stopService()
-        for worker in self.launcher.launched:
-            removes = [m for m in link_of(worker).messages() if m["op"] == "remove"]
-            self.assertEqual(len(removes), 2)
-            for message in removes:
-                reply(worker, {"op": "removed", "key": message["key"], "cut": 0})
-        for worker in self.launcher.launched:
-            self.assertEqual([m["op"] for m in link_of(worker).messages()], ["exit"])
         self.assertNoResult(d)
-        for worker in list(self.launcher.launched):
-            worker.processEnded(exited(0))
+        removals = drain_and_exit(self.launcher.launched)
+        drain = self.service.config.shutdown_drain_secs
+        self.assertEqual([m["drain"] for m in removals], [drain] * 4)
         self.successResultOf(d)
         self.assertIn("standalone.stopped", [e.get("event") for e in events])
         self.clock.advance(60)

@@ -1,6 +1,7 @@
 """
 Fakes for worker processes: a link transport that records the
-descriptors it is asked to send, and frames to feed a link.
+descriptors it is asked to send, frames to feed a link, process exits;
+and the events logged.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ import json
 import struct
 from typing import Any
 
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.dataplane.workers.process import WorkerProcess
 
@@ -80,3 +85,35 @@ def process_of(worker: WorkerProcess) -> FakeProcessTransport:
 def reply(worker: WorkerProcess, message: dict[str, Any]) -> None:
     """The worker process says C{message} to the main process."""
     worker.link.dataReceived(frame(message))
+
+
+def ended(code: int | None = 0, signal: int | None = None) -> Failure:
+    """How a worker process's exit reaches processEnded."""
+    if code == 0:
+        return Failure(ProcessDone(0))
+    return Failure(ProcessTerminated(exitCode=code, signal=signal))
+
+
+def logged(case: SynchronousTestCase) -> list[dict[str, Any]]:
+    """Every event logged from now until the test ends."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    case.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
+
+
+def drain_and_exit(workers: list[WorkerProcess]) -> list[dict[str, Any]]:
+    """
+    Each worker answers the removals it was sent (nothing cut), then exits
+    if told to; return the removals.
+    """
+    removals = []
+    for worker in workers:
+        for message in link_of(worker).messages():
+            if message["op"] == "remove":
+                removals.append(message)
+                reply(worker, {"op": "removed", "key": message["key"], "cut": 0})
+    for worker in list(workers):
+        if any(m["op"] == "exit" for m in link_of(worker).messages()):
+            worker.processEnded(ended(0))
+    return removals

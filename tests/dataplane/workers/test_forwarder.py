@@ -11,9 +11,8 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,8 +24,15 @@ from portunus.dataplane.workers.process import WorkerProcess
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.rulejson import rule_to_dict
-from tests._net import LOOPBACK, free_port
-from tests.dataplane.workers._fakes import FakeLauncher, link_of, process_of, reply
+from tests._net import LOOPBACK, free_port, inode, port_is_free
+from tests.dataplane.workers._fakes import (
+    FakeLauncher,
+    ended,
+    link_of,
+    logged,
+    process_of,
+    reply,
+)
 
 
 def make_rule(
@@ -50,40 +56,12 @@ def make_rule(
     )
 
 
-def inode(fd: int) -> int:
-    return os.fstat(fd).st_ino
-
-
 def is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
     except OSError:
         return False
     return True
-
-
-def port_is_free(port: int, kind: socket.SocketKind = socket.SOCK_STREAM) -> bool:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
-def logged(case: SynchronousTestCase) -> list[dict[str, Any]]:
-    """Every event logged from now until the test ends."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    case.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
-
-
-def ended(code: int | None = 0, signal: int | None = None) -> Failure:
-    if code == 0:
-        return Failure(ProcessDone(0))
-    return Failure(ProcessTerminated(exitCode=code, signal=signal))
 
 
 def stats_report(**counters: Any) -> dict[str, Any]:
