@@ -217,6 +217,13 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         "the TLS key must be readable by its owner only: chmod 600 it and start again",
     ),
     ErrorCode(
+        "startup.server_toml_permissions",
+        500,
+        78,
+        "server.toml sets operator_token, so it must be readable by its owner only: "
+        "chmod 600 it and start again",
+    ),
+    ErrorCode(
         "startup.tls_material_invalid",
         500,
         78,

@@ -31,7 +31,6 @@ import hashlib
 import ipaddress
 import os
 import re
-import stat
 import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -51,6 +50,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portunus.errors import PortunusError
+from portunus.secretfiles import refuse_shared_secret_file
 
 __all__ = [
     "CERT_VALIDITY",
@@ -305,18 +305,9 @@ def _invalid(message: str, path: str) -> PortunusError:
 
 def _check_key_permissions(key_path: str) -> None:
     try:
-        mode = stat.S_IMODE(os.stat(key_path).st_mode)
+        refuse_shared_secret_file(key_path, "startup.tls_key_permissions", "the TLS private key")
     except OSError as e:
         raise _invalid(f"cannot read {key_path}: {e.strerror}", key_path) from None
-    if mode & 0o077:
-        raise PortunusError(
-            "startup.tls_key_permissions",
-            f"TLS private key {key_path} has mode {mode:04o}: it is readable or writable"
-            f" by group or others; run `chmod 600 {key_path}` (and make the service"
-            " user its owner), then start again",
-            path=key_path,
-            mode=f"{mode:04o}",
-        )
 
 
 def _public_der(key: PrivateKeyTypes | x509.Certificate) -> bytes:

@@ -37,6 +37,7 @@ from portunus.control.tls import (
 from portunus.errors import PortunusError
 from portunus.logging import make_observer
 from portunus.reactors import IProcessReactor, installed_reactor
+from portunus.secretfiles import refuse_shared_secret_file
 from portunus.server.api import audit as audit_api
 from portunus.server.api import metrics as metrics_api
 from portunus.server.api import settings as settings_api
@@ -51,7 +52,12 @@ from portunus.server.datadir import prepare_data_dir, resolve_data_dir
 from portunus.server.metrics import ServerMetrics
 from portunus.server.metricsweb import MetricsRoot
 from portunus.server.sessions import ServerSession
-from portunus.server.settings import ListenerKind, ServerSettings, load_server_settings
+from portunus.server.settings import (
+    SERVER_TOML,
+    ListenerKind,
+    ServerSettings,
+    load_server_settings,
+)
 from portunus.server.store import Store, open_store
 from portunus.tapsupport import LOG_OPTIONS, LoggingOptions, install_log_observer
 
@@ -122,11 +128,19 @@ def operator_token(settings: ServerSettings) -> tuple[str, str | None]:
 def load_settings(options: Options, environ: dict[str, str]) -> ServerSettings:
     data_dir = resolve_data_dir(options["data-dir"], environ, os.getcwd())
     prepare_data_dir(data_dir, environ)
-    return load_server_settings(data_dir, environ).with_overrides(
+    settings = load_server_settings(data_dir, environ).with_overrides(
         control_listen=options["control-listen"],
         operator_http_listen=options["operator-http-listen"],
         advertised_endpoint=options["advertised-endpoint"],
     )
+    if settings.operator_token:
+        # Only server.toml sets it: the file holds a superadmin credential.
+        path = os.path.join(data_dir, SERVER_TOML)
+        try:
+            refuse_shared_secret_file(path, "startup.server_toml_permissions", "operator_token")
+        except OSError as e:
+            raise PortunusError("config_invalid", f"cannot inspect {path}: {e.strerror}") from None
+    return settings
 
 
 class ServerService(MultiService):
