@@ -14,7 +14,10 @@ shipper) can rely on:
   - L{PrettyObserver} writes one human-readable line per event, fields as
     C{key=value}, with any traceback on the following lines.
 
-Both drop events below their level and redact secrets: a field whose name
+Both name Twisted's own lines (L{classify_framework_event}: factories
+starting, AMP connections opening, ports, retry delays, twistd's banner)
+with a stable event and move all but the stopping signal to debug, then
+drop events below their level and redact secrets: a field whose name
 contains C{token}, C{secret}, C{password}, C{private_key}, C{cookie} or
 C{authorization} (case-insensitive, at any depth inside dicts) is written as
 C{"<redacted>"}, and the message is formatted from the redacted fields so a
@@ -52,6 +55,7 @@ __all__ = [
     "REDACTED",
     "JSONLinesObserver",
     "PrettyObserver",
+    "classify_framework_event",
     "is_sensitive",
     "make_observer",
     "parse_log_level",
@@ -206,6 +210,69 @@ def _redact_flattened(flattened: Mapping[str, Any]) -> dict[str, Any]:
         key: REDACTED if is_sensitive(key.partition("!")[0]) else redact(value)
         for key, value in flattened.items()
     }
+
+
+# Twisted's own lines.
+
+
+class _Known(NamedTuple):
+    event: str
+    level: LogLevel
+    fields: Mapping[str, str]
+
+
+def _debug(event: str) -> _Known:
+    return _Known(event, LogLevel.debug, {})
+
+
+def _signal(name: str) -> _Known:
+    return _Known("process.signal_received", LogLevel.info, {"signal": name})
+
+
+# Twisted logs these at info, and an operator can act on none of them;
+# each unauthenticated connect to the control port made two of the AMP
+# ones.  Keyed by their format strings (Twisted 24.7 to 26.x).
+_TWISTED_FORMATS: Final[Mapping[str, _Known]] = {
+    "Starting factory {factory!r}": _debug("twisted.factory_started"),
+    "Stopping factory {factory!r}": _debug("twisted.factory_stopped"),
+    "{cls} connection established (HOST:{host} PEER:{peer})": _debug("twisted.amp_connected"),
+    "{cls} connection lost (HOST:{host} PEER:{peer})": _debug("twisted.amp_disconnected"),
+    "Scheduling retry {attempt} to connect {endpoint} in {delay} seconds.": _debug(
+        "twisted.retry_scheduled"
+    ),
+    "twistd {version} ({exe} {pyVersion}) starting up.": _debug("twistd.starting"),
+    "reactor class: {reactor}.": _debug("twistd.reactor"),
+    "Server Shut Down.": _debug("twistd.stopped"),
+    "Main loop terminated.": _debug("twistd.main_loop_terminated"),
+    # Why the process is stopping: kept at info.
+    "Received SIGINT, shutting down.": _signal("SIGINT"),
+    "Received SIGTERM, shutting down.": _signal("SIGTERM"),
+    "Received SIGBREAK, shutting down.": _signal("SIGBREAK"),
+}
+
+# Legacy log.msg lines of the ports (tcp.Port, udp.Port), by their text.
+_TWISTED_TEXTS: Final[tuple[tuple[re.Pattern[str], _Known], ...]] = (
+    (re.compile(r".+ starting on \d+"), _debug("twisted.port_listening")),
+    (re.compile(r"\((?:TCP|UDP) Port \d+ Closed\)"), _debug("twisted.port_closed")),
+)
+
+
+def classify_framework_event(event: LogEvent) -> LogEvent:
+    """
+    C{event} with a stable C{event} name and its level (debug, but for
+    C{process.signal_received}) if it is one of Twisted's known lines;
+    any other event is returned as it is.  Never changes C{event} itself.
+    """
+    if "event" in event:
+        return event
+    fmt = event.get("log_format")
+    known = _TWISTED_FORMATS.get(fmt) if isinstance(fmt, str) else None
+    if known is None and _is_legacy(event) and not event.get("isError"):
+        text = " ".join(safe_str(part) for part in event["message"])
+        known = next((k for pattern, k in _TWISTED_TEXTS if pattern.fullmatch(text)), None)
+    if known is None:
+        return event
+    return {**event, **known.fields, "event": known.event, "log_level": known.level}
 
 
 # Rendering an event.
@@ -430,6 +497,7 @@ class _LevelFilteredObserver:
         self._lock = threading.RLock()
 
     def __call__(self, event: LogEvent) -> None:
+        event = classify_framework_event(event)
         if _LEVEL_ORDER[_level_of(event)] < _LEVEL_ORDER.get(self.level, 0):
             return
         try:

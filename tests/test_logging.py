@@ -10,7 +10,15 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
+from unittest.mock import Mock
 
+from twisted.application.internet import ClientService
+from twisted.internet import defer
+from twisted.internet.defer import fail
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -18,9 +26,12 @@ from twisted.logger import (
     LogLevel,
     eventAsJSON,
     eventFromJSON,
+    globalLogPublisher,
 )
+from twisted.protocols import amp
+from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from portunus.logging import (
@@ -648,3 +659,105 @@ class ReentrantWriteTests(SynchronousTestCase):
         observer({"log_format": "first", "log_level": LogLevel.info})
         messages = [line["msg"] for line in json_lines(stream)]
         self.assertEqual(sorted(messages), ["first", "signal"])
+
+
+class FrameworkEventTests(TestCase):
+    """
+    Twisted's own info lines get a stable event name and debug level (the
+    stopping signal stays at info): driven through Twisted's real code,
+    caught on the global publisher, rendered by L{JSONLinesObserver}.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def rendered(self, level: LogLevel = LogLevel.debug) -> list[dict[str, Any]]:
+        stream = io.StringIO()
+        observer = JSONLinesObserver(stream, level)
+        for event in self.events:
+            observer(event)
+        return json_lines(stream) if stream.getvalue() else []
+
+    def names(self, level: LogLevel = LogLevel.debug) -> list[tuple[str, str]]:
+        return [(line["event"], line["level"]) for line in self.rendered(level)]
+
+    def test_factory_start_and_stop(self) -> None:
+        """A noisy factory's start and stop are twisted.factory_* at debug."""
+        factory = Factory()
+        factory.doStart()
+        factory.doStop()
+        self.assertEqual(
+            self.names(),
+            [("twisted.factory_started", "debug"), ("twisted.factory_stopped", "debug")],
+        )
+        self.assertEqual(self.rendered(LogLevel.info), [])
+
+    def test_amp_connection_lines(self) -> None:
+        """Every AMP connection's two lines are twisted.amp_* at debug."""
+        protocol = amp.AMP()
+        protocol.makeConnection(StringTransport())
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(
+            self.names(),
+            [("twisted.amp_connected", "debug"), ("twisted.amp_disconnected", "debug")],
+        )
+
+    def test_client_service_retry(self) -> None:
+        """ClientService's retry delay (16 decimals) is twisted.retry_scheduled at debug."""
+        clock = Clock()
+        endpoint = Mock(connect=lambda factory: fail(ConnectionRefusedError()))
+        service = ClientService(endpoint, Factory(), retryPolicy=lambda n: 0.123456789, clock=clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        retries = [line for line in self.rendered() if line["event"] == "twisted.retry_scheduled"]
+        self.assertEqual([line["level"] for line in retries], ["debug"])
+        self.assertFalse(
+            [line for line in self.rendered(LogLevel.info) if "retry" in line["msg"].lower()]
+        )
+
+    def test_listening_port_lines(self) -> defer.Deferred[None]:
+        """A real port's "starting on" and "Closed" lines are twisted.port_* at debug."""
+        from twisted.internet import reactor
+
+        port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+
+        def closed(_: object) -> None:
+            ports = [name for name in self.names() if name[0].startswith("twisted.port_")]
+            self.assertEqual(
+                ports, [("twisted.port_listening", "debug"), ("twisted.port_closed", "debug")]
+            )
+            self.assertEqual(self.rendered(LogLevel.info), [])
+
+        return defer.maybeDeferred(port.stopListening).addCallback(closed)
+
+    def test_twistd_banner_and_signal(self) -> None:
+        """twistd's banner lines go to debug; the stopping signal stays at info, named."""
+        twisted_log = Logger(namespace="twisted.internet.base")
+        twisted_log.info("Main loop terminated.")
+        twisted_log.info("Received SIGTERM, shutting down.")
+        Logger(namespace="twisted.scripts._twistd_unix.UnixAppLogger").info("Server Shut Down.")
+        [signal] = self.rendered(LogLevel.info)
+        self.assertEqual(
+            (signal["event"], signal["signal"], signal["msg"]),
+            ("process.signal_received", "SIGTERM", "Received SIGTERM, shutting down."),
+        )
+        self.assertEqual(
+            self.names(),
+            [
+                ("twistd.main_loop_terminated", "debug"),
+                ("process.signal_received", "info"),
+                ("twistd.stopped", "debug"),
+            ],
+        )
+
+    def test_other_events_are_untouched(self) -> None:
+        """Our own events, other legacy lines and legacy errors keep their level and name."""
+        Logger(namespace="portunus.test").info("Main loop terminated.", event="ours.done")
+        legacy_log.msg("Something else starting up")
+        legacy_log.msg("X starting on 80", isError=True)
+        self.assertEqual(
+            self.names(),
+            [("ours.done", "info"), ("log_legacy", "info"), ("log_legacy", "critical")],
+        )

@@ -86,13 +86,25 @@ class EdgeClientService(MultiService):
             endpoint = wrapClientTLS(
                 self._tls, HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
             )
+        sessions = Factory.forProtocol(self._build_session)
+        sessions.noisy = False
+        self._backoff = full_jitter_backoff(initial_delay, max_delay, rng)
         self.connector = ClientService(
-            endpoint,
-            Factory.forProtocol(self._build_session),
-            retryPolicy=full_jitter_backoff(initial_delay, max_delay, rng),
-            clock=reactor,
+            endpoint, sessions, retryPolicy=self._retry_delay, clock=reactor
         )
         self.connector.setServiceParent(self)
+
+    def _retry_delay(self, attempt: int) -> float:
+        """The backoff's delay before C{attempt}, logged in milliseconds."""
+        delay = self._backoff(attempt)
+        log.info(
+            "connecting to {endpoint} again in {delay_secs}s (attempt {attempt})",
+            event="control.retry_scheduled",
+            endpoint=self.bundle.server_endpoint,
+            attempt=attempt,
+            delay_secs=round(delay, 3),
+        )
+        return delay
 
     def _build_session(self) -> ClientSession:
         return ClientSession(

@@ -24,7 +24,6 @@ from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from portunus import __version__
 from portunus.compat import clear_exit_signal, raise_listen_errors_at_start
@@ -49,6 +48,7 @@ from portunus.server.auth.service import AccountsService
 from portunus.server.auth.throttle import Throttle
 from portunus.server.controlplane import ControlPlane, PlaneSettings
 from portunus.server.datadir import prepare_data_dir, resolve_data_dir
+from portunus.server.httpsite import QuietSite
 from portunus.server.metrics import ServerMetrics
 from portunus.server.metricsweb import MetricsRoot
 from portunus.server.sessions import ServerSession
@@ -270,6 +270,7 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
     audit.setServiceParent(service)
 
     sessions = Factory.forProtocol(lambda: ServerSession(plane, reactor))
+    sessions.noisy = False
     control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)
     _listener(reactor, settings, "control", control).setServiceParent(service)
 
@@ -291,12 +292,10 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
             metrics_api.ROUTES: metrics,
         },
     )
-    site = Site(api.resource())
-    site.noisy = False
+    site = QuietSite(api.resource(), request_event="api.request")
     _listener(reactor, settings, "operator_http", site).setServiceParent(service)
 
-    metrics_site = Site(MetricsRoot(metrics))
-    metrics_site.noisy = False
+    metrics_site = QuietSite(MetricsRoot(metrics))
     _listener(reactor, settings, "metrics", metrics_site).setServiceParent(service)
 
     reactor.callWhenRunning(

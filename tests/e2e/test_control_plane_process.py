@@ -86,6 +86,17 @@ class _ProcessCase(TestCase):
         return getProcessOutputAndValue(sys.executable, [*command[1:], *args], env=env)
 
     @inlineCallbacks
+    def enroll_bundle(self, name: str) -> Any:
+        """Enroll C{name} with the CLIs (enroll-client, then enroll); the bundle's path."""
+        out, err, code = yield self.cli(SERVER_CLI, "enroll-client", name)
+        self.assertEqual(code, 0, err.decode())
+        command = next(line for line in out.decode().splitlines() if "portunus://" in line)
+        bundle = os.path.join(self.data_dir, "..", f"{name}.bundle.json")
+        _, err, code = yield self.cli(CLIENT_CLI, "enroll", command.split("'")[1], "--out", bundle)
+        self.assertEqual(code, 0, err.decode())
+        return bundle
+
+    @inlineCallbacks
     def send(self, port: int, payload: bytes) -> Any:
         client = HashingClient(payload)
         reactor.connectTCP(LOOPBACK, port, OneShotClientFactory(client))
@@ -99,13 +110,7 @@ class ControlPlaneProcessTests(_ProcessCase):
         server = self.start_server()
         yield server.wait_for("server.started")
 
-        out, err, code = yield self.cli(SERVER_CLI, "enroll-client", "edge-01")
-        self.assertEqual(code, 0, err.decode())
-        command = next(line for line in out.decode().splitlines() if "portunus://" in line)
-        uri = command.split("'")[1]
-        bundle_path = os.path.join(self.data_dir, "..", "edge.bundle.json")
-        out, err, code = yield self.cli(CLIENT_CLI, "enroll", uri, "--out", bundle_path)
-        self.assertEqual(code, 0, err.decode())
+        bundle_path = yield self.enroll_bundle("edge-01")
         self.assertEqual(os.stat(bundle_path).st_mode & 0o777, 0o600)
 
         client = self.spawn("portunus-client", "--bundle", bundle_path)

@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 
 from tests._net import LOOPBACK, echo_factory, free_port
-from tests.e2e.test_control_plane_process import CLIENT_CLI, SERVER_CLI, _ProcessCase, reactor
+from tests.e2e.test_control_plane_process import SERVER_CLI, _ProcessCase, reactor
 
 #: The edge reports every this many seconds here (5 by default).
 REPORT_SECS = 1
@@ -27,12 +27,7 @@ MAX_POLLS = 60
 class EdgeStatsProcessTests(_ProcessCase):
     @inlineCallbacks
     def enrolled_edge(self, name: str) -> Any:
-        out, err, code = yield self.cli(SERVER_CLI, "enroll-client", name)
-        self.assertEqual(code, 0, err.decode())
-        uri = next(line for line in out.decode().splitlines() if "portunus://" in line)
-        bundle = os.path.join(self.data_dir, "..", f"{name}.bundle.json")
-        _, err, code = yield self.cli(CLIENT_CLI, "enroll", uri.split("'")[1], "--out", bundle)
-        self.assertEqual(code, 0, err.decode())
+        bundle = yield self.enroll_bundle(name)
         edge = self.spawn(
             "portunus-client", "--bundle", bundle, "--stats-report-interval-secs", str(REPORT_SECS)
         )

@@ -48,7 +48,7 @@ from tests._net import (
 )
 from tests.dataplane.test_udp_integration import Client as UdpClient
 from tests.dataplane.test_udp_integration import Echo as UdpEcho
-from tests.e2e.test_control_plane_process import CLIENT_CLI, SERVER_CLI, _ProcessCase, reactor
+from tests.e2e.test_control_plane_process import _ProcessCase, reactor
 
 #: The edge reports every this many seconds here (5 by default).
 REPORT_SECS = 1
@@ -117,12 +117,7 @@ class EdgeWorkersProcessTests(_ProcessCase):
     def test_two_workers_serve_restart_and_drain(self) -> Any:
         server = self.start_server()
         yield server.wait_for("server.started")
-        out, err, code = yield self.cli(SERVER_CLI, "enroll-client", "edge-w")
-        self.assertEqual(code, 0, err.decode())
-        uri = next(line for line in out.decode().splitlines() if "portunus://" in line)
-        bundle = os.path.join(self.data_dir, "..", "edge-w.bundle.json")
-        _, err, code = yield self.cli(CLIENT_CLI, "enroll", uri.split("'")[1], "--out", bundle)
-        self.assertEqual(code, 0, err.decode())
+        bundle = yield self.enroll_bundle("edge-w")
         edge = self.spawn(
             "portunus-client",
             "--bundle",

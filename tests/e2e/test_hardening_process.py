@@ -4,16 +4,24 @@ and files"), each checked on real twistd processes on 127.0.0.1:
 
 - C{server.toml} that sets C{operator_token} is refused (exit 78) while
   group or others can read it.
+- At info, the logs of a server and an edge hold none of Twisted's own
+  lines (factories, AMP connections, ports, retry delays, twistd's banner,
+  HTTP access lines): only named Portunus events.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
-from tests.e2e.test_control_plane_process import _ProcessCase
+from tests._net import LOOPBACK, free_port
+from tests.e2e.test_control_plane_process import SERVER_CLI, _ProcessCase
+
+#: Event names Twisted's own lines had or get: none may reach an info log.
+FRAMEWORK_PREFIXES = ("twisted.", "twistd.", "log_legacy")
 
 
 class ServerTomlModeTests(_ProcessCase):
@@ -43,3 +51,48 @@ class ServerTomlModeTests(_ProcessCase):
         server = self.start_server()
         started = yield server.wait_for("server.started")
         self.assertEqual(started["bearer_source"], "from server.toml")
+
+
+class FrameworkLinesTests(_ProcessCase):
+    def framework_lines(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in events
+            if e["event"].startswith(FRAMEWORK_PREFIXES)
+            or (e["logger"].startswith("twisted.") and e["event"] != "process.signal_received")
+        ]
+
+    @inlineCallbacks
+    def test_info_logs_have_no_twisted_lines(self) -> Any:
+        """
+        A server and an edge at --log-level info, through startup,
+        enrollment, API calls, a rule bound on the edge, the server going
+        away (the edge retries) and SIGTERM: every stderr line is a JSON
+        event, none of them one of Twisted's own lines; the edge's retry
+        delay is logged rounded to milliseconds.
+        """
+        server = self.start_server()
+        yield server.wait_for("server.started")
+        bundle = yield self.enroll_bundle("edge-quiet")
+        edge = self.spawn("portunus-client", "--bundle", bundle)
+        yield edge.wait_for("control.connected")
+        listen = free_port()
+        _, err, code = yield self.cli(
+            SERVER_CLI, "push-rule", "edge-quiet", str(listen), f"{LOOPBACK}:{free_port()}"
+        )
+        self.assertEqual(code, 0, err.decode())
+        yield edge.wait_for("rule.activated")
+
+        server.signal(signal.SIGTERM)
+        self.assertEqual((yield server.exited), 0)
+        retry = yield edge.wait_for("control.retry_scheduled")
+        self.assertEqual(retry["delay_secs"], round(retry["delay_secs"], 3))
+        edge.signal(signal.SIGTERM)
+        self.assertEqual((yield edge.exited), 0)
+
+        for process in (server, edge):
+            lines = process.stderr.decode().splitlines()
+            self.assertEqual(len(lines), len(process.events), process.stderr.decode())
+            self.assertEqual(self.framework_lines(process.events), [])
+        stopping = [e for e in server.events if e["event"] == "process.signal_received"]
+        self.assertEqual([e["signal"] for e in stopping], ["SIGTERM"])
