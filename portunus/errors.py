@@ -271,8 +271,8 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         "bootstrap_required",
         503,
         6,
-        "no superadmin exists yet: open the console and onboard with the setup token the "
-        "server logged, or run portunus-server onboarding-token",
+        "no superadmin exists yet: open the console and onboard with the setup token "
+        "portunus-server onboarding-token prints",
     ),
     ErrorCode(
         "credential_invalid",
@@ -286,14 +286,14 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         "setup_token_required",
         401,
         4,
-        "send the onboarding setup token the server logged at startup",
+        "send the onboarding setup token portunus-server onboarding-token prints",
     ),
     ErrorCode(
         "setup_token_invalid",
         401,
         4,
-        "the setup token is wrong or expired; restart the server or run "
-        "portunus-server onboarding-token for a fresh one",
+        "the setup token is wrong or expired (a new one replaces it every 30 minutes); "
+        "run portunus-server onboarding-token for the current one",
     ),
     ErrorCode("role_required", 403, 5, "this needs a superadmin"),
     ErrorCode("not_owner", 403, 5, "only the rule's owner or a superadmin may do this"),
@@ -341,6 +341,13 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         409,
         2,
         "a superadmin exists already; log in, or have a superadmin create your user",
+    ),
+    # portunus-server onboarding-token while the server runs (never over HTTP).
+    ErrorCode(
+        "setup_token_unavailable",
+        409,
+        1,
+        "onboarding is closed, or the server could not write onboarding.token: see its log",
     ),
     ErrorCode("user_already_exists", 409, 2, "pick another user id, or remove the old user first"),
     ErrorCode("cannot_remove_self", 409, 2, "have another superadmin remove this user"),

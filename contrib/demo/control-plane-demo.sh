@@ -103,14 +103,15 @@ while True:
 print(f"demo: fetched {len(body)} bytes from http://127.0.0.1:18080/ through the edge\n")
 PYEOF
 
-SETUP_TOKEN=$(grep -a 'Portunus onboarding setup token: ' "$DATA/server.log" | tail -n 1 | sed 's/.*: //')
+SETUP_TOKEN=$(cat "$STATE/onboarding.token" 2>/dev/null || true)
 if [ -n "$SETUP_TOKEN" ] && .venv/bin/python - <<'PYEOF'
 import json, sys, urllib.request
 status = json.load(urllib.request.urlopen("http://127.0.0.1:7080/v1/auth/status", timeout=5))
 sys.exit(0 if status["onboarding_required"] else 1)
 PYEOF
 then
-  ONBOARDING="  first superadmin  open the web console and paste the setup token $SETUP_TOKEN (30 min)"
+  ONBOARDING="  first superadmin  open the web console and paste the setup token $SETUP_TOKEN
+                  (replaced every 30 min: $SERVER onboarding-token --data-dir $STATE)"
 else
   ONBOARDING="  accounts        log in to the web console with your user (onboarding is done)"
 fi

@@ -8,6 +8,12 @@ C{startup.store_in_use} while the server runs, as C{restore} does), runs
 the same L{Accounts} logic the API uses with transactions and Argon2
 (at the product's cost) inline, and closes the store.
 
+C{onboarding-token} also works while the server runs: the server holds
+the lock and keeps the current setup token in C{onboarding.token} (0600),
+so the command prints that file.  Reading the file needs only what the
+lock needs (the data dir), no API endpoint or credential, and never
+rotates the token under the running server.
+
 Passwords come from stdin's first line (C{--password-stdin}) or from a
 no-echo prompt; both read C{sys.stdin} when the command runs.
 """
@@ -26,12 +32,13 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from portunus.cli.exits import CliError
-from portunus.cli.offline import Offline, offline_store
+from portunus.cli.offline import Offline, data_dir, offline_store
 from portunus.cli.output import Output
 from portunus.errors import PortunusError
 from portunus.server.auth.accounts import Accounts, check_display_name
 from portunus.server.auth.passwords import Passwords, check_confirmation
 from portunus.server.auth.principal import SUPERADMIN_USER
+from portunus.server.auth.setupfile import SetupTokenFile
 from portunus.server.auth.throttle import Throttle
 
 __all__ = [
@@ -71,7 +78,14 @@ async def _with_accounts(
     """
     clock = _WallClock()
     async with offline_store(opts, clock, missing=must_exist) as store:
-        return await work(Accounts(store.accounts, Passwords(_inline), Throttle(clock), clock))
+        accounts = Accounts(
+            store.accounts,
+            Passwords(_inline),
+            Throttle(clock),
+            clock,
+            setup_file=SetupTokenFile(data_dir(opts)),
+        )
+        return await work(accounts)
 
 
 # ---------------------------------------------------------------------------
@@ -90,8 +104,9 @@ class BootstrapSuperadminOptions(Offline):
 class OnboardingTokenOptions(Offline):
     synopsis = "onboarding-token [--data-dir DIR]"
     longdesc = (
-        "With the server stopped, print a new onboarding setup token (valid 30 minutes). "
-        "Refused once a superadmin who can log in exists."
+        "Print the onboarding setup token: while the server runs, the current one (from "
+        "onboarding.token in the data dir); with the server stopped, a new one (valid 30 "
+        "minutes). Refused once a superadmin who can log in exists."
     )
 
 
@@ -148,8 +163,34 @@ async def onboarding_token(cmd: Output, opts: usage.Options) -> None:
             )
         return token
 
-    token = await _with_accounts(opts, work)
+    try:
+        token = await _with_accounts(opts, work)
+    except PortunusError as e:
+        if e.code != "startup.store_in_use":
+            raise
+        token = _running_servers_token(data_dir(opts))
     cmd.print(f"setup_token={token}")
+
+
+def _running_servers_token(where: str) -> str:
+    """The setup token a running server keeps in C{where}'s onboarding.token."""
+    setup = SetupTokenFile(where)
+    try:
+        token = setup.read()
+    except OSError as e:
+        raise CliError(
+            "setup_token_unavailable",
+            f"the server is running but {setup.path} cannot be read ({e.strerror}); "
+            "run this as the user the server runs as",
+        ) from None
+    if token is None:
+        raise CliError(
+            "setup_token_unavailable",
+            f"the server is running and there is no {setup.path}: onboarding is closed "
+            "(a superadmin who can log in exists), or the server could not write the file "
+            "(its log says operator.onboarding_file_failed)",
+        )
+    return token
 
 
 def _new_password(opts: usage.Options) -> str | None:

@@ -45,6 +45,7 @@ from portunus.server.audit.writer import AuditLog
 from portunus.server.auth.accounts import Accounts
 from portunus.server.auth.passwords import Passwords, thread_runner
 from portunus.server.auth.service import AccountsService
+from portunus.server.auth.setupfile import SetupTokenFile
 from portunus.server.auth.throttle import Throttle
 from portunus.server.controlplane import ControlPlane, PlaneSettings
 from portunus.server.datadir import prepare_data_dir, resolve_data_dir
@@ -92,11 +93,6 @@ class Options(LoggingOptions):
         ["control-listen", None, None, "ADDR:PORT of the control listener."],
         *LOG_OPTIONS,
     ]
-
-
-def _announce(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 def _fail(error: PortunusError) -> SystemExit:
@@ -262,8 +258,9 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
         Throttle(reactor),
         reactor,
         operator_token=token,
+        setup_file=SetupTokenFile(settings.data_dir),
     )
-    AccountsService(accounts, hashing, _announce).setServiceParent(service)
+    AccountsService(accounts, hashing, reactor).setServiceParent(service)
     # Before the listeners: it stops (writing what it holds) as they do,
     # and the store closes after it.
     audit = AuditLog(store.audit, reactor, observer=metrics)

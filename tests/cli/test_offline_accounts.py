@@ -8,6 +8,7 @@ the same L{Accounts} the API runs.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from portunus.cli import server as cli
 from portunus.errors import PortunusError
 from portunus.server.auth.accounts import Accounts
 from portunus.server.auth.principal import AuthMethod, Role
+from portunus.server.auth.setupfile import SetupTokenFile
 from portunus.server.auth.throttle import Throttle
 from portunus.server.store import DB_NAME, Store, open_store, run_synchronously
 from tests.server._apiharness import fast_passwords
@@ -61,7 +63,13 @@ class OfflineAccountsTestCase(SynchronousTestCase):
         """The data dir's store (closed at cleanup) and accounts over it, as a server has."""
         store = open_store(self.data_dir, self.clock, runner=run_synchronously)
         self.addCleanup(store.close)
-        accounts = Accounts(store.accounts, fast_passwords(), Throttle(self.clock), self.clock)
+        accounts = Accounts(
+            store.accounts,
+            fast_passwords(),
+            Throttle(self.clock),
+            self.clock,
+            setup_file=SetupTokenFile(self.data_dir),
+        )
         return store, accounts
 
     def with_accounts(self, fn: Callable[[Accounts], Any]) -> Deferred[Any]:
@@ -191,10 +199,40 @@ class OnboardingTokenTests(OfflineAccountsTestCase):
         self.assertEqual(self.run_cli("bootstrap-superadmin")[0], 0)
         self.successResultOf(self.onboard(self.token()))
 
-    def test_store_in_use(self) -> None:
-        """A running server holds the lock: store_in_use, exit 75, nothing printed."""
+    def test_token_is_kept_in_a_0600_file(self) -> None:
+        """The printed token is also in onboarding.token, mode 0600; onboarding removes it."""
+        token = self.token()
+        path = os.path.join(self.data_dir, "onboarding.token")
+        with open(path) as f:
+            self.assertEqual(f.read(), token + "\n")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.successResultOf(self.onboard(token))
+        self.assertFalse(os.path.exists(path))
+
+    def test_while_the_server_runs_prints_its_token(self) -> None:
+        """
+        A running server holds the lock: the command prints the token the
+        server keeps in onboarding.token, without rotating it (it still
+        onboards).
+        """
+        _, server = self.accounts()
+        token = self.successResultOf(ensureDeferred(server.start()))
+        code, out, err = self.run_cli("onboarding-token")
+        self.assertEqual((code, out, err), (0, f"setup_token={token}\n", ""))
+        body = {
+            "user_id": "alice",
+            "password": PASSWORD,
+            "password_confirm": PASSWORD,
+            "setup_token": token,
+        }
+        self.successResultOf(ensureDeferred(server.onboard(body, None)))
+
+    def test_while_the_server_runs_after_onboarding(self) -> None:
+        """A running server without onboarding.token: setup_token_unavailable, exit 1."""
+        self.add_user("alice", role="superadmin")
         self.hold_lock()
-        self.assertFails(("onboarding-token",), 75, "startup.store_in_use")
+        err = self.assertFails(("onboarding-token",), 1, "setup_token_unavailable")
+        self.assertIn("onboarding is closed", err)
 
 
 class ResetPasswordTests(OfflineAccountsTestCase):

@@ -67,7 +67,7 @@ class _ProcessCase(TestCase):
         self.processes.append(process)
         return process
 
-    def start_server(self) -> TwistdProcess:
+    def start_server(self, *extra: str) -> TwistdProcess:
         return self.spawn(
             "portunus-server",
             "--data-dir",
@@ -76,6 +76,7 @@ class _ProcessCase(TestCase):
             f"{LOOPBACK}:{self.control_port}",
             "--operator-http-listen",
             f"{LOOPBACK}:{self.http_port}",
+            *extra,
         )
 
     def cli(self, command: list[str], *args: str) -> Any:

@@ -4,6 +4,10 @@ and files"), each checked on real twistd processes on 127.0.0.1:
 
 - C{server.toml} that sets C{operator_token} is refused (exit 78) while
   group or others can read it.
+- The onboarding setup token never reaches a log stream: it is in the
+  data dir's onboarding.token (0600), which C{portunus-server
+  onboarding-token} prints while the server runs, and which goes once
+  onboarding is done.
 - At info, the logs of a server and an edge hold none of Twisted's own
   lines (factories, AMP connections, ports, retry delays, twistd's banner,
   HTTP access lines): only named Portunus events.
@@ -11,17 +15,20 @@ and files"), each checked on real twistd processes on 127.0.0.1:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import stat
 from typing import Any
 
+import treq
 from twisted.internet.defer import inlineCallbacks
 
 from tests._net import LOOPBACK, free_port
 from tests.e2e.test_control_plane_process import SERVER_CLI, _ProcessCase
 
 #: Event names Twisted's own lines had or get: none may reach an info log.
-FRAMEWORK_PREFIXES = ("twisted.", "twistd.", "log_legacy")
+FRAMEWORK_PREFIXES = ("twisted.", "twistd.", "log_legacy", "stderr")
 
 
 class ServerTomlModeTests(_ProcessCase):
@@ -96,3 +103,48 @@ class FrameworkLinesTests(_ProcessCase):
             self.assertEqual(self.framework_lines(process.events), [])
         stopping = [e for e in server.events if e["event"] == "process.signal_received"]
         self.assertEqual([e["signal"] for e in stopping], ["SIGTERM"])
+
+
+class SetupTokenTests(_ProcessCase):
+    @inlineCallbacks
+    def test_setup_token_is_in_a_file_never_in_the_log(self) -> Any:
+        """
+        A fresh server (--log-level debug, so every line is there) logs
+        where the setup token is, never the token: not in any stderr line.
+        onboarding.token is 0600; onboarding-token prints it while the
+        server runs; it onboards, and the file is removed.
+        """
+        server = self.start_server("--log-level", "debug")
+        opened = yield server.wait_for("operator.onboarding_open")
+        path = os.path.join(self.data_dir, "onboarding.token")
+        self.assertEqual(opened["path"], path)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+        out, err, code = yield self.cli(SERVER_CLI, "onboarding-token", "--data-dir", self.data_dir)
+        self.assertEqual(code, 0, err.decode())
+        token = out.decode().strip().partition("setup_token=")[2]
+        with open(path) as f:
+            self.assertEqual(f.read().strip(), token)
+        self.assertRegex(token, r"^[A-Za-z0-9_-]{43}$")
+
+        response = yield treq.post(
+            f"http://{LOOPBACK}:{self.http_port}/v1/auth/onboarding",
+            json={
+                "user_id": "alice",
+                "password": "correct horse battery",
+                "password_confirm": "correct horse battery",
+                "setup_token": token,
+            },
+            persistent=False,
+        )
+        self.assertEqual(response.code, 201, (yield treq.content(response)))
+        yield server.wait_for("operator.user_added", user_id="alice")
+        self.assertFalse(os.path.exists(path))
+
+        server.signal(signal.SIGTERM)
+        self.assertEqual((yield server.exited), 0)
+        self.assertNotIn(token.encode(), server.stderr + server.stdout)
+        self.assertTrue(server.events)
+        self.assertEqual(len(server.stderr.decode().splitlines()), len(server.events))
+        self.assertFalse([e for e in server.events if e["event"] == "stderr"])
+        self.assertIn("operator.onboarding_setup_token_rotated", json.dumps(server.events))

@@ -138,7 +138,8 @@ class _Pipeline:
             raise PortunusError(
                 "bootstrap_required",
                 "no superadmin exists yet: open the console and onboard with the setup token "
-                "the server logged at startup (portunus-server onboarding-token prints a new one)",
+                "portunus-server onboarding-token prints (the server keeps it in "
+                "onboarding.token in its data dir)",
             )
         if cookie is not None:
             remote = remote_host(request)

@@ -181,7 +181,7 @@ COMPONENTS: dict[str, Schema] = {
             "user_id": _USER_ID,
             "password": _NEW_PASSWORD,
             "password_confirm": string("The password again"),
-            "setup_token": string("The setup token the server logged", minLength=1),
+            "setup_token": string("The setup token, as onboarding-token prints it", minLength=1),
         },
         {"display_name": {**_DISPLAY_NAME, "description": "Default: the user id"}},
         closed=False,

@@ -35,6 +35,7 @@ from portunus.server.auth.principal import (
     Principal,
     Role,
 )
+from portunus.server.auth.setupfile import SetupTokenFile
 from portunus.server.auth.throttle import Throttle
 from portunus.server.store import (
     AccountStore,
@@ -153,13 +154,19 @@ class Accounts:
         *,
         operator_token: str | None = None,
         make_secret: Callable[[], str] = new_secret,
+        setup_file: SetupTokenFile | None = None,
     ) -> None:
+        """
+        @param setup_file: where the setup token is kept while onboarding
+            is open (the server's C{onboarding.token}); C{None}: nowhere.
+        """
         self._store = store
         self._passwords = passwords
         self._throttle = throttle
         self._clock = clock
         self._operator_token = operator_token
         self._make_secret = make_secret
+        self.setup_file = setup_file
         self._bootstrapped = False
 
     # -- lifecycle --------------------------------------------------------
@@ -167,8 +174,8 @@ class Accounts:
     async def start(self) -> str | None:
         """
         Load whether onboarding is over and, while it is not, rotate the
-        setup token and return it (the server prints it).  The operator
-        token's reserved user is created on first use of it.
+        setup token and return it (also written to the setup file).  The
+        operator token's reserved user is created on first use of it.
         """
         if self._operator_token:
             await self._store.ensure_reserved_user(
@@ -176,6 +183,8 @@ class Accounts:
             )
         self._bootstrapped = await self._store.human_superadmin_exists()
         if self._bootstrapped:
+            # Left over, e.g. from before a restore of an onboarded state.
+            self._onboarding_closed()
             return None
         return await self.rotate_setup_token()
 
@@ -183,15 +192,46 @@ class Accounts:
         return self._bootstrapped
 
     async def rotate_setup_token(self) -> str:
-        """A new onboarding setup token (the old one stops working)."""
+        """
+        A new onboarding setup token (the old one stops working), written
+        to the setup file.  It is never logged: the log names the file.
+        """
         token = self._make_secret()
         now = self._clock.seconds()
         await self._store.set_setup_token(hash_secret(token), now, now + SETUP_TOKEN_TTL_SECS)
+        where = None if self.setup_file is None else self.setup_file.path
+        if self.setup_file is not None:
+            try:
+                self.setup_file.publish(token)
+            except OSError as e:
+                log.error(
+                    "cannot write the onboarding setup token to {path}: {reason}; "
+                    "fix the data dir's permissions and restart the server",
+                    event="operator.onboarding_file_failed",
+                    path=where,
+                    reason=e.strerror or str(e),
+                )
+                where = None
         log.info(
             "onboarding setup token rotated; it expires in 30 minutes",
             event="operator.onboarding_setup_token_rotated",
+            path=where,
         )
         return token
+
+    def _onboarding_closed(self) -> None:
+        self._bootstrapped = True
+        if self.setup_file is not None:
+            try:
+                self.setup_file.retract()
+            except OSError as e:
+                log.error(
+                    "onboarding is closed but {path} could not be removed ({reason}); "
+                    "delete it by hand",
+                    event="operator.onboarding_file_failed",
+                    path=self.setup_file.path,
+                    reason=e.strerror or str(e),
+                )
 
     # -- authentication (the pipeline) -----------------------------------
 
@@ -245,7 +285,8 @@ class Accounts:
         if not isinstance(token, str) or not token:
             raise PortunusError(
                 "setup_token_required",
-                "setup_token: send the onboarding setup token the server logged at startup",
+                "setup_token: send the onboarding setup token (portunus-server onboarding-token "
+                "prints it; the server keeps it in onboarding.token in its data dir)",
                 field="setup_token",
             )
         stored = await self._store.setup_token()
@@ -258,8 +299,8 @@ class Accounts:
             self._throttle.failed("onboarding", _ONBOARDING_SUBJECT, remote)
             raise PortunusError(
                 "setup_token_invalid",
-                "setup_token: wrong or expired; restart the server or run "
-                "portunus-server onboarding-token for a fresh one",
+                "setup_token: wrong or expired (a new one replaces it every 30 minutes); "
+                "run portunus-server onboarding-token for the current one",
                 field="setup_token",
             )
         user_id = check_user_id(body.get("user_id"))
@@ -271,7 +312,7 @@ class Accounts:
             user_id, Role.SUPERADMIN, display_name, password_hash, now, only_if_no_superadmin=True
         )
         self._throttle.succeeded("onboarding", _ONBOARDING_SUBJECT, remote)
-        self._bootstrapped = True
+        self._onboarding_closed()
         log.info(
             "first superadmin {user_id} created; onboarding is closed",
             event="operator.user_added",
@@ -422,7 +463,7 @@ class Accounts:
             password_change_required=change_required,
         )
         if role is Role.SUPERADMIN:
-            self._bootstrapped = True
+            self._onboarding_closed()
         log.info(
             "user {user_id} added ({role})",
             event="operator.user_added",

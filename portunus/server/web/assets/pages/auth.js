@@ -62,7 +62,7 @@ const values = (form) => Object.fromEntries(new FormData(form).entries());
 export async function onboardingPage(root, ctx) {
   const form = h('form', { class: 'form', novalidate: true },
     field({ label: 'Setup token', control: input('setup_token', { autofocus: true, autocomplete: 'one-time-code' }), name: 'setup_token',
-      hint: 'The server printed it when it started: look for "Portunus onboarding setup token:" in its output. `portunus-server onboarding-token` prints a new one.' }),
+      hint: 'On the server\'s host, `portunus-server onboarding-token` prints it (the server keeps it in onboarding.token in its data dir, never in its log). It is replaced every 30 minutes.' }),
     field({ label: 'User id', control: input('user_id', { autocomplete: 'username', placeholder: 'admin' }), name: 'user_id',
       hint: 'Lower-case letters, digits, - and _; starts with a letter.' }),
     field({ label: 'Display name', control: input('display_name', { autocomplete: 'name', placeholder: 'Ada Admin' }), name: 'display_name' }),
