@@ -93,6 +93,8 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     # Rule lifecycle.
     ErrorCode("rule_not_found", 404, 8, "list the rules to find the right name or id"),
     ErrorCode("rule_exists", 409, 5, "rule names are unique; remove the old rule or rename"),
+    # twistd --logfile (portunus/tapsupport.py); printed before the log starts.
+    ErrorCode("log_file_unwritable", 500, 1, "choose a --logfile path the service user can write"),
     # Server startup: the data dir (portunus/server/datadir.py).  Exit 1 as
     # in Portunus; never answered over HTTP, so the status is nominal.
     ErrorCode(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -41,7 +42,7 @@ from datetime import time as dtime
 from enum import Enum
 from pathlib import PurePath
 from string import Formatter
-from typing import IO, Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple, Protocol, cast
 
 from constantly import NamedConstant, ValueConstant
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent
@@ -50,11 +51,14 @@ from twisted.python.reflect import qual, safe_repr, safe_str
 from zope.interface import implementer
 
 __all__ = [
+    "LOG_FILE_MODE",
     "LOG_FORMATS",
     "LOG_LEVEL_NAMES",
     "REDACTED",
     "JSONLinesObserver",
+    "LogSink",
     "PrettyObserver",
+    "ReopeningFile",
     "classify_framework_event",
     "is_sensitive",
     "make_observer",
@@ -110,6 +114,66 @@ _TOO_DEEP: Final = "<too deep>"
 _formatter = Formatter()
 
 
+# Where lines go.
+
+
+class LogSink(Protocol):
+    """What the observers write to: a text stream (stderr) or a L{ReopeningFile}."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
+#: A log file this process creates: owner read-write, group read (adm).
+LOG_FILE_MODE: Final = 0o640
+
+
+class ReopeningFile:
+    """
+    A log file by path that L{reopen} opens again, appending: after
+    logrotate has renamed it, the next lines go to a new file at the path
+    (or the one logrotate created there).  Writes and the swap hold one
+    re-entrant lock, so no line is split across the two files or lost.
+
+    @raise OSError: from the constructor, when the path cannot be opened.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._file = self._open()
+
+    def _open(self) -> Any:
+        fd = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE
+        )
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+    def write(self, text: str, /) -> int:
+        with self._lock:
+            return int(self._file.write(text))
+
+    def flush(self) -> None:
+        with self._lock:
+            self._file.flush()
+
+    def reopen(self) -> None:
+        """
+        Open the path again and write there from now on.
+
+        @raise OSError: when it cannot be opened; the old file stays in use.
+        """
+        new = self._open()
+        with self._lock:
+            old, self._file = self._file, new
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
 # Log levels and formats.
 
 
@@ -128,7 +192,7 @@ def parse_log_level(text: str) -> LogLevel:
     return level
 
 
-def make_observer(log_format: str, level: LogLevel, stream: IO[str]) -> ILogObserver:
+def make_observer(log_format: str, level: LogLevel, stream: LogSink) -> ILogObserver:
     """
     Build the observer for C{log_format} ("json" or "pretty") writing events
     at C{level} and above to C{stream}.
@@ -483,7 +547,7 @@ class _LevelFilteredObserver:
 
     def __init__(
         self,
-        stream: IO[str],
+        stream: LogSink,
         level: LogLevel = LogLevel.warn,
         clock: Callable[[], float] | None = None,
     ) -> None:

@@ -40,13 +40,23 @@ from portunus.errors import PortunusError
 from portunus.exitcode import stop_with_status
 from portunus.logging import make_observer
 from portunus.reactors import IProcessReactor, installed_reactor
-from portunus.tapsupport import LOG_OPTIONS, LoggingOptions, install_log_observer
+from portunus.tapsupport import (
+    LOG_OPTIONS,
+    LoggingOptions,
+    SighupService,
+    install_log_observer,
+    name_pidfile,
+    open_log_sink,
+)
 
 __all__ = ["Options", "makeService"]
 
 log = Logger()
 
 ENROLL_URI_ENV = "PORTUNUS_ENROLL_URI"
+
+#: twistd's pidfile unless --pidfile says otherwise (not twistd.pid: see name_pidfile).
+PIDFILE = "portunus-client.pid"
 
 
 def _positive(kind: type, name: str) -> Any:
@@ -110,6 +120,7 @@ class Options(LoggingOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
+        name_pidfile(self, PIDFILE)
         try:
             self.workers = parse_worker_count(self["workers"])
         except ValueError as e:
@@ -171,8 +182,10 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
     if reactor is None:
         reactor = installed_reactor()
     environ = dict(os.environ)
-    observer = make_observer(options["log-format"], options.level, sys.stderr)
+    sink = open_log_sink(options)
+    observer = make_observer(options["log-format"], options.level, sink)
     root = _Root(observer)
+    SighupService(reactor, sink).setServiceParent(root)
 
     def build(bundle: Any) -> IService:
         drain = options["shutdown-drain-timeout-secs"]

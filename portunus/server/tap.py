@@ -60,11 +60,21 @@ from portunus.server.settings import (
     load_server_settings,
 )
 from portunus.server.store import Store, open_store
-from portunus.tapsupport import LOG_OPTIONS, LoggingOptions, install_log_observer
+from portunus.tapsupport import (
+    LOG_OPTIONS,
+    LoggingOptions,
+    SighupService,
+    install_log_observer,
+    name_pidfile,
+    open_log_sink,
+)
 
 __all__ = ["OPERATOR_TOKEN_FILE", "Options", "makeService"]
 
 log = Logger()
+
+#: twistd's pidfile unless --pidfile says otherwise (not twistd.pid: see name_pidfile).
+PIDFILE = "portunus-server.pid"
 
 #: Where the generated operator token lives when server.toml sets none.
 OPERATOR_TOKEN_FILE = "operator.token"
@@ -93,6 +103,10 @@ class Options(LoggingOptions):
         ["control-listen", None, None, "ADDR:PORT of the control listener."],
         *LOG_OPTIONS,
     ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        name_pidfile(self, PIDFILE)
 
 
 def _fail(error: PortunusError) -> SystemExit:
@@ -211,7 +225,8 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
     if reactor is None:
         reactor = installed_reactor()
     environ = dict(os.environ)
-    observer = make_observer(options["log-format"], options.level, sys.stderr)
+    sink = open_log_sink(options)
+    observer = make_observer(options["log-format"], options.level, sink)
     try:
         settings = load_settings(options, environ)
         advertised = settings.advertised_endpoint
@@ -250,6 +265,7 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
     metrics = ServerMetrics(plane)
     plane.auth_failure_observer = metrics.auth_failed
     service = ServerService(plane, store, observer, reactor)
+    SighupService(reactor, sink).setServiceParent(service)
 
     hashing = ThreadPool(minthreads=0, maxthreads=2, name="portunus-passwords")
     accounts = Accounts(

@@ -18,11 +18,15 @@ from portunus.reactors import IProcessReactor, installed_reactor
 from portunus.standalone.config import ConfigError, StandaloneConfig, load_config
 from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.service import StandaloneService
+from portunus.tapsupport import name_pidfile
 
 __all__ = ["Options", "makeService"]
 
 #: Exit code for a configuration error (Portunus: 2).
 EXIT_CONFIG = 2
+
+#: twistd's pidfile unless --pidfile says otherwise (not twistd.pid: see name_pidfile).
+PIDFILE = "portunus-standalone.pid"
 
 
 class Options(usage.Options):
@@ -61,6 +65,7 @@ class Options(usage.Options):
         raise SystemExit(EXIT_CONFIG)
 
     def postOptions(self) -> None:
+        name_pidfile(self, PIDFILE)
         try:
             self.config = load_config(self["config"], SUPPORTED_PROTOCOLS)
         except ConfigError as e:

@@ -7,7 +7,9 @@ workers.  makeService is given a memory reactor (nothing starts).
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
@@ -18,6 +20,7 @@ from portunus.client.tap import Options, makeService
 from portunus.dataplane import Forwarder
 from portunus.dataplane.workers import forwarder as workers
 from portunus.dataplane.workers.forwarder import WorkerForwarder
+from portunus.tapsupport import SighupService
 
 BUNDLE = {
     "version": 1,
@@ -26,6 +29,14 @@ BUNDLE = {
     "server_cert_sha256": "ab" * 32,
     "token": "t" * 32,
 }
+
+
+def forwarding(root: IService) -> list[Any]:
+    """The root's services but the SIGHUP handler every edge has."""
+    children = list(root)  # type: ignore[call-overload]
+    sighup = [c for c in children if isinstance(c, SighupService)]
+    assert len(sighup) == 1, children
+    return [c for c in children if not isinstance(c, SighupService)]
 
 
 class WorkersOptionTests(SynchronousTestCase):
@@ -43,14 +54,14 @@ class WorkersOptionTests(SynchronousTestCase):
         """Without --workers the edge forwards in its own process, as before."""
         options = self.options()
         self.assertEqual(options.workers, 1)
-        [edge] = list(makeService(options, MemoryReactorClock()))  # type: ignore[call-overload]
+        [edge] = forwarding(makeService(options, MemoryReactorClock()))
         self.assertIsInstance(edge, EdgeClientService)
         self.assertIsInstance(edge.agent.forwarder, Forwarder)
 
     def test_workers_serve_from_worker_processes(self) -> None:
         """--workers 3: a WorkerForwarder of 3, started by a service beside the edge."""
         root = makeService(self.options("--workers", "3"), MemoryReactorClock())
-        [both] = list(root)  # type: ignore[call-overload]
+        [both] = forwarding(root)
         pool, edge = list(both)
         self.assertIsInstance(pool, WorkerPoolService)
         self.assertIsInstance(edge, EdgeClientService)
@@ -64,7 +75,7 @@ class WorkersOptionTests(SynchronousTestCase):
             self.options("--workers", "2", "--stats-report-interval-secs", "7"),
             MemoryReactorClock(),
         )
-        [both] = list(root)  # type: ignore[call-overload]
+        [both] = forwarding(root)
         pool, _edge = list(both)
         spawned: list[list[str]] = []
         self.patch(workers, "spawn_worker", lambda reactor, worker, args: spawned.append(args))
@@ -79,7 +90,7 @@ class WorkersOptionTests(SynchronousTestCase):
         stops them once, through the edge's agent, and waits for that.
         """
         root = makeService(self.options("--workers", "2"), MemoryReactorClock())
-        [both] = list(root)  # type: ignore[call-overload]
+        [both] = forwarding(root)
         pool, _edge = list(both)
         calls: list[str] = []
         stopped: Deferred[None] = Deferred()

@@ -8,11 +8,12 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -114,3 +115,42 @@ def spawn_standalone(reactor: Any, config_path: str, *extra: str) -> TwistdProce
         process, sys.executable, [*args, *extra], env=dict(os.environ), path=os.getcwd()
     )
     return process
+
+
+#: How often, and how many times, L{file_event} reads a log file.
+FILE_POLL_SECS = 0.05
+FILE_POLLS = 600
+
+
+def read_events(path: str) -> list[dict[str, Any]]:
+    """Every complete JSON line of the log file at C{path} (none if it is missing)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in text.split(b"\n")[:-1]:
+        event = json.loads(line)
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+@inlineCallbacks
+def file_event(
+    reactor: Any, path: str, name: str, process: TwistdProcess | None = None
+) -> Generator[Deferred[Any], Any, dict[str, Any]]:
+    """
+    The first event called C{name} in the log file at C{path}, read every
+    L{FILE_POLL_SECS} up to L{FILE_POLLS} times; fails early if C{process}
+    exits first.
+    """
+    for _ in range(FILE_POLLS):
+        for event in read_events(path):
+            if event.get("event") == name:
+                return event
+        if process is not None and process.exited.called:
+            break
+        yield deferLater(reactor, FILE_POLL_SECS, lambda: None)
+    raise AssertionError(f"no {name} event in {path}: {read_events(path)[-5:]}")

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import treq
@@ -60,14 +61,15 @@ class _ProcessCase(TestCase):
 
         return gatherResults(waits)
 
-    def spawn(self, plugin: str, *args: str) -> TwistdProcess:
+    def spawn(self, plugin: str, *args: str, twistd: Sequence[str] = ()) -> TwistdProcess:
+        """twistd -n C{plugin} C{args} (C{twistd}: twistd's own options, before the plugin)."""
         process = TwistdProcess()
-        argv = [*TWISTD, "--nodaemon", "--pidfile=", plugin, *args]
+        argv = [*TWISTD, "--nodaemon", "--pidfile=", *twistd, plugin, *args]
         reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ))
         self.processes.append(process)
         return process
 
-    def start_server(self, *extra: str) -> TwistdProcess:
+    def start_server(self, *extra: str, twistd: Sequence[str] = ()) -> TwistdProcess:
         return self.spawn(
             "portunus-server",
             "--data-dir",
@@ -77,6 +79,7 @@ class _ProcessCase(TestCase):
             "--operator-http-listen",
             f"{LOOPBACK}:{self.http_port}",
             *extra,
+            twistd=twistd,
         )
 
     def cli(self, command: list[str], *args: str) -> Any:

@@ -2,12 +2,19 @@
 Hardening of the processes themselves (docs/security.md, "Signals, secrets
 and files"), each checked on real twistd processes on 127.0.0.1:
 
+- SIGHUP stops neither the server nor the edge: it reopens twistd's
+  C{--logfile}, so a file logrotate renamed stops growing and a new one
+  gets the next lines.
+
 - C{server.toml} that sets C{operator_token} is refused (exit 78) while
   group or others can read it.
 - The onboarding setup token never reaches a log stream: it is in the
   data dir's onboarding.token (0600), which C{portunus-server
   onboarding-token} prints while the server runs, and which goes once
   onboarding is done.
+- A server and an edge started from one directory, as the docs lead
+  (C{twistd -n portunus-server}, C{twistd -n portunus-client}, no
+  C{--pidfile}), both run: each has its own pidfile.
 - At info, the logs of a server and an edge hold none of Twisted's own
   lines (factories, AMP connections, ports, retry delays, twistd's banner,
   HTTP access lines): only named Portunus events.
@@ -19,13 +26,15 @@ import json
 import os
 import signal
 import stat
+import sys
 from typing import Any
 
 import treq
 from twisted.internet.defer import inlineCallbacks
 
 from tests._net import LOOPBACK, free_port
-from tests.e2e.test_control_plane_process import SERVER_CLI, _ProcessCase
+from tests.e2e._process import TWISTD, TwistdProcess, file_event, read_events
+from tests.e2e.test_control_plane_process import SERVER_CLI, _ProcessCase, reactor
 
 #: Event names Twisted's own lines had or get: none may reach an info log.
 FRAMEWORK_PREFIXES = ("twisted.", "twistd.", "log_legacy", "stderr")
@@ -148,3 +157,126 @@ class SetupTokenTests(_ProcessCase):
         self.assertEqual(len(server.stderr.decode().splitlines()), len(server.events))
         self.assertFalse([e for e in server.events if e["event"] == "stderr"])
         self.assertIn("operator.onboarding_setup_token_rotated", json.dumps(server.events))
+
+
+class SighupTests(_ProcessCase):
+    def log_path(self, name: str) -> str:
+        return os.path.abspath(os.path.join(self.data_dir, "..", name))
+
+    @inlineCallbacks
+    def rotate(self, process: TwistdProcess, path: str, ready: str) -> Any:
+        """
+        Once C{ready} is logged: rename the log file as logrotate does, send
+        SIGHUP, and check the next lines land in a new file while the old
+        one gets none of them; the process still runs and stops with 0.
+        """
+        yield file_event(reactor, path, ready, process)
+        os.rename(path, path + ".1")
+        process.signal(signal.SIGHUP)
+        hup = yield file_event(reactor, path, "process.sighup", process)
+        self.assertEqual(hup["path"], path)
+        self.assertFalse(process.exited.called)
+        process.signal(signal.SIGTERM)
+        self.assertEqual((yield process.exited), 0, process.stderr.decode())
+        new = [e["event"] for e in read_events(path)]
+        old = [e["event"] for e in read_events(path + ".1")]
+        self.assertIn(ready, old)
+        self.assertIn("process.signal_received", new)
+        self.assertFalse({"process.sighup", "process.signal_received"} & set(old))
+        return old, new
+
+    @inlineCallbacks
+    def test_server_reopens_its_log_file_on_sighup(self) -> Any:
+        """
+        twistd --logfile for the server: SIGHUP reopens the file, the server
+        runs on and logs server.stopped to the new file; the setup token is
+        in neither file, and nothing went to stderr.
+        """
+        path = self.log_path("server.log")
+        server = self.start_server(twistd=["--logfile", path])
+        _, new = yield self.rotate(server, path, "server.started")
+        self.assertIn("server.stopped", new)
+        with open(os.path.join(self.data_dir, "onboarding.token"), "rb") as f:
+            token = f.read().strip()
+        for name in (path, path + ".1"):
+            with open(name, "rb") as f:
+                self.assertNotIn(token, f.read())
+        self.assertEqual(server.stderr, b"")
+
+    @inlineCallbacks
+    def test_edge_reopens_its_log_file_on_sighup(self) -> Any:
+        """
+        twistd --logfile for an edge (its server away, so it keeps
+        retrying): SIGHUP reopens the file and the edge runs on.
+        """
+        bundle = os.path.join(self.data_dir, "..", "away.bundle.json")
+        with open(bundle, "w") as f:
+            json.dump(
+                {
+                    "version": 1,
+                    "client_name": "edge-hup",
+                    "client_id": "01M8000000000000000000000H",
+                    "server_endpoint": f"{LOOPBACK}:{free_port()}",
+                    "server_cert_sha256": "ab" * 32,
+                    "token": "token-of-an-edge-whose-server-is-away",
+                },
+                f,
+            )
+        path = self.log_path("edge.log")
+        edge = self.spawn("portunus-client", "--bundle", bundle, twistd=["--logfile", path])
+        _, new = yield self.rotate(edge, path, "control.retry_scheduled")
+        self.assertIn("client.stopped", new)
+
+
+class OneDirectoryTests(_ProcessCase):
+    def spawn_in(self, cwd: str, plugin: str, *args: str) -> TwistdProcess:
+        """twistd -n C{plugin} as the docs show it: no --pidfile, run from C{cwd}."""
+        process = TwistdProcess()
+        argv = [*TWISTD, "--nodaemon", plugin, *args]
+        reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ), path=cwd)
+        self.processes.append(process)
+        return process
+
+    @inlineCallbacks
+    def test_server_and_edge_run_from_one_directory(self) -> Any:
+        """
+        Both start with twistd's default pidfile handling from one working
+        directory; each writes its own pidfile there (its pid inside) and
+        removes it on a clean stop.
+        """
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        server = self.spawn_in(
+            cwd,
+            "portunus-server",
+            "--data-dir",
+            self.data_dir,
+            "--control-listen",
+            f"{LOOPBACK}:{self.control_port}",
+            "--operator-http-listen",
+            f"{LOOPBACK}:{self.http_port}",
+        )
+        yield server.wait_for("server.started")
+        bundle = yield self.enroll_bundle("edge-next-door")
+        edge = self.spawn_in(cwd, "portunus-client", "--bundle", bundle)
+        yield edge.wait_for("control.connected")
+        self.assertFalse(edge.exited.called or server.exited.called)
+
+        pids = {}
+        for name in ("portunus-server.pid", "portunus-client.pid"):
+            with open(os.path.join(cwd, name)) as f:
+                pids[name] = int(f.read())
+        assert server.transport is not None and edge.transport is not None
+        self.assertEqual(
+            pids,
+            {
+                "portunus-server.pid": server.transport.pid,
+                "portunus-client.pid": edge.transport.pid,
+            },
+        )
+        self.assertFalse(os.path.exists(os.path.join(cwd, "twistd.pid")))
+
+        for process in (edge, server):
+            process.signal(signal.SIGTERM)
+            self.assertEqual((yield process.exited), 0, process.stderr.decode()[-2000:])
+        self.assertEqual(os.listdir(cwd), [])

@@ -243,6 +243,9 @@ def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", drain)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: reactor.callFromThread(shut_down))
+    # A hangup that reaches the whole process group (a closed terminal) must
+    # not stop the workers while the edge, which handles it, runs on.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log.info(
         "worker {index} started (pid {pid})",
         event=f"{args.event_prefix}.worker_started",
