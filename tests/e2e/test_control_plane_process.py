@@ -61,15 +61,24 @@ class _ProcessCase(TestCase):
 
         return gatherResults(waits)
 
-    def spawn(self, plugin: str, *args: str, twistd: Sequence[str] = ()) -> TwistdProcess:
-        """twistd -n C{plugin} C{args} (C{twistd}: twistd's own options, before the plugin)."""
+    def spawn(
+        self, plugin: str, *args: str, twistd: Sequence[str] = (), cwd: str | None = None
+    ) -> TwistdProcess:
+        """
+        twistd -n C{plugin} C{args} (C{twistd}: twistd's own options, before
+        the plugin).  With C{cwd} it runs there with twistd's pidfile
+        default, as the docs show it; else with C{--pidfile=} (none).
+        """
         process = TwistdProcess()
-        argv = [*TWISTD, "--nodaemon", "--pidfile=", *twistd, plugin, *args]
-        reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ))
+        pidfile = ["--pidfile="] if cwd is None else []
+        argv = [*TWISTD, "--nodaemon", *pidfile, *twistd, plugin, *args]
+        reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ), path=cwd)
         self.processes.append(process)
         return process
 
-    def start_server(self, *extra: str, twistd: Sequence[str] = ()) -> TwistdProcess:
+    def start_server(
+        self, *extra: str, twistd: Sequence[str] = (), cwd: str | None = None
+    ) -> TwistdProcess:
         return self.spawn(
             "portunus-server",
             "--data-dir",
@@ -80,6 +89,7 @@ class _ProcessCase(TestCase):
             f"{LOOPBACK}:{self.http_port}",
             *extra,
             twistd=twistd,
+            cwd=cwd,
         )
 
     def cli(self, command: list[str], *args: str) -> Any:

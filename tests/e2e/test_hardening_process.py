@@ -26,14 +26,13 @@ import json
 import os
 import signal
 import stat
-import sys
 from typing import Any
 
 import treq
 from twisted.internet.defer import inlineCallbacks
 
 from tests._net import LOOPBACK, free_port
-from tests.e2e._process import TWISTD, TwistdProcess, file_event, read_events
+from tests.e2e._process import TwistdProcess, file_event, read_events
 from tests.e2e.test_control_plane_process import SERVER_CLI, _ProcessCase, reactor
 
 #: Event names Twisted's own lines had or get: none may reach an info log.
@@ -229,14 +228,6 @@ class SighupTests(_ProcessCase):
 
 
 class OneDirectoryTests(_ProcessCase):
-    def spawn_in(self, cwd: str, plugin: str, *args: str) -> TwistdProcess:
-        """twistd -n C{plugin} as the docs show it: no --pidfile, run from C{cwd}."""
-        process = TwistdProcess()
-        argv = [*TWISTD, "--nodaemon", plugin, *args]
-        reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ), path=cwd)
-        self.processes.append(process)
-        return process
-
     @inlineCallbacks
     def test_server_and_edge_run_from_one_directory(self) -> Any:
         """
@@ -246,19 +237,10 @@ class OneDirectoryTests(_ProcessCase):
         """
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
-        server = self.spawn_in(
-            cwd,
-            "portunus-server",
-            "--data-dir",
-            self.data_dir,
-            "--control-listen",
-            f"{LOOPBACK}:{self.control_port}",
-            "--operator-http-listen",
-            f"{LOOPBACK}:{self.http_port}",
-        )
+        server = self.start_server(cwd=cwd)
         yield server.wait_for("server.started")
         bundle = yield self.enroll_bundle("edge-next-door")
-        edge = self.spawn_in(cwd, "portunus-client", "--bundle", bundle)
+        edge = self.spawn("portunus-client", "--bundle", bundle, cwd=cwd)
         yield edge.wait_for("control.connected")
         self.assertFalse(edge.exited.called or server.exited.called)
 
