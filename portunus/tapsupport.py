@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
@@ -121,7 +122,7 @@ class SighupService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorFromThreads,
         sink: LogSink,
         install: Callable[[int, Any], Any] = signal.signal,
     ) -> None:
