@@ -31,7 +31,7 @@ from typing import Any
 import treq
 from twisted.internet.defer import inlineCallbacks
 
-from tests._net import LOOPBACK, free_port
+from tests._net import LOOPBACK, free_port, free_port_range
 from tests.e2e._process import TwistdProcess, file_event, read_events
 from tests.e2e.test_control_plane_process import SERVER_CLI, _ProcessCase, reactor
 
@@ -91,7 +91,8 @@ class FrameworkLinesTests(_ProcessCase):
         bundle = yield self.enroll_bundle("edge-quiet")
         edge = self.spawn("portunus-client", "--bundle", bundle)
         yield edge.wait_for("control.connected")
-        listen = free_port()
+        # Below the ephemeral range: no outgoing connection holds it meanwhile.
+        listen = free_port_range(1)
         _, err, code = yield self.cli(
             SERVER_CLI, "push-rule", "edge-quiet", str(listen), f"{LOOPBACK}:{free_port()}"
         )
