@@ -4,7 +4,7 @@ surface that accepts one: the standalone TOML C{[[rule]]} table and the
 control plane's C{POST /v1/rules} body.
 
 Both surfaces hold the same decoded shapes (strings, integers, booleans,
-lists, tables/objects), so one L{FieldChecker} judges them.  It never
+lists, tables/objects), so one L{RuleChecker} judges them.  It never
 raises on bad input: each problem is reported through a callback with the
 place it was found (a rule label), a dotted field name, a message saying
 how to fix it and a stable error code (C{validation_failed} unless a more
@@ -20,18 +20,35 @@ C{target}/C{targets}) lives with the TOML parser, on top of the same checks.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from portunus.bounds import (
+    ACK_TIMEOUT_SECS,
+    HEALTH_CHECK_INTERVAL_SECS,
+    PORT,
+    RATE_LIMIT_CAP,
+    TARGET_PRIORITY,
+    TARGET_WEIGHT,
+    UDP_FLOW_IDLE_SECS,
+    UDP_MAX_FLOWS,
+)
 from portunus.dataplane.proxyprotocol import TrustedSources
 from portunus.dataplane.ratelimit import validate_rate_limit
 from portunus.dataplane.sni import SniError, normalize_sni_pattern
+from portunus.fields import (
+    ABSENT,
+    Absent,
+    FieldChecker,
+    has_bad_characters,
+    is_int,
+)
+from portunus.fields import describe_value as _describe
+from portunus.fields import printable as _safe
 from portunus.hostnames import is_host_name
 from portunus.model import (
     Balance,
@@ -42,11 +59,8 @@ from portunus.model import (
     Rule,
     Target,
 )
-from portunus.tomltext import describe_value as _describe
-from portunus.tomltext import printable as _safe
 
 __all__ = [
-    "ABSENT",
     "API_RULE_KEYS",
     "API_TARGET_KEYS",
     "MAX_RANGE_PORTS",
@@ -55,14 +69,11 @@ __all__ = [
     "RATE_LIMIT_KEYS",
     "RULE_OPTION_KEYS",
     "TARGET_KEYS",
-    "Absent",
-    "FieldChecker",
     "FieldIssue",
+    "RuleChecker",
     "RuleRequest",
     "addresses_overlap",
-    "has_bad_characters",
     "host_problem",
-    "is_int",
     "parse_rule_body",
 ]
 
@@ -77,32 +88,6 @@ RATE_LIMIT_KEYS: tuple[str, ...] = tuple(a.name for a in attrs.fields(RateLimit)
 
 # ASCII digits only (\d would accept "٨٠"), and few enough that int() is cheap.
 _PORT_RANGE = re.compile(r"\s*([0-9]{1,10})\s*(?:-\s*([0-9]{1,10})\s*)?")
-
-
-class Absent:
-    """Marks a key that is not in its table (distinct from any decoded value)."""
-
-
-ABSENT = Absent()
-
-#: C{report(where, field, message, code)}: C{where} is the rule's label.
-Report = Callable[[str | None, str, str, str], None]
-
-
-def is_int(value: object) -> bool:
-    """An integer that is not a boolean: C{true} is never a port or a count."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def unknown_key_message(key: str, allowed: Sequence[str], what: str) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"unknown key '{_safe(key)}' in {what}; {hint}allowed keys: {', '.join(allowed)}"
-
-
-def has_bad_characters(text: str) -> bool:
-    """Control characters corrupt log lines; surrogates cannot be encoded."""
-    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
 
 def host_problem(host: str) -> str | None:
@@ -132,112 +117,11 @@ def addresses_overlap(a: str, b: str) -> bool:
     return ia == ib or ia.is_unspecified or ib.is_unspecified
 
 
-class FieldChecker:
+class RuleChecker(FieldChecker):
     """
-    Checks of single rule fields, each reporting what is wrong through
-    L{report} and returning the value (valid), L{ABSENT} (key not there) or
-    C{None} (reported).  L{reported} counts reports, so a caller can tell
-    whether a part of a table was clean.
+    The checks of single rule fields, on top of L{FieldChecker}'s generic
+    ones: what the standalone TOML and the API's rule bodies share.
     """
-
-    def __init__(self, report: Report) -> None:
-        self._report = report
-        self.reported = 0
-
-    def report(
-        self, where: str | None, field: str, message: str, code: str = "validation_failed"
-    ) -> None:
-        self.reported += 1
-        self._report(where, field, message, code)
-
-    # -- generic -------------------------------------------------------------
-
-    def strict(
-        self,
-        table: Mapping[str, object],
-        allowed: Sequence[str],
-        where: str | None,
-        prefix: str,
-        what: str,
-    ) -> None:
-        for key in table:
-            if key not in allowed:
-                self.report(
-                    where, f"{prefix}.{_safe(key)}", unknown_key_message(key, allowed, what)
-                )
-
-    def integer(
-        self,
-        table: Mapping[str, object],
-        key: str,
-        where: str | None,
-        field: str,
-        low: int,
-        high: int,
-        code: str = "validation_failed",
-    ) -> int | Absent | None:
-        raw = table.get(key, ABSENT)
-        if isinstance(raw, Absent):
-            return raw
-        if not is_int(raw):
-            self.report(
-                where,
-                field,
-                f"must be an integer, not {_describe(raw)}; write a number from "
-                f"{low} to {high} without quotes or decimals",
-                code,
-            )
-            return None
-        assert isinstance(raw, int)
-        if not low <= raw <= high:
-            self.report(
-                where, field, f"{raw} is out of range; use a value from {low} to {high}", code
-            )
-            return None
-        return raw
-
-    def boolean(
-        self, table: Mapping[str, object], key: str, where: str | None, field: str
-    ) -> bool | Absent | None:
-        raw = table.get(key, ABSENT)
-        if isinstance(raw, Absent):
-            return raw
-        if not isinstance(raw, bool):
-            self.report(
-                where,
-                field,
-                f"must be a boolean, not {_describe(raw)}; write {key} = true or "
-                f"{key} = false (no quotes)",
-            )
-            return None
-        return raw
-
-    def choice(
-        self,
-        table: Mapping[str, object],
-        key: str,
-        where: str | None,
-        field: str,
-        choices: Sequence[str],
-        aliases: Mapping[str, str] | None = None,
-        code: str = "validation_failed",
-    ) -> str | Absent | None:
-        raw = table.get(key, ABSENT)
-        if isinstance(raw, Absent):
-            return raw
-        allowed = ", ".join(f'"{c}"' for c in choices)
-        if not isinstance(raw, str):
-            self.report(
-                where, field, f"must be a string, not {_describe(raw)}; use one of {allowed}", code
-            )
-            return None
-        value = raw.strip().lower()
-        if aliases:
-            value = aliases.get(value, value)
-        if value not in choices:
-            self.report(where, field, f"'{_safe(raw)}' is not allowed; use one of {allowed}", code)
-            return None
-        return value
 
     # -- rule fields -----------------------------------------------------------
 
@@ -526,12 +410,12 @@ class FieldChecker:
             if ports is not None and not self.sizes_match(listen, ports, where, f"{field}.port"):
                 ports = None
         else:
-            value = self.integer(item, "port", where, f"{field}.port", 1, 65535, "invalid_target")
+            value = self.integer(item, "port", where, f"{field}.port", PORT, "invalid_target")
             if isinstance(value, int):
                 ports = PortRange.single(value)
 
-        priority = self.integer(item, "priority", where, f"{field}.priority", 0, 65535)
-        weight = self.integer(item, "weight", where, f"{field}.weight", 1, 1000)
+        priority = self.integer(item, "priority", where, f"{field}.priority", TARGET_PRIORITY)
+        weight = self.integer(item, "weight", where, f"{field}.weight", TARGET_WEIGHT)
 
         proxy = self.choice(
             item,
@@ -615,8 +499,7 @@ class FieldChecker:
             "health_check_interval_secs",
             where,
             f"{prefix}health_check_interval_secs",
-            1,
-            3600,
+            HEALTH_CHECK_INTERVAL_SECS,
             "health_check_interval_out_of_range",
         )
         if isinstance(interval, int):
@@ -741,7 +624,7 @@ class FieldChecker:
         self.strict(raw, RATE_LIMIT_KEYS, where, field, "[rule.rate_limit]")
         values: dict[str, int] = {}
         for key in RATE_LIMIT_KEYS:
-            value = self.integer(raw, key, where, f"{field}.{key}", 1, 10**12)
+            value = self.integer(raw, key, where, f"{field}.{key}", RATE_LIMIT_CAP)
             if isinstance(value, int):
                 values[key] = value
         if self.reported != start:
@@ -794,7 +677,6 @@ API_RULE_KEYS: tuple[str, ...] = (
 #: Keys of one entry of its C{targets}.
 API_TARGET_KEYS = TARGET_KEYS
 
-_DEFAULT_ACK_TIMEOUT = 2.0
 _DEFAULT_RULE_NAME = "rule"
 
 
@@ -836,7 +718,7 @@ def parse_rule_body(body: object) -> RuleRequest | list[FieldIssue]:
     def add(where: str | None, field: str, message: str, code: str) -> None:
         issues.append(FieldIssue(field, code, _strip_code(message, code)))
 
-    check = FieldChecker(add)
+    check = RuleChecker(add)
     if not isinstance(body, dict):
         check.report(None, "body", "must be a JSON object describing the rule")
         return issues
@@ -882,23 +764,11 @@ def parse_rule_body(body: object) -> RuleRequest | list[FieldIssue]:
 
     addresses = check.listen_addresses(body, None, "listen_addresses")
     prefer = check.boolean(body, "prefer_ipv6", None, "prefer_ipv6")
-    flows = check.integer(body, "udp_max_flows", None, "udp_max_flows", 1, 65535)
-    idle = check.integer(body, "udp_flow_idle_secs", None, "udp_flow_idle_secs", 30, 300)
+    flows = check.integer(body, "udp_max_flows", None, "udp_max_flows", UDP_MAX_FLOWS)
+    idle = check.integer(body, "udp_flow_idle_secs", None, "udp_flow_idle_secs", UDP_FLOW_IDLE_SECS)
     features = check.features(body, None, "", protocol, listen)
 
-    ack_timeout = _DEFAULT_ACK_TIMEOUT
-    raw_ack = body.get("ack_timeout_secs", ABSENT)
-    if not isinstance(raw_ack, Absent):
-        if isinstance(raw_ack, bool) or not isinstance(raw_ack, int | float):
-            check.report(
-                None, "ack_timeout_secs", f"must be a number of seconds, not {_describe(raw_ack)}"
-            )
-        elif not 0.1 <= raw_ack <= 60:
-            check.report(
-                None, "ack_timeout_secs", f"{raw_ack} is out of range; use 0.1 to 60 seconds"
-            )
-        else:
-            ack_timeout = float(raw_ack)
+    ack = check.duration(body, "ack_timeout_secs", None, "ack_timeout_secs", ACK_TIMEOUT_SECS)
 
     if issues:
         return issues
@@ -919,4 +789,5 @@ def parse_rule_body(body: object) -> RuleRequest | list[FieldIssue]:
     except ValueError as e:
         # The checks above should make this unreachable.
         return [FieldIssue("body", "validation_failed", f"{e}; fix the rule")]
+    ack_timeout = ack if isinstance(ack, float) else ACK_TIMEOUT_SECS.fallback
     return RuleRequest(client=client.strip(), rule=rule, ack_timeout=ack_timeout)

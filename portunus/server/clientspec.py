@@ -8,7 +8,8 @@ surface refuses the same things with the same codes).
 from __future__ import annotations
 
 from portunus.errors import PortunusError
-from portunus.rulespec import host_problem, is_int
+from portunus.fields import is_int
+from portunus.rulespec import host_problem
 
 __all__ = [
     "DEFAULT_TTL_SECS",

@@ -12,7 +12,6 @@ thin file-reading shell around it.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import tomllib
@@ -21,9 +20,18 @@ from typing import Any
 
 import attrs
 
+from portunus.bounds import (
+    SHUTDOWN_DRAIN_SECS,
+    STATS_LOG_INTERVAL_SECS,
+    UDP_FLOW_IDLE_SECS,
+    UDP_MAX_FLOWS,
+)
 from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
 from portunus.dataplane.sni import sni_rule_conflicts
 from portunus.errors import PortunusError
+from portunus.fields import ABSENT, Absent, has_bad_characters, is_int, suggestion
+from portunus.fields import describe_value as _describe
+from portunus.fields import printable as _safe
 from portunus.model import (
     DEFAULT_LISTEN_ADDRESSES,
     PortRange,
@@ -33,21 +41,15 @@ from portunus.model import (
     rule_id_for_name,
 )
 from portunus.rulespec import (
-    ABSENT,
     MAX_RANGE_PORTS,
     MAX_RULE_NAME_LENGTH,
     MAX_TARGETS,
     RULE_OPTION_KEYS,
     TARGET_KEYS,
-    Absent,
-    FieldChecker,
+    RuleChecker,
     addresses_overlap,
-    has_bad_characters,
     host_problem,
-    is_int,
 )
-from portunus.tomltext import describe_value as _describe
-from portunus.tomltext import printable as _safe
 
 __all__ = [
     "LOG_FORMATS",
@@ -68,10 +70,6 @@ LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error")
 LOG_FORMATS: tuple[str, ...] = ("json", "pretty")
 
 _DEFAULT_PROTOCOL = Protocol.TCP
-_DEFAULT_UDP_MAX_FLOWS = 1024
-_DEFAULT_UDP_FLOW_IDLE_SECS = 60
-_DEFAULT_SHUTDOWN_DRAIN_SECS = 30.0
-_DEFAULT_STATS_LOG_INTERVAL_SECS = 60
 
 _TOP_LEVEL_TABLES = ("global", "defaults", "stats", "resolver", "rule")
 _GLOBAL_KEYS = ("label", "log_level", "log_format", "shutdown_drain_secs", "listen_addresses")
@@ -172,9 +170,9 @@ class StandaloneConfig:
     label: str | None = None
     log_level: str = "warn"
     log_format: str = "json"
-    shutdown_drain_secs: float = _DEFAULT_SHUTDOWN_DRAIN_SECS
+    shutdown_drain_secs: float = SHUTDOWN_DRAIN_SECS.fallback
     stats_enabled: bool = True
-    stats_log_interval_secs: int = _DEFAULT_STATS_LOG_INTERVAL_SECS
+    stats_log_interval_secs: int = STATS_LOG_INTERVAL_SECS.fallback
     resolver: ResolverSettings = attrs.field(factory=ResolverSettings)
     rules: tuple[Rule, ...] = attrs.field(converter=_rule_tuple)
 
@@ -280,8 +278,8 @@ class _Inherited:
     """Values a rule falls back to when it does not set them itself."""
 
     protocol: Protocol = _DEFAULT_PROTOCOL
-    udp_max_flows: int = _DEFAULT_UDP_MAX_FLOWS
-    udp_flow_idle_secs: int = _DEFAULT_UDP_FLOW_IDLE_SECS
+    udp_max_flows: int = UDP_MAX_FLOWS.fallback
+    udp_flow_idle_secs: int = UDP_FLOW_IDLE_SECS.fallback
     prefer_ipv6: bool = False
     listen_addresses: tuple[str, ...] = DEFAULT_LISTEN_ADDRESSES
 
@@ -306,10 +304,10 @@ def _rule_display(label: str) -> str:
     return f"rule '{label}'"
 
 
-class _Parser(FieldChecker):
+class _Parser(RuleChecker):
     """
     One validation pass over a decoded TOML document.  The checks of single
-    rule fields are L{FieldChecker}'s, shared with the HTTP API; this class
+    rule fields are L{RuleChecker}'s, shared with the HTTP API; this class
     adds the TOML layout (tables, C{listen_port}/C{listen_ports},
     C{target}/C{targets}) and the checks across rules.
     """
@@ -343,12 +341,11 @@ class _Parser(FieldChecker):
     def document(self, document: Mapping[str, object]) -> StandaloneConfig | None:
         for key in document:
             if key not in _TOP_LEVEL_TABLES:
-                close = difflib.get_close_matches(key, _TOP_LEVEL_TABLES, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
                 self.issues.add(
                     None,
                     _safe(key),
-                    f"unknown top-level key or table '{_safe(key)}'; {hint}"
+                    f"unknown top-level key or table '{_safe(key)}'; "
+                    f"{suggestion(key, _TOP_LEVEL_TABLES)}"
                     "allowed: [global], [defaults], [stats], [resolver], [[rule]]",
                 )
 
@@ -376,7 +373,11 @@ class _Parser(FieldChecker):
         self.strict(stats_table, _STATS_KEYS, None, "stats", "[stats]")
         stats_enabled = self.boolean(stats_table, "enabled", None, "stats.enabled")
         stats_interval = self.integer(
-            stats_table, "log_interval_secs", None, "stats.log_interval_secs", 1, 3600
+            stats_table,
+            "log_interval_secs",
+            None,
+            "stats.log_interval_secs",
+            STATS_LOG_INTERVAL_SECS,
         )
 
         resolver_settings, resolver_issues = resolver_settings_from_table(
@@ -400,7 +401,7 @@ class _Parser(FieldChecker):
             stats_log_interval_secs=(
                 stats_interval
                 if isinstance(stats_interval, int)
-                else _DEFAULT_STATS_LOG_INTERVAL_SECS
+                else STATS_LOG_INTERVAL_SECS.fallback
             ),
             resolver=resolver_settings,
             rules=rules,
@@ -425,28 +426,10 @@ class _Parser(FieldChecker):
         return raw
 
     def _drain(self, table: Mapping[str, object]) -> float:
-        raw = table.get("shutdown_drain_secs", ABSENT)
-        field = "global.shutdown_drain_secs"
-        if isinstance(raw, Absent):
-            return _DEFAULT_SHUTDOWN_DRAIN_SECS
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            self.issues.add(
-                None,
-                field,
-                f"must be a number of seconds, not {_describe(raw)}; "
-                "write e.g. shutdown_drain_secs = 30",
-            )
-            return _DEFAULT_SHUTDOWN_DRAIN_SECS
-        # Compare before converting: a huge TOML integer overflows float(),
-        # and NaN fails every comparison, so both land here.
-        if not 0 <= raw <= 3600:
-            self.issues.add(
-                None,
-                field,
-                f"{raw} is out of range; use 0 (close at once) up to 3600 seconds",
-            )
-            return _DEFAULT_SHUTDOWN_DRAIN_SECS
-        return float(raw)
+        drain = self.duration(
+            table, "shutdown_drain_secs", None, "global.shutdown_drain_secs", SHUTDOWN_DRAIN_SECS
+        )
+        return drain if isinstance(drain, float) else SHUTDOWN_DRAIN_SECS.fallback
 
     def _defaults(self, table: Mapping[str, object], base: _Inherited) -> _Inherited:
         self.strict(table, _DEFAULTS_KEYS, None, "defaults", "[defaults]")
@@ -454,11 +437,11 @@ class _Parser(FieldChecker):
         protocol = self.protocol(table, None, "defaults.protocol")
         if isinstance(protocol, Protocol):
             changes["protocol"] = protocol
-        flows = self.integer(table, "udp_max_flows", None, "defaults.udp_max_flows", 1, 65535)
+        flows = self.integer(table, "udp_max_flows", None, "defaults.udp_max_flows", UDP_MAX_FLOWS)
         if isinstance(flows, int):
             changes["udp_max_flows"] = flows
         idle = self.integer(
-            table, "udp_flow_idle_secs", None, "defaults.udp_flow_idle_secs", 30, 300
+            table, "udp_flow_idle_secs", None, "defaults.udp_flow_idle_secs", UDP_FLOW_IDLE_SECS
         )
         if isinstance(idle, int):
             changes["udp_flow_idle_secs"] = idle
@@ -583,8 +566,10 @@ class _Parser(FieldChecker):
             addresses = inherited.listen_addresses
 
         prefer = self.boolean(entry, "prefer_ipv6", label, "rule.prefer_ipv6")
-        flows = self.integer(entry, "udp_max_flows", label, "rule.udp_max_flows", 1, 65535)
-        idle = self.integer(entry, "udp_flow_idle_secs", label, "rule.udp_flow_idle_secs", 30, 300)
+        flows = self.integer(entry, "udp_max_flows", label, "rule.udp_max_flows", UDP_MAX_FLOWS)
+        idle = self.integer(
+            entry, "udp_flow_idle_secs", label, "rule.udp_flow_idle_secs", UDP_FLOW_IDLE_SECS
+        )
 
         targets = self._targets(entry, label, listen, protocol)
         features = self.features(entry, label, "rule.", protocol, listen)
