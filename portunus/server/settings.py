@@ -20,7 +20,6 @@ L{load_server_settings} is the thin file-reading shell around it.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -30,11 +29,20 @@ from typing import Literal
 
 import attrs
 
+from portunus.bounds import (
+    ACK_TIMEOUT_SECS,
+    PORT,
+    RANGE_RULE_MAX_PORTS,
+    SHUTDOWN_DRAIN_SECS,
+    UDP_FLOW_IDLE_SECS,
+    UDP_MAX_FLOWS,
+)
 from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
 from portunus.errors import PortunusError
+from portunus.fields import FieldChecker, unknown_key_message
+from portunus.fields import describe_value as _describe
+from portunus.fields import printable as _safe
 from portunus.hostnames import is_host_name
-from portunus.tomltext import describe_value as _describe
-from portunus.tomltext import printable as _safe
 
 __all__ = [
     "ADVERTISED_ENDPOINT_ENV",
@@ -189,15 +197,15 @@ class ServerSettings:
         default=attrs.Factory(_default_key, takes_self=True),
     )
     advertised_endpoint: AdvertisedEndpoint | None = None
-    range_rule_max_ports: int = 1024
-    udp_flow_idle_secs: int = 60
-    udp_max_flows_per_rule: int = 1024
+    range_rule_max_ports: int = RANGE_RULE_MAX_PORTS.fallback
+    udp_flow_idle_secs: int = UDP_FLOW_IDLE_SECS.fallback
+    udp_max_flows_per_rule: int = UDP_MAX_FLOWS.fallback
     operator_token: str | None = attrs.field(default=None, repr=_redacted)
     #: The exact C{Origin} browsers send when the console sits behind a
     #: proxy (C{https://ops.example.com}); C{None}: compare with C{Host}.
     operator_http_public_origin: str | None = None
-    shutdown_drain_timeout_secs: float = 30.0
-    ack_timeout_secs: float = 2.0
+    shutdown_drain_timeout_secs: float = SHUTDOWN_DRAIN_SECS.fallback
+    ack_timeout_secs: float = ACK_TIMEOUT_SECS.fallback
     resolver: ResolverSettings = attrs.field(factory=ResolverSettings)
 
     def endpoint_description(self, kind: ListenerKind) -> str:
@@ -313,10 +321,10 @@ def _bracket(host: str) -> str:
 
 def _port(text: str) -> int:
     if not _PORT.fullmatch(text):
-        raise ValueError(f"the port '{_safe(text)}' is not a number from 1 to 65535")
+        raise ValueError(f"the port '{_safe(text)}' is not a number from {PORT.span()}")
     port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"the port {port} is out of range; use 1 to 65535")
+    if port not in PORT:
+        raise ValueError(f"the port {port} is out of range; use {PORT.span()}")
     return port
 
 
@@ -531,29 +539,25 @@ class _Parser:
         self.data_dir = data_dir
         self.environ = environ
         self.issues: list[SettingsIssue] = []
+        self.check = FieldChecker(lambda where, field, message, code: self.add(field, message))
 
     def add(self, field: str | None, message: str, source: str = SERVER_TOML) -> None:
         self.issues.append(SettingsIssue(source, field, message))
 
     def settings(self, document: Mapping[str, object], path: str) -> ServerSettings:
         for key in document:
-            if key in SERVER_TOML_KEYS:
-                continue
             if key in _NOT_SUPPORTED:
                 self.add(key, _NOT_SUPPORTED[key])
-                continue
-            close = difflib.get_close_matches(key, SERVER_TOML_KEYS, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            self.add(
-                _safe(key),
-                f"unknown key '{_safe(key)}'; {hint}allowed keys: {', '.join(SERVER_TOML_KEYS)}",
-            )
+            elif key not in SERVER_TOML_KEYS:
+                self.add(_safe(key), unknown_key_message(key, SERVER_TOML_KEYS))
 
         values: dict[str, object] = {}
         origins: dict[str, str] = {}
         for key in ("control_listen", "operator_http_listen", "metrics_listen"):
-            address = self._listen(document, key)
-            if address is not None:
+            address = self.check.parsed(
+                document, key, None, key, parse_listen_address, f"{_LISTEN_EXAMPLE} in quotes"
+            )
+            if isinstance(address, ListenAddress):
                 values[key] = address
                 origins[key] = SERVER_TOML
 
@@ -583,21 +587,21 @@ class _Parser:
         if advertised is not None:
             values["advertised_endpoint"] = advertised
 
-        for key, low, high in (
-            ("range_rule_max_ports", 1, 65535),
-            ("udp_flow_idle_secs", 30, 300),
-            ("udp_max_flows_per_rule", 1, 65535),
+        for key, bound in (
+            ("range_rule_max_ports", RANGE_RULE_MAX_PORTS),
+            ("udp_flow_idle_secs", UDP_FLOW_IDLE_SECS),
+            ("udp_max_flows_per_rule", UDP_MAX_FLOWS),
         ):
-            number = self._int(document, key, low, high)
-            if number is not None:
+            number = self.check.integer(document, key, None, key, bound)
+            if isinstance(number, int):
                 values[key] = number
 
-        for key, flow, fhigh in (
-            ("shutdown_drain_timeout_secs", 0.0, 3600.0),
-            ("ack_timeout_secs", 0.1, 60.0),
+        for key, seconds_bound in (
+            ("shutdown_drain_timeout_secs", SHUTDOWN_DRAIN_SECS),
+            ("ack_timeout_secs", ACK_TIMEOUT_SECS),
         ):
-            seconds = self._seconds(document, key, flow, fhigh)
-            if seconds is not None:
+            seconds = self.check.duration(document, key, None, key, seconds_bound)
+            if isinstance(seconds, float):
                 values[key] = seconds
 
         token = self._token(document)
@@ -656,19 +660,6 @@ class _Parser:
         assert isinstance(raw, str)
         return raw
 
-    def _listen(self, document: Mapping[str, object], key: str) -> ListenAddress | None:
-        if key not in document:
-            return None
-        raw = document[key]
-        if not isinstance(raw, str):
-            self.add(key, f"must be a string, not {_describe(raw)}; {_LISTEN_EXAMPLE} in quotes")
-            return None
-        try:
-            return parse_listen_address(raw)
-        except ValueError as e:
-            self.add(key, str(e))
-            return None
-
     def _path(self, document: Mapping[str, object], key: str) -> str | None:
         if key not in document:
             return None
@@ -685,20 +676,15 @@ class _Parser:
         return os.path.normpath(os.path.join(self.data_dir, raw))
 
     def _advertised(self, document: Mapping[str, object]) -> AdvertisedEndpoint | None:
-        result: AdvertisedEndpoint | None = None
-        if "advertised_endpoint" in document:
-            raw = document["advertised_endpoint"]
-            if not isinstance(raw, str):
-                self.add(
-                    "advertised_endpoint",
-                    f"must be a string, not {_describe(raw)}; e.g. "
-                    'advertised_endpoint = "edge.example.com:7443"',
-                )
-            else:
-                try:
-                    result = parse_advertised_endpoint(raw)
-                except ValueError as e:
-                    self.add("advertised_endpoint", str(e))
+        parsed = self.check.parsed(
+            document,
+            "advertised_endpoint",
+            None,
+            "advertised_endpoint",
+            parse_advertised_endpoint,
+            'e.g. advertised_endpoint = "edge.example.com:7443"',
+        )
+        result = parsed if isinstance(parsed, AdvertisedEndpoint) else None
         env = self.environ.get(ADVERTISED_ENDPOINT_ENV)
         if env is not None and not _host_less(env):
             try:
@@ -706,41 +692,6 @@ class _Parser:
             except ValueError as e:
                 self.add(None, str(e), ADVERTISED_ENDPOINT_ENV)
         return result
-
-    def _int(self, document: Mapping[str, object], key: str, low: int, high: int) -> int | None:
-        if key not in document:
-            return None
-        raw = document[key]
-        if not isinstance(raw, int) or isinstance(raw, bool):
-            self.add(
-                key,
-                f"must be an integer, not {_describe(raw)}; write a number from "
-                f"{low} to {high} without quotes or decimals",
-            )
-            return None
-        if not low <= raw <= high:
-            self.add(key, f"{raw} is out of range; use a value from {low} to {high}")
-            return None
-        return raw
-
-    def _seconds(
-        self, document: Mapping[str, object], key: str, low: float, high: float
-    ) -> float | None:
-        if key not in document:
-            return None
-        raw = document[key]
-        if not isinstance(raw, int | float) or isinstance(raw, bool):
-            self.add(
-                key,
-                f"must be a number of seconds, not {_describe(raw)}; write a number from "
-                f"{low:g} to {high:g} without quotes",
-            )
-            return None
-        # NaN and infinities fail the comparison too.
-        if not low <= raw <= high:
-            self.add(key, f"{raw} is out of range; use a value from {low:g} to {high:g} seconds")
-            return None
-        return float(raw)
 
     def _token(self, document: Mapping[str, object]) -> str | None:
         # Messages never echo the value: it is a credential.
