@@ -31,7 +31,6 @@ L{twisted.internet.task.Clock}.
 
 from __future__ import annotations
 
-import difflib
 import heapq
 import ipaddress
 import re
@@ -49,10 +48,12 @@ from twisted.names import client, dns, hosts, resolve
 from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
+from portunus.bounds import PORT, RESOLVER_CACHE_ENTRIES
 from portunus.compat import DnsAnswer, HookedDnsResolver
+from portunus.fields import FieldChecker
+from portunus.fields import describe_value as _describe
+from portunus.fields import printable as _safe
 from portunus.reactors import IDataplaneReactor
-from portunus.tomltext import describe_value as _describe
-from portunus.tomltext import printable as _safe
 
 __all__ = [
     "ATTEMPT_TIMEOUT",
@@ -99,8 +100,8 @@ RETRY_GAP: Final = 3.0
 ATTEMPT_TIMEOUT: Final = 3
 #: Distinct lookups in flight at once; more fail with C{resolver_overloaded}.
 MAX_CONCURRENT_RESOLVES: Final = 64
-DEFAULT_CACHE_ENTRIES: Final = 8192
-MAX_CACHE_ENTRIES: Final = 1_000_000
+DEFAULT_CACHE_ENTRIES: Final = RESOLVER_CACHE_ENTRIES.fallback
+MAX_CACHE_ENTRIES: Final = RESOLVER_CACHE_ENTRIES.high
 DEFAULT_RESOLV_CONF: Final = "/etc/resolv.conf"
 DEFAULT_HOSTS_FILE: Final = "/etc/hosts"
 
@@ -248,9 +249,9 @@ def parse_nameserver(text: str) -> tuple[str, int]:
             )
     port = 53
     if port_text is not None:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not port_text.isdigit() or int(port_text) not in PORT:
             raise ValueError(
-                f"port '{_safe(port_text)}' of '{_safe(text)}' is not a number from 1 to 65535"
+                f"port '{_safe(port_text)}' of '{_safe(text)}' is not a number from {PORT.span()}"
             )
         port = int(port_text)
     return host, port
@@ -273,8 +274,8 @@ def _check_nameservers(
 
 
 def _check_cache_entries(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 1 <= value <= MAX_CACHE_ENTRIES:
-        raise ValueError(f"cache_entries must be 1..{MAX_CACHE_ENTRIES}, got {value}")
+    if value not in RESOLVER_CACHE_ENTRIES:
+        raise ValueError(f"cache_entries must be {RESOLVER_CACHE_ENTRIES.span('..')}, got {value}")
 
 
 @attrs.frozen
@@ -326,55 +327,22 @@ def resolver_settings_from_table(
     def add(key: str, message: str) -> None:
         issues.append((f"resolver.{key}", message))
 
-    for key in table:
-        if key not in RESOLVER_KEYS:
-            close = difflib.get_close_matches(key, RESOLVER_KEYS, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            add(
-                _safe(key),
-                f"unknown key '{_safe(key)}' in [resolver]; {hint}"
-                f"allowed keys: {', '.join(RESOLVER_KEYS)}",
-            )
-
-    if "cache_entries" in table:
-        raw = table["cache_entries"]
-        if not isinstance(raw, int) or isinstance(raw, bool):
-            add(
-                "cache_entries",
-                f"must be an integer, not {_describe(raw)}; write a number from 1 to "
-                f"{MAX_CACHE_ENTRIES} without quotes or decimals",
-            )
-        elif not 1 <= raw <= MAX_CACHE_ENTRIES:
-            add(
-                "cache_entries", f"{raw} is out of range; use a value from 1 to {MAX_CACHE_ENTRIES}"
-            )
-        else:
-            values["cache_entries"] = raw
-
+    check = FieldChecker(lambda where, field, message, code: issues.append((field, message)))
+    check.strict(table, RESOLVER_KEYS, None, "resolver", "[resolver]")
+    entries = check.integer(
+        table, "cache_entries", None, "resolver.cache_entries", RESOLVER_CACHE_ENTRIES
+    )
+    if isinstance(entries, int):
+        values["cache_entries"] = entries
     for key in ("query_over_tcp_only", "tcp_fallback"):
-        if key in table:
-            raw = table[key]
-            if not isinstance(raw, bool):
-                add(
-                    key,
-                    f"must be a boolean, not {_describe(raw)}; write {key} = true or "
-                    f"{key} = false (no quotes)",
-                )
-            else:
-                values[key] = raw
-
-    if "ip_lookup_strategy" in table:
-        raw = table["ip_lookup_strategy"]
-        allowed = ", ".join(f'"{s}"' for s in IP_LOOKUP_STRATEGIES)
-        if not isinstance(raw, str):
-            add(
-                "ip_lookup_strategy",
-                f"must be a string, not {_describe(raw)}; use one of {allowed}",
-            )
-        elif raw.strip().lower() not in IP_LOOKUP_STRATEGIES:
-            add("ip_lookup_strategy", f"'{_safe(raw)}' is not allowed; use one of {allowed}")
-        else:
-            values["ip_lookup_strategy"] = raw.strip().lower()
+        flag = check.boolean(table, key, None, f"resolver.{key}")
+        if isinstance(flag, bool):
+            values[key] = flag
+    strategy = check.choice(
+        table, "ip_lookup_strategy", None, "resolver.ip_lookup_strategy", IP_LOOKUP_STRATEGIES
+    )
+    if isinstance(strategy, str):
+        values["ip_lookup_strategy"] = strategy
 
     if "nameservers" in table:
         raw = table["nameservers"]
