@@ -149,7 +149,7 @@ RESOLVER_CACHE_ENTRIES = Bound(1, 1_000_000, 8192, "Names the target resolver ca
 #: Seconds an enrollment code stays valid.
 ENROLLMENT_TTL_SECS = Bound(1, 86_400, 600, "Seconds the code stays valid", "seconds")
 #: Worker processes of C{--workers N}.
-WORKERS = Bound(1, 64, None, "Worker processes")
+WORKERS = Bound(1, 64, 1, "Worker processes")
 #: Entries one audit-log page holds (C{GET /v1/audit?limit=}).
 AUDIT_PAGE_LIMIT = Bound(1, 1000, 100, "Entries per answer")
 

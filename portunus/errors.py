@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from portunus.bounds import AUDIT_PAGE_LIMIT, ENROLLMENT_TTL_SECS, HEALTH_CHECK_INTERVAL_SECS, PORT
+
 __all__ = [
     "ERRORS",
     "ErrorCode",
@@ -119,8 +121,10 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     ErrorCode("invalid_protocol", 400, 3, 'use "tcp" or "udp"'),
     ErrorCode("invalid_target", 400, 3, "write the target as host:port with a valid host"),
     ErrorCode("invalid_client_address", 400, 3, "give a bare host name or IP, without a port"),
-    ErrorCode("invalid_enrollment_ttl", 400, 3, "use a ttl from 1 to 86400 seconds"),
-    ErrorCode("range_invalid", 400, 3, "ports are 1..65535, written N or A-B"),
+    ErrorCode(
+        "invalid_enrollment_ttl", 400, 3, f"use a ttl from {ENROLLMENT_TTL_SECS.span()} seconds"
+    ),
+    ErrorCode("range_invalid", 400, 3, f"ports are {PORT.span('..')}, written N or A-B"),
     ErrorCode("range_inverted", 400, 3, "write the lower port first"),
     ErrorCode("mismatched_range", 400, 3, "the listen and target ranges must be the same size"),
     ErrorCode("rule_shape_missing", 400, 3, "give one target: TARGET, --target or --targets-json"),
@@ -128,7 +132,10 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     ErrorCode("targets_empty", 400, 3, "list at least one target"),
     ErrorCode("targets_too_many", 400, 3, "a rule has at most 8 targets"),
     ErrorCode(
-        "health_check_interval_out_of_range", 400, 3, "use an interval from 1 to 3600 seconds"
+        "health_check_interval_out_of_range",
+        400,
+        3,
+        f"use an interval from {HEALTH_CHECK_INTERVAL_SECS.span()} seconds",
     ),
     ErrorCode("validation.rate_limit_cap_zero", 400, 3, "a cap is at least 1; omit it for none"),
     ErrorCode(
@@ -368,7 +375,7 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     ErrorCode("invalid_display_name", 422, 3, "use 1 to 64 characters without control characters"),
     ErrorCode("reserved_user_id", 422, 3, "ids starting with _ are reserved; pick another"),
     ErrorCode("invalid_role", 422, 3, 'use "superadmin" or "user"'),
-    ErrorCode("invalid_port_range", 422, 3, "use ports 1..65535 with start <= end"),
+    ErrorCode("invalid_port_range", 422, 3, f"use ports {PORT.span('..')} with start <= end"),
     ErrorCode("empty_protocol_set", 422, 3, 'list at least one of "tcp", "udp"'),
     ErrorCode("invalid_client", 422, 3, 'name an existing client, its id, or "*" for all'),
     ErrorCode("initial_password_required", 422, 3, "give the new user an initial password"),
@@ -378,7 +385,7 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         "password_invalid", 422, 3, "the current password is wrong, or the value is not text"
     ),
     ErrorCode("password_mismatch", 422, 3, "type the same new password twice"),
-    ErrorCode("invalid_limit", 422, 3, "use a limit from 1 to 1000"),
+    ErrorCode("invalid_limit", 422, 3, f"use a limit from {AUDIT_PAGE_LIMIT.span()}"),
     ErrorCode("invalid_outcome", 422, 3, 'use outcome "allow" or "deny"'),
     ErrorCode("invalid_cursor", 400, 3, "pass back a next_cursor exactly as the server sent it"),
     ErrorCode(

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
+from portunus.bounds import PORT, TARGET_PRIORITY, TARGET_WEIGHT, UDP_FLOW_IDLE_SECS, UDP_MAX_FLOWS
+
 __all__ = [
     "DEFAULT_LISTEN_ADDRESSES",
     "Balance",
@@ -76,8 +78,8 @@ class RateLimit:
 
 
 def _check_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not 1 <= value <= 65535:
-        raise ValueError(f"{attribute.name} must be 1..65535, got {value}")
+    if value not in PORT:
+        raise ValueError(f"{attribute.name} must be {PORT.span('..')}, got {value}")
 
 
 @attrs.frozen
@@ -133,10 +135,10 @@ class Target:
 
     host: str
     ports: PortRange
-    priority: int = 0
+    priority: int = TARGET_PRIORITY.fallback
     proxy_protocol: ProxyProtocolVersion | None = None
-    #: Share of connections under C{Balance.WEIGHTED} (1..1000).
-    weight: int = 1
+    #: Share of connections under C{Balance.WEIGHTED} (L{TARGET_WEIGHT}).
+    weight: int = TARGET_WEIGHT.fallback
 
     @property
     def is_ip_literal(self) -> bool:
@@ -177,8 +179,8 @@ class Rule:
         default=DEFAULT_LISTEN_ADDRESSES, converter=_address_tuple
     )
     prefer_ipv6: bool = False
-    udp_max_flows: int = 1024
-    udp_flow_idle_secs: int = 60
+    udp_max_flows: int = UDP_MAX_FLOWS.fallback
+    udp_flow_idle_secs: int = UDP_FLOW_IDLE_SECS.fallback
     balance: Balance = Balance.FAILOVER
     #: Seconds between active TCP probes of each target; None = passive only.
     health_check_interval_secs: int | None = None

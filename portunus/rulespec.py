@@ -230,11 +230,11 @@ class RuleChecker(FieldChecker):
         """Parse C{"A-B"}, C{"A"} or an integer as a port range."""
         if is_int(raw):
             assert isinstance(raw, int)
-            if not 1 <= raw <= 65535:
+            if raw not in PORT:
                 self.report(
                     where,
                     field,
-                    f"{what} {raw} is out of range; ports are 1..65535",
+                    f"{what} {raw} is out of range; ports are {PORT.span('..')}",
                     "range_invalid",
                 )
                 return None
@@ -259,13 +259,13 @@ class RuleChecker(FieldChecker):
             return None
         start = int(match.group(1))
         end = int(match.group(2)) if match.group(2) is not None else start
-        bad = [p for p in (start, end) if not 1 <= p <= 65535]
+        bad = [p for p in (start, end) if p not in PORT]
         if bad:
             at = "" if match.group(2) is None else f" in '{raw}'"
             self.report(
                 where,
                 field,
-                f"{what} {bad[0]}{at} is out of range; ports are 1..65535",
+                f"{what} {bad[0]}{at} is out of range; ports are {PORT.span('..')}",
                 "range_invalid",
             )
             return None

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from portunus.bounds import ENROLLMENT_TTL_SECS
 from portunus.cli._http import OperatorClient, path
 from portunus.cli.commandline import Formatted, Subcommand
 from portunus.cli.context import Context
@@ -36,7 +37,13 @@ class EnrollClientOptions(Subcommand):
     longdesc = "Create a client and print the one-time command that enrolls it on the edge."
     optParameters = [
         ["address", None, None, "Host or IP the client dials (default: the advertised one)."],
-        ["ttl-secs", None, 600, "Seconds the enrollment code stays valid (1..86400).", int],
+        [
+            "ttl-secs",
+            None,
+            ENROLLMENT_TTL_SECS.fallback,
+            f"Seconds the enrollment code stays valid ({ENROLLMENT_TTL_SECS.span('..')}).",
+            int,
+        ],
     ]
 
     def parseArgs(self, name: str) -> None:  # type: ignore[override]

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from portunus.bounds import ACK_TIMEOUT_SECS, HEALTH_CHECK_INTERVAL_SECS
 from portunus.cli._http import REQUEST_TIMEOUT, path
 from portunus.cli.commandline import Formatted, Subcommand, positive_int
 from portunus.cli.context import Context
@@ -53,8 +54,20 @@ class PushRuleOptions(Subcommand):
         ["protocol", None, "tcp", "tcp or udp."],
         ["targets-json", None, None, 'JSON list: [{"host","port","priority"?,"proxy_protocol"?}]'],
         ["sni", None, None, "Route by TLS SNI host (exact or *.example.com)."],
-        ["health-check-interval-secs", None, None, "Probe targets every N s (1..3600).", int],
-        ["ack-timeout", None, 2.0, "Seconds to wait for the client to confirm.", float],
+        [
+            "health-check-interval-secs",
+            None,
+            None,
+            f"Probe targets every N s ({HEALTH_CHECK_INTERVAL_SECS.span('..')}).",
+            int,
+        ],
+        [
+            "ack-timeout",
+            None,
+            ACK_TIMEOUT_SECS.fallback,
+            "Seconds to wait for the client to confirm.",
+            float,
+        ],
         ["name", None, None, "A name for the rule (default: rule)."],
     ] + [[flag, None, None, f"Cap: {doc}.", positive_int] for flag, doc in _RATE_FLAGS]
 
@@ -174,10 +187,11 @@ async def push_rule(cmd: Context, opts: usage.Options) -> None:
             exit_code=2,
         )
     interval = opts["health-check-interval-secs"]
-    if interval is not None and not 1 <= interval <= 3600:
+    if interval is not None and interval not in HEALTH_CHECK_INTERVAL_SECS:
         raise CliError(
             "health_check_interval_out_of_range",
-            f"--health-check-interval-secs {interval}: use 1 to 3600 seconds",
+            f"--health-check-interval-secs {interval}: use "
+            f"{HEALTH_CHECK_INTERVAL_SECS.span()} seconds",
         )
     listen = opts["listen"].strip()
     body: dict[str, Any] = {

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
+from portunus.bounds import WORKERS
 from portunus.client.enroll import enroll
 from portunus.client.forwarding import EdgeForwarder
 from portunus.client.service import EdgeClientService, WorkerPoolService
@@ -112,8 +113,9 @@ class Options(LoggingOptions):
         [
             "workers",
             None,
-            "1",
-            "Processes forwarding the rules: a number (1-64) or 'auto' (one per CPU).",
+            str(WORKERS.fallback),
+            f"Processes forwarding the rules: a number ({WORKERS.span('-')}) or 'auto' "
+            "(one per CPU).",
         ],
         *LOG_OPTIONS,
     ]

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import attrs
 
+from portunus.bounds import PORT
 from portunus.control.tls import write_file_atomically
 from portunus.errors import PortunusError
 from portunus.hostnames import is_host_name
@@ -135,8 +136,8 @@ def _parse_endpoint(text: str) -> tuple[str, int]:
             host = _check_host(host)
         except ValueError as e:
             raise _EndpointError("host", str(e)) from None
-    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
-        raise _EndpointError("port", "the port must be a number from 1 to 65535")
+    if not (port_text.isascii() and port_text.isdigit() and int(port_text) in PORT):
+        raise _EndpointError("port", f"the port must be a number from {PORT.span()}")
     return host, int(port_text)
 
 
@@ -146,7 +147,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     without brackets, and the port.
 
     @raise ValueError: if the host is not a name or an IP literal, or the
-        port is not a number from 1 to 65535.
+        port is not a port number.
     """
     return _parse_endpoint(text)
 
@@ -231,7 +232,7 @@ def parse_enroll_uri(text: str) -> EnrollUri:
     ignored (the last of repeated keys wins); the pin must be C{sha256:}
     and 64 hex digits, and is lower-cased; the code must not be empty.
     Beyond Portunus, the endpoint is split and checked here (a name, IPv4
-    or bracketed IPv6 host; a port from 1 to 65535).  Surrounding blanks
+    or bracketed IPv6 host; a port number).  Surrounding blanks
     (from a copy and paste) are ignored; nothing is percent-decoded.
 
     @raise EnrollUriError: naming what is wrong, never the code.
@@ -315,8 +316,8 @@ def format_enroll_uri(host: str, port: int, pin: str, code: str) -> str:
         host, port or pin; a code with characters outside C{A-Z a-z 0-9 . _ ~ -}).
     """
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not 1 <= port <= 65535:
-        raise ValueError("the port must be a number from 1 to 65535")
+    if port not in PORT:
+        raise ValueError(f"the port must be a number from {PORT.span()}")
     _check_host(bare)
     digits = pin[len(_PIN_PREFIX) :] if pin.lower().startswith(_PIN_PREFIX) else pin
     if not _HEX64.fullmatch(digits):

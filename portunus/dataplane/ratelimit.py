@@ -43,6 +43,11 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
+from portunus.bounds import (
+    RATE_LIMIT_BURST_MAX_FACTOR,
+    RATE_LIMIT_BURST_MIN_DIVISOR,
+    burst_range,
+)
 from portunus.model import RateLimit
 
 __all__ = [
@@ -185,14 +190,6 @@ _LIMITS: tuple[tuple[str, str | None], ...] = (
 )
 
 
-def burst_range(rate: int) -> tuple[int, int]:
-    """
-    The bursts allowed for C{rate}: C{[max(1, rate/100), rate x 60]}, as
-    whole numbers (the lower end rounded up).
-    """
-    return max(1, -(-rate // 100)), rate * 60
-
-
 def validate_rate_limit(limit: RateLimit) -> list[tuple[str, str, str]]:
     """
     Every problem with C{limit}, as (field, code, message) with Portunus's
@@ -230,7 +227,8 @@ def validate_rate_limit(limit: RateLimit) -> list[tuple[str, str, str]]:
                         burst_field,
                         "validation.rate_limit_burst_range",
                         f"{burst_field} must be between {low} and {high} "
-                        f"(1/100 to 60 x {rate_field} = {rate}), got {burst}",
+                        f"(1/{RATE_LIMIT_BURST_MIN_DIVISOR} to {RATE_LIMIT_BURST_MAX_FACTOR} x "
+                        f"{rate_field} = {rate}), got {burst}",
                     )
                 )
     return issues

@@ -7,6 +7,7 @@ surface refuses the same things with the same codes).
 
 from __future__ import annotations
 
+from portunus.bounds import ENROLLMENT_TTL_SECS
 from portunus.errors import PortunusError
 from portunus.fields import is_int
 from portunus.rulespec import host_problem
@@ -20,8 +21,8 @@ __all__ = [
     "check_enrollment_ttl",
 ]
 
-DEFAULT_TTL_SECS = 600
-MAX_TTL_SECS = 86_400
+DEFAULT_TTL_SECS = ENROLLMENT_TTL_SECS.fallback
+MAX_TTL_SECS = ENROLLMENT_TTL_SECS.high
 MAX_NAME_LENGTH = 64
 
 
@@ -63,11 +64,12 @@ def check_client_address(raw: object) -> str | None:
 
 
 def check_enrollment_ttl(raw: object) -> int:
-    """C{raw} if it is a whole number of seconds in 1..86400; else C{invalid_enrollment_ttl}."""
-    if not is_int(raw) or not 1 <= raw <= MAX_TTL_SECS:  # type: ignore[operator]
+    """C{raw} if it is a whole number of seconds in range; else C{invalid_enrollment_ttl}."""
+    if not is_int(raw) or raw not in ENROLLMENT_TTL_SECS:
         raise PortunusError(
             "invalid_enrollment_ttl",
-            f"ttl_secs must be a whole number of seconds from 1 to {MAX_TTL_SECS}, got {raw!r}",
+            f"ttl_secs must be a whole number of seconds from {ENROLLMENT_TTL_SECS.span()}, "
+            f"got {raw!r}",
             field="ttl_secs",
         )
     assert isinstance(raw, int)

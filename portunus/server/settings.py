@@ -357,7 +357,7 @@ def _split_host_port(text: str, example: str) -> tuple[str, str | None, bool]:
 def parse_listen_address(text: str) -> ListenAddress:
     """
     Read C{host:port} where C{host} is an IP literal (IPv6 in brackets) and
-    the port is 1..65535.
+    the port is within L{PORT}.
 
     @raise ValueError: with a message saying what is wrong and what to write.
     """

@@ -10,6 +10,7 @@ from typing import IO
 from twisted.application.service import IService
 from twisted.python import usage
 
+from portunus.bounds import WORKERS
 from portunus.dataplane import SUPPORTED_PROTOCOLS
 from portunus.dataplane.workers.pool import parse_worker_count
 from portunus.errors import PortunusError
@@ -44,8 +45,9 @@ class Options(usage.Options):
         [
             "workers",
             None,
-            "1",
-            "Worker processes serving the rules: a number (1-64) or 'auto' (one per CPU).",
+            str(WORKERS.fallback),
+            f"Worker processes serving the rules: a number ({WORKERS.span('-')}) or 'auto' "
+            "(one per CPU).",
         ],
     ]
     optFlags = [

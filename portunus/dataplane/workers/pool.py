@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from portunus.bounds import WORKERS
 from portunus.dataplane.listeners import (
     InheritedSockets,
     bind_datagram_sockets,
@@ -60,15 +61,17 @@ _TARGET_COUNTERS = ("bytes_in", "bytes_out", "active_connections", "total_connec
 
 
 def parse_worker_count(text: str) -> int:
-    """C{auto} is the CPU count; otherwise a whole number from 1 to 64."""
+    """C{auto} is the CPU count; otherwise a whole number within L{WORKERS}."""
     if text.strip().lower() == "auto":
         return max(1, os.cpu_count() or 1)
     try:
         count = int(text)
     except ValueError:
         count = 0
-    if not 1 <= count <= 64:
-        raise ValueError(f"--workers must be 'auto' or a whole number from 1 to 64, got {text!r}")
+    if count not in WORKERS:
+        raise ValueError(
+            f"--workers must be 'auto' or a whole number from {WORKERS.span()}, got {text!r}"
+        )
     return count
 
 

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
+from portunus.bounds import AUDIT_PAGE_LIMIT
 from portunus.errors import PortunusError
 from portunus.server.api.request import Call, Raw, timestamp
 from portunus.server.api.route import Routes
@@ -46,8 +47,8 @@ __all__ = [
 
 #: Rows one export holds at most.
 EXPORT_MAX_ROWS = 50_000
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
+DEFAULT_LIMIT = AUDIT_PAGE_LIMIT.fallback
+MAX_LIMIT = AUDIT_PAGE_LIMIT.high
 
 _RFC3339 = re.compile(
     r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
@@ -143,10 +144,10 @@ def _limit(request: IRequest) -> int:
     if text is None:
         return DEFAULT_LIMIT
     value = int(text) if text.isascii() and text.isdigit() else 0
-    if not 1 <= value <= MAX_LIMIT:
+    if value not in AUDIT_PAGE_LIMIT:
         raise PortunusError(
             "invalid_limit",
-            f"limit: use a number from 1 to {MAX_LIMIT} (got {text!r})",
+            f"limit: use a number from {AUDIT_PAGE_LIMIT.span()} (got {text!r})",
             field="limit",
         )
     return value

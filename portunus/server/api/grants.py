@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from portunus.bounds import PORT
 from portunus.errors import PortunusError
 from portunus.server.api.clients import resolve_client
 from portunus.server.api.request import Answer, ApiContext, Call, read_json, timestamp
@@ -38,10 +39,11 @@ def grant_json(grant: GrantRecord) -> dict[str, Any]:
 
 def _port(body: dict[str, Any], key: str) -> int:
     value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    if value not in PORT:
         raise PortunusError(
-            "invalid_port_range", f"{key}: use a port from 1 to 65535 (got {value!r})", field=key
+            "invalid_port_range", f"{key}: use a port from {PORT.span()} (got {value!r})", field=key
         )
+    assert isinstance(value, int)
     return value
 
 
