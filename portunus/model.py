@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
+from portunus.addresses import format_host_port
 from portunus.bounds import PORT, TARGET_PRIORITY, TARGET_WEIGHT, UDP_FLOW_IDLE_SECS, UDP_MAX_FLOWS
 
 __all__ = [
@@ -146,8 +147,7 @@ class Target:
         return _is_ip_literal(self.host)
 
     def display(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.ports}"
+        return format_host_port(self.host, self.ports)
 
 
 def rule_id_for_name(name: str) -> int:

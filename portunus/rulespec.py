@@ -27,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from portunus.addresses import addresses_overlap, host_problem, unbracket
 from portunus.bounds import (
     ACK_TIMEOUT_SECS,
     HEALTH_CHECK_INTERVAL_SECS,
@@ -49,7 +50,6 @@ from portunus.fields import (
 )
 from portunus.fields import describe_value as _describe
 from portunus.fields import printable as _safe
-from portunus.hostnames import is_host_name
 from portunus.model import (
     Balance,
     PortRange,
@@ -72,8 +72,6 @@ __all__ = [
     "FieldIssue",
     "RuleChecker",
     "RuleRequest",
-    "addresses_overlap",
-    "host_problem",
     "parse_rule_body",
 ]
 
@@ -88,33 +86,6 @@ RATE_LIMIT_KEYS: tuple[str, ...] = tuple(a.name for a in attrs.fields(RateLimit)
 
 # ASCII digits only (\d would accept "٨٠"), and few enough that int() is cheap.
 _PORT_RANGE = re.compile(r"\s*([0-9]{1,10})\s*(?:-\s*([0-9]{1,10})\s*)?")
-
-
-def host_problem(host: str) -> str | None:
-    """Why C{host} (unbracketed) cannot be a target host, or C{None}."""
-    if not host:
-        return "the host is empty"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return None
-    if is_host_name(host):
-        return None
-    return (
-        f"'{_safe(host)}' is neither an IP address nor a valid host name "
-        "(letters, digits and hyphens in dot-separated labels of up to 63 characters)"
-    )
-
-
-def addresses_overlap(a: str, b: str) -> bool:
-    """Whether two listen addresses would fight over the same port."""
-    ia = ipaddress.ip_address(a)
-    ib = ipaddress.ip_address(b)
-    if ia.version != ib.version:
-        return False
-    return ia == ib or ia.is_unspecified or ib.is_unspecified
 
 
 class RuleChecker(FieldChecker):
@@ -295,10 +266,8 @@ class RuleChecker(FieldChecker):
         if not isinstance(raw, str):
             self.report(where, field, f"must be a string, not {_describe(raw)}", "invalid_target")
             return None
-        host = raw.strip()
         # A bracketed IPv6 literal is a habit from "host:port"; accept it.
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
+        host = unbracket(raw.strip())
         problem = host_problem(host)
         if problem is not None:
             self.report(where, field, f"{problem}; use an IP address or name", "invalid_target")

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from portunus.addresses import AddressError, format_host_port, split_host_port
 from portunus.bounds import ACK_TIMEOUT_SECS, HEALTH_CHECK_INTERVAL_SECS
 from portunus.cli._http import REQUEST_TIMEOUT, path
 from portunus.cli.commandline import Formatted, Subcommand, positive_int
@@ -110,18 +111,15 @@ class RuleStatsOptions(Formatted):
 
 
 def _split_host_port(text: str, what: str) -> tuple[str, str]:
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise CliError("invalid_target", f"{what} {text!r}: write [IPv6]:port")
-        return host, rest[1:]
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port:
-        raise CliError("invalid_target", f"{what} {text!r}: write host:port or host:A-B")
-    if ":" in host:
-        raise CliError("invalid_target", f"{what} {text!r}: bracket IPv6 hosts, [{host}]:{port}")
-    return host, port
+    """A target's host and its port or range, as text; the API checks both."""
+    example = "write host:port or host:A-B, IPv6 in brackets ([::1]:80)"
+    try:
+        split = split_host_port(text.strip())
+    except AddressError as e:
+        raise CliError("invalid_target", f"{what}: {e}; {example}") from None
+    if not split.host or not split.port:
+        raise CliError("invalid_target", f"{what} {text.strip()!r}: {example}")
+    return split.host, split.port
 
 
 def _port_value(text: str) -> int | str:
@@ -225,8 +223,7 @@ async def remove_rule(cmd: Context, opts: usage.Options) -> None:
 def _targets_text(rule: Mapping[str, Any]) -> str:
     shown = []
     for target in rule.get("targets", []):
-        host = f"[{target['host']}]" if ":" in target["host"] else target["host"]
-        text = f"{host}:{target['ports']}"
+        text = format_host_port(target["host"], target["ports"])
         if target.get("priority"):
             text += f"@{target['priority']}"
         shown.append(text)

@@ -17,8 +17,9 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portunus.addresses import format_host_port
 from portunus.control.commands import Enroll, EnrollmentRefused
-from portunus.control.enrollment import Bundle, EnrollUri, format_endpoint, parse_endpoint
+from portunus.control.enrollment import Bundle, EnrollUri, parse_endpoint
 from portunus.control.tls import PinMismatch, PinnedClientTLS
 from portunus.errors import PortunusError
 from portunus.reactors import IProcessReactor
@@ -63,7 +64,7 @@ def bundle_for(uri: EnrollUri, answer: dict[str, Any]) -> Bundle:
     return Bundle(
         client_name=answer["client_name"],
         client_id=answer["client_id"],
-        server_endpoint=format_endpoint(host, port),
+        server_endpoint=format_host_port(host, port),
         server_cert_sha256=uri.pin,
         token=answer["token"],
     )

@@ -37,10 +37,18 @@ from typing import Any, Final
 
 import attrs
 
+from portunus.addresses import (
+    AddressError,
+    format_host_port,
+    host_problem,
+    ip_version,
+    parse_port,
+    split_host_port,
+    unbracket,
+)
 from portunus.bounds import PORT
 from portunus.control.tls import write_file_atomically
 from portunus.errors import PortunusError
-from portunus.hostnames import is_host_name
 
 __all__ = [
     "BUNDLE_FILENAME",
@@ -55,7 +63,6 @@ __all__ = [
     "bundle_from_json",
     "default_bundle_paths",
     "default_enroll_out",
-    "format_endpoint",
     "format_enroll_uri",
     "hash_secret",
     "new_secret",
@@ -93,52 +100,17 @@ _CODE: Final = re.compile(r"[A-Za-z0-9._~-]+")
 
 def _check_host(host: str) -> str:
     """
-    Return C{host} if it is an IP literal or a DNS name, else raise.
-    Names are checked label by label (letters, digits, C{-}, C{_}); an
-    all-numeric dotted name must be a valid IPv4 address.
+    C{host} if it is an IP literal (normalized) or a DNS name, whose labels
+    may hold underscores (Compose service names).
+
+    @raise AddressError: for the host.
     """
-    try:
+    if ip_version(host) is not None:
         return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if not is_host_name(host, allow_underscore=True):
-        raise ValueError(f"{host!r} is not a host name or an IP address")
+    problem = host_problem(host, allow_underscore=True)
+    if problem is not None:
+        raise AddressError("host", problem)
     return host
-
-
-class _EndpointError(ValueError):
-    """A bad endpoint; C{part} says whether the host or the port is at fault."""
-
-    def __init__(self, part: str, message: str) -> None:
-        super().__init__(message)
-        self.part = part
-
-
-def _parse_endpoint(text: str) -> tuple[str, int]:
-    if text.startswith("["):
-        inside, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise _EndpointError("host", "an IPv6 endpoint looks like [2001:db8::1]:7443")
-        try:
-            host = str(ipaddress.IPv6Address(inside))
-        except ValueError:
-            raise _EndpointError("host", "only an IPv6 address may stand in brackets") from None
-        if not rest.startswith(":"):
-            raise _EndpointError("port", "the endpoint has no port: write it as [IPv6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise _EndpointError("port", "the endpoint has no port: write it as HOST:PORT")
-        if ":" in host:
-            raise _EndpointError("host", "put an IPv6 address in brackets: [2001:db8::1]:7443")
-        try:
-            host = _check_host(host)
-        except ValueError as e:
-            raise _EndpointError("host", str(e)) from None
-    if not (port_text.isascii() and port_text.isdigit() and int(port_text) in PORT):
-        raise _EndpointError("port", f"the port must be a number from {PORT.span()}")
-    return host, int(port_text)
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -146,16 +118,13 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     Split C{host:port} (IPv6 in brackets: C{[::1]:7443}) into the host,
     without brackets, and the port.
 
-    @raise ValueError: if the host is not a name or an IP literal, or the
-        port is not a port number.
+    @raise AddressError: (a C{ValueError}) if the host is not a name or an
+        IP literal, or the port is not a port number; its C{part} says which.
     """
-    return _parse_endpoint(text)
-
-
-def format_endpoint(host: str, port: int) -> str:
-    """C{host:port}, with an IPv6 host in brackets."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+    split = split_host_port(text)
+    if split.port is None:
+        raise AddressError("port", f"'{text}' has no port; write it as HOST:PORT or [IPv6]:PORT")
+    return _check_host(split.host), parse_port(split.port)
 
 
 # The enroll URI.
@@ -219,7 +188,7 @@ class EnrollUri:
     @property
     def endpoint(self) -> str:
         """C{host:port} to dial, IPv6 in brackets."""
-        return format_endpoint(self.host, self.port)
+        return format_host_port(self.host, self.port)
 
 
 def parse_enroll_uri(text: str) -> EnrollUri:
@@ -299,8 +268,8 @@ def parse_enroll_uri(text: str) -> EnrollUri:
         )
 
     try:
-        host, port = _parse_endpoint(endpoint)
-    except _EndpointError as e:
+        host, port = parse_endpoint(endpoint)
+    except AddressError as e:
         kind = EnrollUriErrorKind.BadPort if e.part == "port" else EnrollUriErrorKind.BadHost
         raise EnrollUriError(kind, f"the enroll URI's server endpoint is unusable: {e}") from None
     return EnrollUri(host=host, port=port, pin=pin, code=code)
@@ -315,7 +284,7 @@ def format_enroll_uri(host: str, port: int, pin: str, code: str) -> str:
     @raise ValueError: if a value could not survive the round trip (bad
         host, port or pin; a code with characters outside C{A-Z a-z 0-9 . _ ~ -}).
     """
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    bare = unbracket(host)
     if port not in PORT:
         raise ValueError(f"the port must be a number from {PORT.span()}")
     _check_host(bare)
@@ -325,7 +294,7 @@ def format_enroll_uri(host: str, port: int, pin: str, code: str) -> str:
     if not _CODE.fullmatch(code):
         raise ValueError("the code may hold only letters, digits and . _ ~ -")
     return (
-        f"{_SCHEME}{format_endpoint(bare, port)}{_PATH}"
+        f"{_SCHEME}{format_host_port(bare, port)}{_PATH}"
         f"?pin={_PIN_PREFIX}{digits.lower()}&code={code}"
     )
 

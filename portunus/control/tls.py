@@ -49,6 +49,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portunus.addresses import ip_version, unbracket
 from portunus.errors import PortunusError
 from portunus.secretfiles import refuse_shared_secret_file
 
@@ -145,9 +146,7 @@ def normalise_pin(text: str) -> str:
 
 def _san_for(host: str) -> x509.GeneralName:
     """An IP SAN for an IP literal (brackets allowed), a DNS SAN otherwise."""
-    text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
+    text = unbracket(host.strip())
     try:
         return x509.IPAddress(ipaddress.ip_address(text))
     except ValueError:
@@ -513,11 +512,7 @@ class PinMismatch(SSL.Error):
 
 
 def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
+    return ip_version(unbracket(text)) is not None
 
 
 @implementer(IOpenSSLClientConnectionCreator)

@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from portunus.addresses import format_host_port
 from portunus.errors import PortunusError
 
 __all__ = [
@@ -66,7 +67,7 @@ class BindError(PortunusError):
     """A listen port could not be bound; C{code} says why."""
 
     def __init__(self, code: str, address: str, port: int, reason: str) -> None:
-        where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        where = format_host_port(address, port)
         super().__init__(code, f"cannot listen on {where}: {reason}", port=port, address=address)
         self.address = address
         self.port = port

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -48,7 +47,8 @@ from twisted.names import client, dns, hosts, resolve
 from twisted.names import error as names_error
 from twisted.python.failure import Failure
 
-from portunus.bounds import PORT, RESOLVER_CACHE_ENTRIES
+from portunus.addresses import AddressError, ip_version, parse_port, split_host_port
+from portunus.bounds import RESOLVER_CACHE_ENTRIES
 from portunus.compat import DnsAnswer, HookedDnsResolver
 from portunus.fields import FieldChecker
 from portunus.fields import describe_value as _describe
@@ -142,8 +142,6 @@ RESOLVER_KEYS: Final = (
 #: Cache and single-flight key: (lower-cased name, lookup strategy).
 _Key = tuple[str, str]
 
-_BRACKETED: Final = re.compile(r"\[([^\]]+)\](?::([0-9]+))?")
-
 
 class DnsFailure(Exception):
     """
@@ -221,40 +219,17 @@ def parse_nameserver(text: str) -> tuple[str, int]:
 
     @raise ValueError: with a message saying what to write instead.
     """
-    raw = text.strip()
-    port_text: str | None = None
-    if raw.startswith("["):
-        match = _BRACKETED.fullmatch(raw)
-        if match is None:
-            raise ValueError(f"'{_safe(text)}' is malformed; write an IPv6 server as [addr]:port")
-        host, port_text = match.group(1), match.group(2)
-        if _ip_version(host) != 6:
-            raise ValueError(
-                f"'{_safe(host)}' in brackets is not an IPv6 address; "
-                "only IPv6 addresses go in brackets"
-            )
-    elif raw.count(":") == 1:
-        host, port_text = raw.split(":")
-        if _ip_version(host) != 4:
-            raise ValueError(
-                f"'{_safe(host)}' is not an IPv4 address; a nameserver must be an IP address "
-                "(write IPv6 with a port as [addr]:port)"
-            )
-    else:
-        host = raw
-        if _ip_version(host) is None:
-            raise ValueError(
-                f"'{_safe(text)}' is not an IP address; a nameserver must be an IP address "
-                "such as 192.0.2.53, 192.0.2.53:5353 or [2001:db8::53]:53"
-            )
-    port = 53
-    if port_text is not None:
-        if not port_text.isdigit() or int(port_text) not in PORT:
-            raise ValueError(
-                f"port '{_safe(port_text)}' of '{_safe(text)}' is not a number from {PORT.span()}"
-            )
-        port = int(port_text)
-    return host, port
+    example = "write e.g. 192.0.2.53, 192.0.2.53:5353, 2001:db8::53 or [2001:db8::53]:53"
+    try:
+        split = split_host_port(text.strip(), bare_ipv6=True)
+    except AddressError as e:
+        raise ValueError(f"{e}; {example}") from None
+    if ip_version(split.host) is None:
+        raise ValueError(
+            f"'{_safe(split.host)}' is not an IP address; a nameserver must be an IP address; "
+            f"{example}"
+        )
+    return split.host, 53 if split.port is None else parse_port(split.port)
 
 
 def _nameservers(value: Iterable[str] | None) -> tuple[str, ...] | None:
@@ -404,7 +379,7 @@ def read_resolv_conf(path: str = DEFAULT_RESOLV_CONF) -> list[tuple[str, int]]:
     servers: list[tuple[str, int]] = []
     for line in content.decode("utf-8", "replace").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] == "nameserver" and _ip_version(parts[1]) is not None:
+        if len(parts) >= 2 and parts[0] == "nameserver" and ip_version(parts[1]) is not None:
             servers.append((parts[1], 53))
     if not servers:
         raise ResolverConfigError(
@@ -483,7 +458,7 @@ class TargetResolver:
         @return: a L{Deferred} firing with a L{Resolution}, or failing with
             L{DnsFailure}.  Cancelling it abandons only this caller's wait.
         """
-        if _ip_version(host) is not None:
+        if ip_version(host) is not None:
             return succeed(Resolution((host,)))
         name = host.rstrip(".").lower()
         if not name:
@@ -933,10 +908,3 @@ def _detail_for(error: BaseException) -> str:
             return f"the nameserver answered with rcode {message.rCode}"
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _ip_version(text: str) -> int | None:
-    try:
-        return ipaddress.ip_address(text).version
-    except ValueError:
-        return None

@@ -15,13 +15,13 @@ timeout (L{PEEK_TIMEOUT_SECS}) and the parser enforces the byte cap
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from typing import Generic, Literal, NamedTuple, TypeVar
 
 import attrs
 
+from portunus.addresses import addresses_overlap
 from portunus.model import Protocol, Rule
 
 __all__ = [
@@ -527,22 +527,11 @@ class SniIssue(NamedTuple):
     message: str
 
 
-def _addresses_overlap(a: str, b: str) -> bool:
-    try:
-        ia = ipaddress.ip_address(a)
-        ib = ipaddress.ip_address(b)
-    except ValueError:
-        return a == b
-    if ia.version != ib.version:
-        return False
-    return ia == ib or ia.is_unspecified or ib.is_unspecified
-
-
 def _share_listener(a: Rule, b: Rule) -> bool:
     return (
         a.protocol is b.protocol
         and a.listen.overlaps(b.listen)
-        and any(_addresses_overlap(x, y) for x in a.listen_addresses for y in b.listen_addresses)
+        and any(addresses_overlap(x, y) for x in a.listen_addresses for y in b.listen_addresses)
     )
 
 

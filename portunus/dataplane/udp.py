@@ -59,6 +59,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portunus.addresses import format_host_port
 from portunus.dataplane.failover import TargetSelector
 from portunus.dataplane.listeners import (
     UDP_RCVBUF,
@@ -165,8 +166,7 @@ FlowAdmission = Callable[[Rule, int, Address], "str | None"]
 
 
 def _display(address: Address) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_host_port(address[0], address[1])
 
 
 class _Throttle:

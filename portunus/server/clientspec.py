@@ -7,10 +7,10 @@ surface refuses the same things with the same codes).
 
 from __future__ import annotations
 
+from portunus.addresses import host_problem, unbracket
 from portunus.bounds import ENROLLMENT_TTL_SECS
 from portunus.errors import PortunusError
 from portunus.fields import is_int
-from portunus.rulespec import host_problem
 
 __all__ = [
     "DEFAULT_TTL_SECS",
@@ -51,7 +51,7 @@ def check_client_address(raw: object) -> str | None:
     if raw is None:
         return None
     problem = (
-        host_problem(raw.strip("[]")) if isinstance(raw, str) else "the address is not a string"
+        host_problem(unbracket(raw)) if isinstance(raw, str) else "the address is not a string"
     )
     if problem is not None:
         raise PortunusError(
@@ -60,7 +60,7 @@ def check_client_address(raw: object) -> str | None:
             field="address",
         )
     assert isinstance(raw, str)
-    return raw.strip("[]")
+    return unbracket(raw)
 
 
 def check_enrollment_ttl(raw: object) -> int:

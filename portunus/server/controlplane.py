@@ -26,9 +26,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portunus import __version__
+from portunus.addresses import format_host_port
 from portunus.control.commands import AuthFailed, EnrollmentRefused
 from portunus.control.enrollment import (
-    format_endpoint,
     format_enroll_uri,
     hash_secret,
     new_secret,
@@ -207,7 +207,7 @@ class ControlPlane:
     def _endpoint_for(self, address: str | None) -> str:
         if address is None:
             return self.advertised_endpoint
-        return format_endpoint(address, self.settings.control_port)
+        return format_host_port(address, self.settings.control_port)
 
     async def _new_enrollment(
         self, record: ClientRecord, address: str | None, ttl_secs: int

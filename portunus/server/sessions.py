@@ -19,6 +19,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from portunus.addresses import format_host_port
 from portunus.control.commands import (
     AuthFailed,
     Enroll,
@@ -105,7 +106,7 @@ class ServerSession(amp.AMP):
         host = getattr(peer, "host", None)
         port = getattr(peer, "port", None)
         if host is not None:
-            self.remote_addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self.remote_addr = format_host_port(host, port)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.lost = True

@@ -22,16 +22,24 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import attrs
 
+from portunus.addresses import (
+    AddressError,
+    addresses_overlap,
+    bracket,
+    format_host_port,
+    ip_version,
+    is_host_name,
+    parse_port,
+    split_host_port,
+)
 from portunus.bounds import (
     ACK_TIMEOUT_SECS,
-    PORT,
     RANGE_RULE_MAX_PORTS,
     SHUTDOWN_DRAIN_SECS,
     UDP_FLOW_IDLE_SECS,
@@ -42,7 +50,6 @@ from portunus.errors import PortunusError
 from portunus.fields import FieldChecker, unknown_key_message
 from portunus.fields import describe_value as _describe
 from portunus.fields import printable as _safe
-from portunus.hostnames import is_host_name
 
 __all__ = [
     "ADVERTISED_ENDPOINT_ENV",
@@ -98,7 +105,6 @@ _NOT_SUPPORTED: Mapping[str, str] = {
 ListenerKind = Literal["control", "operator_http", "metrics"]
 
 _MAX_TOKEN_BYTES = 256
-_PORT = re.compile(r"[0-9]{1,5}")
 _LISTEN_EXAMPLE = "write it as host:port, e.g. 127.0.0.1:7080 or [::1]:7080"
 
 
@@ -118,7 +124,7 @@ class ListenAddress:
     port: int
 
     def __str__(self) -> str:
-        return f"{_bracket(self.host)}:{self.port}"
+        return format_host_port(self.host, self.port)
 
     @property
     def is_loopback(self) -> bool:
@@ -150,13 +156,13 @@ class AdvertisedEndpoint:
 
     def __str__(self) -> str:
         if self.port is None:
-            return _bracket(self.host)
-        return f"{_bracket(self.host)}:{self.port}"
+            return bracket(self.host)
+        return format_host_port(self.host, self.port)
 
     def with_port(self, default_port: int) -> str:
         """C{host:port} to hand to clients, C{default_port} filling a bare host."""
         port = self.port if self.port is not None else default_port
-        return f"{_bracket(self.host)}:{port}"
+        return format_host_port(self.host, port)
 
 
 def _redacted(value: str | None) -> str:
@@ -315,43 +321,14 @@ class ServerConfigError(PortunusError):
 # Address grammar
 
 
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _port(text: str) -> int:
-    if not _PORT.fullmatch(text):
-        raise ValueError(f"the port '{_safe(text)}' is not a number from {PORT.span()}")
-    port = int(text)
-    if port not in PORT:
-        raise ValueError(f"the port {port} is out of range; use {PORT.span()}")
-    return port
-
-
-def _split_host_port(text: str, example: str) -> tuple[str, str | None, bool]:
-    """
-    C{(host, port or None, bracketed)}; the host is unbracketed.
-
-    @raise ValueError: brackets that do not pair up, or an IPv6 address
-        written without them.
-    """
-    if text.startswith("["):
-        close = text.find("]")
-        if close == -1:
-            raise ValueError(f"'{_safe(text)}' has '[' without ']'; {example}")
-        host, rest = text[1:close], text[close + 1 :]
-        if not rest:
-            return host, None, True
-        if not rest.startswith(":"):
-            raise ValueError(f"'{_safe(text)}' has text after ']' that is not :port; {example}")
-        return host, rest[1:], True
-    if text.count(":") > 1:
-        raise ValueError(
-            f"'{_safe(text)}' looks like an IPv6 address without brackets; "
-            f"write it as [address]:port; {example}"
-        )
-    host, sep, port = text.partition(":")
-    return host, (port if sep else None), False
+def _split(text: str, example: str) -> tuple[str, int | None, bool]:
+    """C{(host, port or None, bracketed)}; a malformed text's error ends in C{example}."""
+    try:
+        split = split_host_port(text)
+    except AddressError as e:
+        raise ValueError(f"{e}; {example}") from None
+    port = None if split.port is None else parse_port(split.port)
+    return split.host, port, split.bracketed
 
 
 def parse_listen_address(text: str) -> ListenAddress:
@@ -364,7 +341,7 @@ def parse_listen_address(text: str) -> ListenAddress:
     text = text.strip()
     if not text:
         raise ValueError(f"is empty; {_LISTEN_EXAMPLE}")
-    host, port, bracketed = _split_host_port(text, _LISTEN_EXAMPLE)
+    host, port, _ = _split(text, _LISTEN_EXAMPLE)
     if port is None:
         raise ValueError(f"'{_safe(text)}' has no port; {_LISTEN_EXAMPLE}")
     if not host:
@@ -381,11 +358,7 @@ def parse_listen_address(text: str) -> ListenAddress:
         ) from None
     if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
         raise ValueError(f"'{_safe(host)}' has a zone index, which is not supported")
-    if bracketed and ip.version != 6:
-        raise ValueError(
-            f"'{_safe(text)}': brackets are only for IPv6 addresses; {_LISTEN_EXAMPLE}"
-        )
-    return ListenAddress(ip.compressed, _port(port))
+    return ListenAddress(ip.compressed, port)
 
 
 def _host_less(text: str) -> bool:
@@ -411,40 +384,22 @@ def parse_advertised_endpoint(text: str) -> AdvertisedEndpoint:
         raise ValueError(
             f"'{_safe(text)}' is not a bare host:port (no path, query, user or spaces); {example}"
         )
-    host, port, bracketed = _split_host_port(text, example)
+    host, port, bracketed = _split(text, example)
     if not host:
         raise ValueError(f"'{_safe(text)}' has no host; {example}")
-    parsed_port = _port(port) if port is not None else None
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        if bracketed:
-            raise ValueError(
-                f"'{_safe(host)}' is in brackets but is not an IPv6 address; {example}"
-            ) from None
-        if not is_host_name(host):
-            raise ValueError(
-                f"'{_safe(host)}' is neither an IP address nor a valid host name (letters, "
-                f"digits and hyphens in dot-separated labels); {example}"
-            ) from None
-        return AdvertisedEndpoint(host.lower(), parsed_port)
-    if bracketed and ip.version != 6:
-        raise ValueError(f"'{_safe(text)}': brackets are only for IPv6 addresses; {example}")
-    return AdvertisedEndpoint(ip.compressed, parsed_port)
+    if bracketed or ip_version(host) is not None:
+        return AdvertisedEndpoint(ipaddress.ip_address(host).compressed, port)
+    if not is_host_name(host):
+        raise ValueError(
+            f"'{_safe(host)}' is neither an IP address nor a valid host name (letters, "
+            f"digits and hyphens in dot-separated labels); {example}"
+        )
+    return AdvertisedEndpoint(host.lower(), port)
 
 
 def _overlap(a: ListenAddress, b: ListenAddress) -> bool:
-    """Whether two listeners would fight over the same port."""
-    if a.port != b.port:
-        return False
-    ia, ib = ipaddress.ip_address(a.host), ipaddress.ip_address(b.host)
-    if ia == ib:
-        return True
-    # "::" is dual-stack on Linux by default: it also takes every IPv4 address.
-    for x, y in ((ia, ib), (ib, ia)):
-        if x.is_unspecified and (x.version == y.version or x.version == 6):
-            return True
-    return False
+    """Whether two listeners would fight over the same port ("::" is dual-stack here)."""
+    return a.port == b.port and addresses_overlap(a.host, b.host, dual_stack=True)
 
 
 def _collision(address: ListenAddress, other: str, theirs: ListenAddress) -> str:

@@ -12,7 +12,6 @@ thin file-reading shell around it.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import attrs
 
+from portunus.addresses import AddressError, addresses_overlap, host_problem, split_host_port
 from portunus.bounds import (
     SHUTDOWN_DRAIN_SECS,
     STATS_LOG_INTERVAL_SECS,
@@ -47,8 +47,6 @@ from portunus.rulespec import (
     RULE_OPTION_KEYS,
     TARGET_KEYS,
     RuleChecker,
-    addresses_overlap,
-    host_problem,
 )
 
 __all__ = [
@@ -693,49 +691,20 @@ class _Parser(RuleChecker):
                 'for several targets use targets = [{ host = "...", port = 80 }]',
             )
             return None
-        text = raw.strip()
-        if text.startswith("["):
-            close = text.find("]")
-            if close == -1 or text[close + 1 : close + 2] != ":":
-                self.issues.add(
-                    label,
-                    field,
-                    f'\'{_safe(raw)}\' is not "[address]:port"; write e.g. "[::1]:80"',
-                )
-                return None
-            host = text[1:close]
-            port_text = text[close + 2 :]
-            try:
-                ipaddress.IPv6Address(host)
-            except ValueError:
-                self.issues.add(
-                    label,
-                    field,
-                    f"'{_safe(host)}' in brackets is not an IPv6 address; brackets are only for "
-                    'IPv6, e.g. "[::1]:80"',
-                )
-                return None
-        else:
-            host, sep, port_text = text.rpartition(":")
-            if not sep:
-                self.issues.add(
-                    label,
-                    field,
-                    f'\'{_safe(raw)}\' has no port; write "host:port" or "host:A-B"',
-                )
-                return None
-            if ":" in host:
-                self.issues.add(
-                    label,
-                    field,
-                    f"'{_safe(raw)}' looks like an unbracketed IPv6 address; write it as "
-                    f'"[{_safe(host)}]:{_safe(port_text)}"',
-                )
-                return None
-            problem = host_problem(host)
-            if problem is not None:
-                self.issues.add(label, field, f'{problem}; write "host:port", e.g. "10.0.0.5:80"')
-                return None
+        example = 'write "host:port" or "host:A-B", e.g. "10.0.0.5:80" or "[::1]:80"'
+        try:
+            split = split_host_port(raw.strip())
+        except AddressError as e:
+            self.issues.add(label, field, f"{e}; {example}")
+            return None
+        host, port_text = split.host, split.port
+        if port_text is None:
+            self.issues.add(label, field, f"'{_safe(raw)}' has no port; {example}")
+            return None
+        problem = host_problem(host)
+        if problem is not None:
+            self.issues.add(label, field, f"{problem}; {example}")
+            return None
         ports = self.port_range(port_text, label, field, "target port")
         if ports is None:
             return None

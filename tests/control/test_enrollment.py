@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from portunus.addresses import format_host_port
 from portunus.control.enrollment import (
     BUNDLE_VERSION,
     Bundle,
@@ -24,7 +25,6 @@ from portunus.control.enrollment import (
     bundle_from_json,
     default_bundle_paths,
     default_enroll_out,
-    format_endpoint,
     format_enroll_uri,
     hash_secret,
     new_secret,
@@ -301,7 +301,7 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(parse_enroll_uri(format_enroll_uri("h", 1, PIN, code)).code, code)
 
     def test_endpoints(self) -> None:
-        """parse_endpoint and format_endpoint are inverses."""
+        """parse_endpoint and format_host_port are inverses."""
         for text, parsed in (
             ("h:1", ("h", 1)),
             ("[::1]:7443", ("::1", 7443)),
@@ -309,7 +309,7 @@ class FormatTests(SynchronousTestCase):
         ):
             with self.subTest(text=text):
                 self.assertEqual(parse_endpoint(text), parsed)
-                self.assertEqual(format_endpoint(*parsed), text)
+                self.assertEqual(format_host_port(*parsed), text)
         for bad in ("h", "::1:80", "h:0", "[h]:1", ""):
             with self.subTest(bad=bad):
                 self.assertRaises(ValueError, parse_endpoint, bad)
