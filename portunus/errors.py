@@ -92,6 +92,12 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         5,
         "a port is either SNI-routed or plain; move the plain rule to another port",
     ),
+    ErrorCode(
+        "conflict.sni_proxy_protocol_mismatch",
+        409,
+        5,
+        "rules sharing an SNI port all set accept_proxy_protocol, or none does",
+    ),
     # Rule lifecycle.
     ErrorCode("rule_not_found", 404, 8, "list the rules to find the right name or id"),
     ErrorCode("rule_exists", 409, 5, "rule names are unique; remove the old rule or rename"),

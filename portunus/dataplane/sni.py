@@ -16,13 +16,10 @@ timeout (L{PEEK_TIMEOUT_SECS}) and the parser enforces the byte cap
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from typing import Generic, Literal, NamedTuple, TypeVar
+from collections.abc import Iterator
+from typing import Generic, Literal, TypeVar
 
 import attrs
-
-from portunus.addresses import addresses_overlap
-from portunus.model import Protocol, Rule
 
 __all__ = [
     "CLIENT_HELLO_MAX_BODY",
@@ -40,10 +37,8 @@ __all__ = [
     "MatchKind",
     "SniCounters",
     "SniError",
-    "SniIssue",
     "SniRouteTable",
     "normalize_sni_pattern",
-    "sni_rule_conflicts",
 ]
 
 #: Seconds a client has to finish its ClientHello before the relay drops it.
@@ -512,131 +507,3 @@ class SniCounters:
 
     def snapshot(self) -> dict[str, int]:
         return attrs.asdict(self)
-
-
-# -- config validation ---------------------------------------------------------
-
-
-class SniIssue(NamedTuple):
-    """One problem with a rule's SNI settings, for config and API errors."""
-
-    rule: str
-    #: The rule's key at fault: C{sni_pattern}, C{sni_fallback}, C{listen_port}.
-    field: str
-    code: str
-    message: str
-
-
-def _share_listener(a: Rule, b: Rule) -> bool:
-    return (
-        a.protocol is b.protocol
-        and a.listen.overlaps(b.listen)
-        and any(addresses_overlap(x, y) for x in a.listen_addresses for y in b.listen_addresses)
-    )
-
-
-def _is_sni(rule: Rule) -> bool:
-    return rule.sni_pattern is not None or rule.sni_fallback
-
-
-def _sni_field(rule: Rule) -> str:
-    return "sni_fallback" if rule.sni_fallback else "sni_pattern"
-
-
-def _listen_field(rule: Rule) -> str:
-    return "listen_port" if len(rule.listen) == 1 else "listen_ports"
-
-
-def _own_issue(rule: Rule) -> SniIssue | None:
-    """What is wrong with one rule's SNI settings on their own."""
-    if rule.sni_pattern is not None:
-        try:
-            normalize_sni_pattern(rule.sni_pattern)
-        except SniError as e:
-            return SniIssue(rule.name, "sni_pattern", e.code, e.message)
-        if rule.sni_fallback:
-            return SniIssue(
-                rule.name,
-                "sni_fallback",
-                SNI_PATTERN_MALFORMED,
-                "a fallback rule has no sni_pattern; remove sni_pattern or sni_fallback",
-            )
-    if _is_sni(rule) and (rule.protocol is not Protocol.TCP or len(rule.listen) != 1):
-        return SniIssue(
-            rule.name,
-            _sni_field(rule),
-            SNI_ON_UNSUPPORTED_RULE,
-            "SNI routing needs a single-port TCP rule; remove "
-            f'{_sni_field(rule)} or use one listen_port with protocol = "tcp"',
-        )
-    return None
-
-
-def _pair_issue(
-    rule: Rule, pattern: str | None, other: Rule, other_pattern: str | None
-) -> SniIssue | None:
-    """What is wrong with C{rule} given C{other}, an earlier rule on its listener."""
-    port = max(rule.listen.start, other.listen.start)
-    if _is_sni(rule) and not _is_sni(other):
-        return SniIssue(
-            rule.name,
-            _sni_field(rule),
-            LEGACY_TO_SNI_UNSUPPORTED,
-            f"port {port} is used by rule '{other.name}', which is not SNI-routed; give "
-            "that rule an sni_pattern or sni_fallback = true, or use another port",
-        )
-    if not _is_sni(rule) and _is_sni(other):
-        return SniIssue(
-            rule.name,
-            _listen_field(rule),
-            LEGACY_TO_SNI_UNSUPPORTED,
-            f"port {port} is SNI-routed by rule '{other.name}'; a rule without "
-            "sni_pattern cannot share it: set sni_pattern, make it the port's "
-            "sni_fallback = true, or use another port",
-        )
-    if rule.sni_fallback and other.sni_fallback:
-        return SniIssue(
-            rule.name,
-            "sni_fallback",
-            SNI_FALLBACK_DUPLICATE,
-            f"port {port} already has the fallback rule '{other.name}'; keep "
-            "sni_fallback = true on one rule only",
-        )
-    if pattern is not None and pattern == other_pattern:
-        return SniIssue(
-            rule.name,
-            "sni_pattern",
-            SNI_ROUTE_DUPLICATE,
-            f"rule '{other.name}' already routes '{pattern}' on port {port}; remove one "
-            "of them or change its sni_pattern",
-        )
-    return None
-
-
-def sni_rule_conflicts(rules: Iterable[Rule]) -> list[SniIssue]:
-    """
-    Every SNI problem in one set of rules (a config, or one client's rules),
-    in rule order: each rule's own settings, then clashes with earlier rules
-    sharing its listener (same protocol, overlapping ports and addresses).
-    A clash is reported once per code on the later rule, naming the earlier.
-    """
-    issues: list[SniIssue] = []
-    placed: list[tuple[Rule, str | None]] = []
-    for rule in rules:
-        own = _own_issue(rule)
-        if own is not None:
-            issues.append(own)
-            continue
-        if rule.protocol is not Protocol.TCP:
-            continue
-        pattern = normalize_sni_pattern(rule.sni_pattern) if rule.sni_pattern is not None else None
-        codes: set[str] = set()
-        for other, other_pattern in placed:
-            if not _share_listener(rule, other):
-                continue
-            issue = _pair_issue(rule, pattern, other, other_pattern)
-            if issue is not None and issue.code not in codes:
-                codes.add(issue.code)
-                issues.append(issue)
-        placed.append((rule, pattern))
-    return issues

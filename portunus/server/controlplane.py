@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from portunus import __version__
 from portunus.addresses import format_host_port
+from portunus.conflicts import Claim, find_conflict
 from portunus.control.commands import AuthFailed, EnrollmentRefused
 from portunus.control.enrollment import (
     format_enroll_uri,
@@ -103,42 +104,21 @@ def _is_sni(rule: Rule) -> bool:
 
 def refuse_overlaps(rule: Rule, others: Sequence[RuleRecord]) -> None:
     """
-    Refuse C{rule} if it shares a port with one of C{others} (the client's
-    rules of the same protocol overlapping its ports): C{port_in_use}, or
-    for SNI-routed ports the SNI conflict codes.  Distinct SNI routes (and
-    one fallback) on the same single port may coexist.
+    Refuse C{rule} if it conflicts with one of C{others} (the client's
+    rules of its protocol overlapping its ports), as L{portunus.conflicts}
+    decides: C{port_in_use} or an SNI conflict code.  Rules on disjoint
+    listen addresses, and distinct SNI routes on one port, coexist.
     """
+    claim = Claim.of(rule)
     for other in others:
-        theirs: Rule = other.rule
-        if _is_sni(rule) and _is_sni(theirs) and rule.listen == theirs.listen:
-            if rule.sni_fallback and theirs.sni_fallback:
-                raise PortunusError(
-                    "conflict.sni_fallback_duplicate",
-                    f"rule {other.rule_id} is already the SNI fallback of port {rule.listen}",
-                    rule_id=other.rule_id,
-                )
-            if rule.sni_pattern is not None and rule.sni_pattern == theirs.sni_pattern:
-                raise PortunusError(
-                    "conflict.sni_route_duplicate",
-                    f"rule {other.rule_id} already routes {rule.sni_pattern} on port {rule.listen}",
-                    rule_id=other.rule_id,
-                )
-            continue
-        if _is_sni(rule) != _is_sni(theirs):
+        conflict = find_conflict(claim, Claim.of(other.rule))
+        if conflict is not None:
             raise PortunusError(
-                "conflict.legacy_to_sni_unsupported",
-                f"port {rule.listen} is used by rule {other.rule_id}; a port is either "
-                "SNI-routed or plain",
+                conflict.code,
+                conflict.message(f"rule {other.rule_id} ({other.state})"),
+                port=conflict.port,
                 rule_id=other.rule_id,
             )
-        raise PortunusError(
-            "port_in_use",
-            f"{rule.protocol.value} port(s) {rule.listen} overlap rule {other.rule_id} "
-            f"({theirs.protocol.value} {theirs.listen}, {other.state}) on this client; "
-            "remove that rule or pick other ports",
-            port=rule.listen.start,
-            rule_id=other.rule_id,
-        )
 
 
 def _removal_unanswered(failure: Failure, rule_id: int) -> None:

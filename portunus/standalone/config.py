@@ -19,15 +19,15 @@ from typing import Any
 
 import attrs
 
-from portunus.addresses import AddressError, addresses_overlap, host_problem, split_host_port
+from portunus.addresses import AddressError, host_problem, split_host_port
 from portunus.bounds import (
     SHUTDOWN_DRAIN_SECS,
     STATS_LOG_INTERVAL_SECS,
     UDP_FLOW_IDLE_SECS,
     UDP_MAX_FLOWS,
 )
+from portunus.conflicts import Claim, find_conflict
 from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
-from portunus.dataplane.sni import sni_rule_conflicts
 from portunus.errors import PortunusError
 from portunus.fields import ABSENT, Absent, has_bad_characters, is_int, suggestion
 from portunus.fields import describe_value as _describe
@@ -288,12 +288,9 @@ class _Listening:
 
     label: str
     index: int
-    protocol: Protocol
-    ports: PortRange
-    addresses: tuple[str, ...]
+    claim: Claim
+    #: The key the ports were written under: listen_port or listen_ports.
     port_key: str
-    #: Routed by TLS SNI: may share its port with other SNI rules.
-    sni: bool = False
 
 
 def _rule_display(label: str) -> str:
@@ -385,7 +382,6 @@ class _Parser(RuleChecker):
             self.issues.add(None, field, message)
 
         rules = self._rules(document, inherited)
-        self._check_rule_groups(rules)
 
         if self.issues.items:
             return None
@@ -513,7 +509,7 @@ class _Parser(RuleChecker):
                         ids[rule_id] = name
             rule, listen = self._rule(entry, index, label, name, inherited)
             if listen is not None:
-                self._check_overlap(listen, listening)
+                self._check_conflicts(listen, listening)
                 listening.append(listen)
             if rule is not None:
                 rules.append(rule)
@@ -574,15 +570,15 @@ class _Parser(RuleChecker):
 
         listening = None
         if isinstance(protocol, Protocol) and listen is not None and addresses is not None:
-            listening = _Listening(
-                label,
-                index,
+            claim = Claim(
                 protocol,
                 listen,
                 addresses,
-                port_key,
-                sni=bool(features.get("sni_pattern") or features.get("sni_fallback")),
+                features.get("sni_pattern"),
+                features.get("sni_fallback", False),
+                features.get("accept_proxy_protocol", False),
             )
+            listening = _Listening(label, index, claim, port_key)
 
         if len(self.issues.items) != start or name is None:
             return None, listening
@@ -710,67 +706,23 @@ class _Parser(RuleChecker):
             return None
         return Target(host=host, ports=ports)
 
-    def _check_overlap(self, listen: _Listening, earlier: Sequence[_Listening]) -> None:
+    def _check_conflicts(self, listen: _Listening, earlier: Sequence[_Listening]) -> None:
+        """The rule's conflicts with earlier ones (L{portunus.conflicts}), once per code."""
+        codes: set[str] = set()
         for other in earlier:
-            if other.protocol is not listen.protocol or not other.ports.overlaps(listen.ports):
+            conflict = find_conflict(listen.claim, other.claim)
+            if conflict is None or conflict.code in codes:
                 continue
-            if listen.sni or other.sni:
-                continue  # SNI ports are checked by _check_rule_groups
-            pair = next(
-                (
-                    (mine, theirs)
-                    for mine in listen.addresses
-                    for theirs in other.addresses
-                    if addresses_overlap(mine, theirs)
-                ),
-                None,
-            )
-            if pair is None:
-                continue
-            mine, theirs = pair
-            port = max(listen.ports.start, other.ports.start)
-            where = f"on {mine}" if mine == theirs else f"on {mine} ({theirs} there)"
+            codes.add(conflict.code)
             # With duplicate names only the position tells the two apart.
             owner = (
                 f"rule #{other.index}"
                 if other.label == listen.label
                 else _rule_display(other.label)
             )
+            field = listen.port_key if conflict.field == "listen" else conflict.field
             self.issues.add(
                 listen.label,
-                f"rule.{listen.port_key}",
-                f"port {port} is already used by {owner} "
-                f"({listen.protocol.value} {where}); pick ports outside {other.ports} "
-                "or give the rules different listen_addresses",
+                f"rule.{field}",
+                f"{conflict.code}: {conflict.message(owner)}",
             )
-
-    def _check_rule_groups(self, rules: Sequence[Rule]) -> None:
-        """SNI conflicts between rules sharing a port."""
-        for rule_name, field, code, message in sni_rule_conflicts(rules):
-            self.issues.add(rule_name, f"rule.{field}", f"{code}: {message}")
-        # One SNI listener serves a port: its rules must bind the same addresses.
-        sni_rules = [r for r in rules if r.sni_pattern is not None or r.sni_fallback]
-        for i, rule in enumerate(sni_rules):
-            for other in sni_rules[:i]:
-                if other.listen.start != rule.listen.start:
-                    continue
-                if other.listen_addresses == rule.listen_addresses:
-                    if other.accept_proxy_protocol != rule.accept_proxy_protocol:
-                        self.issues.add(
-                            rule.name,
-                            "rule.accept_proxy_protocol",
-                            f"rule '{other.name}' on the same SNI port disagrees; rules "
-                            "sharing a port must all accept PROXY headers or none",
-                        )
-                    continue
-                if any(
-                    addresses_overlap(a, b)
-                    for a in rule.listen_addresses
-                    for b in other.listen_addresses
-                ):
-                    self.issues.add(
-                        rule.name,
-                        "rule.listen_addresses",
-                        f"rule '{other.name}' routes the same SNI port on other addresses; "
-                        "SNI rules sharing a port must list the same listen_addresses",
-                    )

@@ -90,6 +90,15 @@ class FeatureKeyTests(ParseMixin, SynchronousTestCase):
             BOTH,
         )
 
+    def test_sni_pattern_and_fallback(self) -> None:
+        """One rule cannot be both an SNI route and the port's fallback."""
+        self.one_issue(
+            rule_text(sni_pattern='"a.example.com"', sni_fallback="true"),
+            "web",
+            "rule.sni_fallback",
+            "a fallback rule has no sni_pattern",
+        )
+
     def test_proxy_accept_needs_trusted_sources(self) -> None:
         """accept_proxy_protocol without trusted_sources says how to add them."""
         self.one_issue(
