@@ -135,6 +135,27 @@ class FieldChecker:
                 field = f"{prefix}.{printable(key)}" if prefix else printable(key)
                 self.report(where, field, unknown_key_message(key, allowed, what))
 
+    def typed(
+        self,
+        table: Mapping[str, object],
+        key: str,
+        where: str | None,
+        field: str,
+        kind: str,
+        accept: Callable[[object], bool],
+        hint: str,
+        code: str = "validation_failed",
+    ) -> object:
+        """
+        The value at C{key} if C{accept} takes its type, L{ABSENT}, or
+        C{None} after reporting C{must be <kind>, not <its type>; <hint>}.
+        """
+        raw = table.get(key, ABSENT)
+        if isinstance(raw, Absent) or accept(raw):
+            return raw
+        self.report(where, field, f"must be {kind}, not {describe_value(raw)}; {hint}", code)
+        return None
+
     def integer(
         self,
         table: Mapping[str, object],
@@ -145,19 +166,10 @@ class FieldChecker:
         code: str = "validation_failed",
     ) -> int | Absent | None:
         """A whole number within C{bound}."""
-        raw = table.get(key, ABSENT)
-        if isinstance(raw, Absent):
-            return raw
-        if not is_int(raw):
-            self.report(
-                where,
-                field,
-                f"must be an integer, not {describe_value(raw)}; write a number from "
-                f"{bound.span()} without quotes or decimals",
-                code,
-            )
-            return None
-        assert isinstance(raw, int)
+        hint = f"write a number from {bound.span()} without quotes or decimals"
+        raw = self.typed(table, key, where, field, "an integer", is_int, hint, code)
+        if not isinstance(raw, int):
+            return raw if isinstance(raw, Absent) else None
         if raw not in bound:
             self.report(
                 where, field, f"{raw} is out of range; use a value from {bound.span()}", code
@@ -175,18 +187,10 @@ class FieldChecker:
         code: str = "validation_failed",
     ) -> float | Absent | None:
         """A number of seconds (integer or float) within C{bound}."""
-        raw = table.get(key, ABSENT)
-        if isinstance(raw, Absent):
-            return raw
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            self.report(
-                where,
-                field,
-                f"must be a number of seconds, not {describe_value(raw)}; write a number "
-                f"from {bound.span()} without quotes",
-                code,
-            )
-            return None
+        hint = f"write a number from {bound.span()} without quotes"
+        raw = self.typed(table, key, where, field, "a number of seconds", _is_number, hint, code)
+        if not isinstance(raw, int | float):
+            return raw if isinstance(raw, Absent) else None
         # Compared before converting: a huge integer overflows float(), and
         # NaN fails every comparison, so both are out of range.
         if raw not in bound:
@@ -202,18 +206,9 @@ class FieldChecker:
     def boolean(
         self, table: Mapping[str, object], key: str, where: str | None, field: str
     ) -> bool | Absent | None:
-        raw = table.get(key, ABSENT)
-        if isinstance(raw, Absent):
-            return raw
-        if not isinstance(raw, bool):
-            self.report(
-                where,
-                field,
-                f"must be a boolean, not {describe_value(raw)}; write {key} = true or "
-                f"{key} = false (no quotes)",
-            )
-            return None
-        return raw
+        hint = f"write {key} = true or {key} = false (no quotes)"
+        raw = self.typed(table, key, where, field, "a boolean", _is_bool, hint)
+        return raw if isinstance(raw, bool | Absent) else None
 
     def choice(
         self,
@@ -226,18 +221,11 @@ class FieldChecker:
         code: str = "validation_failed",
     ) -> str | Absent | None:
         """One of C{choices}, case and surrounding spaces ignored."""
-        raw = table.get(key, ABSENT)
-        if isinstance(raw, Absent):
-            return raw
         allowed = ", ".join(f'"{c}"' for c in choices)
+        hint = f"use one of {allowed}"
+        raw = self.typed(table, key, where, field, "a string", _is_str, hint, code)
         if not isinstance(raw, str):
-            self.report(
-                where,
-                field,
-                f"must be a string, not {describe_value(raw)}; use one of {allowed}",
-                code,
-            )
-            return None
+            return raw if isinstance(raw, Absent) else None
         value = raw.strip().lower()
         if aliases:
             value = aliases.get(value, value)
@@ -262,14 +250,23 @@ class FieldChecker:
         A string read by C{parse}, whose C{ValueError} message is the
         report; C{hint} says what to write instead of a non-string.
         """
-        raw = table.get(key, ABSENT)
-        if isinstance(raw, Absent):
-            return raw
+        raw = self.typed(table, key, where, field, "a string", _is_str, hint, code)
         if not isinstance(raw, str):
-            self.report(where, field, f"must be a string, not {describe_value(raw)}; {hint}", code)
-            return None
+            return raw if isinstance(raw, Absent) else None
         try:
             return parse(raw)
         except ValueError as e:
             self.report(where, field, str(e), code)
             return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
