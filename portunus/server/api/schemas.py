@@ -11,10 +11,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from portunus.bounds import (
+    ACK_TIMEOUT_SECS,
+    AUDIT_PAGE_LIMIT,
+    ENROLLMENT_TTL_SECS,
+    HEALTH_CHECK_INTERVAL_SECS,
+    PORT,
+    RATE_LIMIT_CAP,
+    TARGET_PRIORITY,
+    TARGET_WEIGHT,
+    UDP_FLOW_IDLE_SECS,
+    UDP_MAX_FLOWS,
+)
 from portunus.errors import ERRORS
 from portunus.model import Balance, Protocol, ProxyProtocolVersion
 from portunus.rulespec import MAX_RULE_NAME_LENGTH, MAX_TARGETS, RATE_LIMIT_KEYS
-from portunus.server.clientspec import DEFAULT_TTL_SECS, MAX_NAME_LENGTH, MAX_TTL_SECS
+from portunus.server.clientspec import MAX_NAME_LENGTH
 
 __all__ = [
     "AUDIT_LIMIT",
@@ -91,21 +103,21 @@ def integer(low: int | None = None, high: int | None = None, description: str = 
 
 
 # Bounded numbers and lengths: every limit the schemas state on a value a
-# user sends, in one place; literals until they come from the table of
-# bounds.  (MAX_TARGETS, MAX_RULE_NAME_LENGTH and the clientspec limits are
-# imported where the handlers' checks define them.)
-_PORT = integer(1, 65535)
-_UDP_MAX_FLOWS = integer(1, 65535)
-_UDP_FLOW_IDLE_SECS = integer(30, 300)
-_HEALTH_CHECK_INTERVAL_SECS = integer(1, 3600)
-_ACK_TIMEOUT_SECS: Schema = {"type": "number", "minimum": 0.1, "maximum": 60, "default": 2}
-_TARGET_PRIORITY = integer(0, 65535)
-_TARGET_WEIGHT = integer(1, 1000)
-_RATE_LIMIT_CAP = integer(1, 10**12)
+# user sends, in one place.  Numbers come from the table of bounds
+# (portunus/bounds.py); MAX_TARGETS, MAX_RULE_NAME_LENGTH and the clientspec
+# limits are imported where the handlers' checks define them.
+_PORT = PORT.schema()
+_UDP_MAX_FLOWS = UDP_MAX_FLOWS.schema()
+_UDP_FLOW_IDLE_SECS = UDP_FLOW_IDLE_SECS.schema()
+_HEALTH_CHECK_INTERVAL_SECS = HEALTH_CHECK_INTERVAL_SECS.schema()
+_ACK_TIMEOUT_SECS = ACK_TIMEOUT_SECS.schema()
+_TARGET_PRIORITY = TARGET_PRIORITY.schema()
+_TARGET_WEIGHT = TARGET_WEIGHT.schema()
+_RATE_LIMIT_CAP = RATE_LIMIT_CAP.schema()
 _GRANT_NOTE = string(maxLength=256, default="")
 _DISPLAY_NAME = string("1 to 64 characters without control characters", maxLength=64)
 _NEW_PASSWORD = string("at least 12 characters, at most 1024 bytes of UTF-8", minLength=12)
-_TTL = integer(1, MAX_TTL_SECS, f"seconds the code stays valid (default {DEFAULT_TTL_SECS})")
+_TTL = ENROLLMENT_TTL_SECS.schema()
 _USER_ID = string(
     "1 to 32 of a-z, 0-9, _ and -, starting with a letter", pattern=r"^[a-z][a-z0-9_-]{0,31}$"
 )
@@ -114,7 +126,7 @@ _CLIENT_NAME = string(
     minLength=1,
     maxLength=MAX_NAME_LENGTH,
 )
-AUDIT_LIMIT = integer(1, 1000, "Entries per answer (default 100)")
+AUDIT_LIMIT = AUDIT_PAGE_LIMIT.schema()
 
 _BOOLEAN: Schema = {"type": "boolean"}
 FLAG = string("1, true or yes: include them", default="false")
