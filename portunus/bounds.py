@@ -22,6 +22,10 @@ __all__ = [
     "ACK_TIMEOUT_SECS",
     "AUDIT_PAGE_LIMIT",
     "BOUNDS",
+    "CONTROL_HANDSHAKE_TIMEOUT_SECS",
+    "CONTROL_HELLO_TIMEOUT_SECS",
+    "CONTROL_MAX_UNAUTHENTICATED",
+    "CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE",
     "ENROLLMENT_TTL_SECS",
     "HEALTH_CHECK_INTERVAL_SECS",
     "PORT",
@@ -152,6 +156,26 @@ ENROLLMENT_TTL_SECS = Bound(1, 86_400, 600, "Seconds the code stays valid", "sec
 WORKERS = Bound(1, 64, 1, "Worker processes")
 #: Entries one audit-log page holds (C{GET /v1/audit?limit=}).
 AUDIT_PAGE_LIMIT = Bound(1, 1000, 100, "Entries per answer")
+#: Seconds a control connection gets to finish its TLS handshake.
+CONTROL_HANDSHAKE_TIMEOUT_SECS = Bound(
+    0.1, 300.0, 10.0, "Seconds a control connection gets for its TLS handshake", "seconds"
+)
+#: Seconds a control connection gets, after TLS, to be welcomed (Hello or Enroll).
+CONTROL_HELLO_TIMEOUT_SECS = Bound(
+    0.1,
+    300.0,
+    10.0,
+    "Seconds after the handshake a control connection gets to say Hello",
+    "seconds",
+)
+#: Unauthenticated control connections at once, from everywhere.
+CONTROL_MAX_UNAUTHENTICATED = Bound(
+    1, 65535, 1024, "Control connections not yet welcomed, in total"
+)
+#: Unauthenticated control connections at once from one address (IPv6: one /64).
+CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE = Bound(
+    1, 65535, 64, "Control connections not yet welcomed, from one source address"
+)
 
 #: Every bound by the name of the setting it is best known as.
 BOUNDS: Mapping[str, Bound[Any]] = {
@@ -170,6 +194,10 @@ BOUNDS: Mapping[str, Bound[Any]] = {
     "ttl_secs": ENROLLMENT_TTL_SECS,
     "workers": WORKERS,
     "limit": AUDIT_PAGE_LIMIT,
+    "control_handshake_timeout_secs": CONTROL_HANDSHAKE_TIMEOUT_SECS,
+    "control_hello_timeout_secs": CONTROL_HELLO_TIMEOUT_SECS,
+    "control_max_unauthenticated": CONTROL_MAX_UNAUTHENTICATED,
+    "control_max_unauthenticated_per_source": CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE,
 }
 
 

@@ -205,6 +205,12 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     ErrorCode("enrollment_invalid", 401, 1, "ask the operator for a new enrollment command"),
     ErrorCode("enrollment_used", 401, 1, "a code works once; ask the operator to re-enroll"),
     ErrorCode("enrollment_expired", 401, 1, "ask the operator for a new code (or a longer ttl)"),
+    ErrorCode(
+        "enrollment_rate_limited",
+        429,
+        1,
+        "too many wrong codes came from this address: wait a minute, then retry the right one",
+    ),
     ErrorCode("backup_source_missing", 404, 5, "point --data-dir at the server's data dir"),
     ErrorCode("backup_destination_exists", 409, 6, "choose another --out or remove the file"),
     ErrorCode("backup_failed", 500, 1, "check the disk and permissions of both paths"),

@@ -50,6 +50,10 @@ DOC_NAMES: dict[str, tuple[str, ...]] = {
     "ttl_secs": ("ttl_secs",),
     "workers": ("workers",),
     "limit": ("limit",),
+    "control_handshake_timeout_secs": ("control_handshake_timeout_secs",),
+    "control_hello_timeout_secs": ("control_hello_timeout_secs",),
+    "control_max_unauthenticated": ("control_max_unauthenticated",),
+    "control_max_unauthenticated_per_source": ("control_max_unauthenticated_per_source",),
 }
 
 _FOLD: dict[type, Callable[[Any, Any], Any]] = {

@@ -90,10 +90,14 @@ def enroll(
         yield connectProtocol(endpoint, protocol)
         answer = yield protocol.result
     except EnrollmentRefused as e:
+        advice = (
+            "too many wrong codes came from this address; wait a minute, then retry"
+            if str(e) == "enrollment_rate_limited"
+            else "ask the operator for a new one (portunus-server enroll-client NAME)"
+        )
         raise PortunusError(
             "client.enrollment_failed",
-            f"the server refused the code: {e}; ask the operator for a new one "
-            "(portunus-server enroll-client NAME)",
+            f"the server refused the code: {e}; {advice}",
             reason=str(e),
         ) from None
     except PinMismatch as e:

@@ -465,9 +465,7 @@ class ControlPlane:
                 hash_secret(code), self.clock.seconds(), hash_secret(token)
             )
         except PortunusError as e:
-            log.warn(
-                "enrollment refused: {reason}", event="client.enrollment_refused", reason=e.code
-            )
+            # Counted and logged, aggregated, by the control port's gate.
             raise EnrollmentRefused(e.code) from None
         client = redemption.client
         endpoint = redemption.enrollment.advertised_endpoint

@@ -24,6 +24,8 @@ import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from portunus.server.gate import REFUSAL_REASONS
+
 __all__ = [
     "AUTH_FAILURE_REASONS",
     "CONTENT_TYPE",
@@ -211,6 +213,25 @@ class ServerMetrics:
             "Store operations refused because the database was busy.",
             registry=self.registry,
         )
+        self._control_refusals = Counter(
+            "portunus_control_refusals",
+            "Unauthenticated control connections closed (caps, deadlines, junk, bad Hello) "
+            "and enrollment codes refused, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REFUSAL_REASONS:
+            self._control_refusals.labels(reason)
+        self._unauthenticated = Gauge(
+            "portunus_control_unauthenticated_connections",
+            "Control connections not yet welcomed (TLS handshake or Hello pending).",
+            registry=self.registry,
+        )
+        self._edge_reports_ignored = Counter(
+            "portunus_edge_reports_ignored",
+            "Malformed stats reports from authenticated edges, dropped unread.",
+            registry=self.registry,
+        )
         self.registry.register(_RuleCollector(source))
 
     def auth_failed(self, reason: str) -> None:
@@ -229,6 +250,16 @@ class ServerMetrics:
 
     def store_busy(self) -> None:
         self._store_busy.inc()
+
+    def control_refused(self, reason: str) -> None:
+        """The control port's gate refused or closed a connection (or a code)."""
+        self._control_refusals.labels(reason).inc()
+
+    def unauthenticated_connections(self, count: int) -> None:
+        self._unauthenticated.set(count)
+
+    def edge_report_ignored(self) -> None:
+        self._edge_reports_ignored.inc()
 
     def render(self) -> bytes:
         """The text exposition of every metric (serve with L{CONTENT_TYPE})."""

@@ -24,7 +24,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -40,16 +40,22 @@ from portunus.addresses import (
 )
 from portunus.bounds import (
     ACK_TIMEOUT_SECS,
+    CONTROL_HANDSHAKE_TIMEOUT_SECS,
+    CONTROL_HELLO_TIMEOUT_SECS,
+    CONTROL_MAX_UNAUTHENTICATED,
+    CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE,
     RANGE_RULE_MAX_PORTS,
     SHUTDOWN_DRAIN_SECS,
     UDP_FLOW_IDLE_SECS,
     UDP_MAX_FLOWS,
+    Bound,
 )
 from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
 from portunus.errors import PortunusError
 from portunus.fields import FieldChecker, unknown_key_message
 from portunus.fields import describe_value as _describe
 from portunus.fields import printable as _safe
+from portunus.server.gate import GateLimits
 
 __all__ = [
     "ADVERTISED_ENDPOINT_ENV",
@@ -90,8 +96,24 @@ SERVER_TOML_KEYS: tuple[str, ...] = (
     "operator_http_public_origin",
     "shutdown_drain_timeout_secs",
     "ack_timeout_secs",
+    "control_handshake_timeout_secs",
+    "control_hello_timeout_secs",
+    "control_max_unauthenticated",
+    "control_max_unauthenticated_per_source",
     "resolver",
 )
+
+#: The C{server.toml} keys of L{GateLimits}, with their bounds: key ->
+#: (attribute, lowest, highest).
+_GATE_KEYS: Mapping[str, tuple[str, Bound[Any]]] = {
+    "control_handshake_timeout_secs": ("handshake_timeout_secs", CONTROL_HANDSHAKE_TIMEOUT_SECS),
+    "control_hello_timeout_secs": ("hello_timeout_secs", CONTROL_HELLO_TIMEOUT_SECS),
+    "control_max_unauthenticated": ("max_unauthenticated", CONTROL_MAX_UNAUTHENTICATED),
+    "control_max_unauthenticated_per_source": (
+        "max_unauthenticated_per_source",
+        CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE,
+    ),
+}
 
 # Keys Portunus's server.toml has that this server does not take: each gets
 # a message saying so instead of a bare "unknown key".
@@ -212,6 +234,8 @@ class ServerSettings:
     operator_http_public_origin: str | None = None
     shutdown_drain_timeout_secs: float = SHUTDOWN_DRAIN_SECS.fallback
     ack_timeout_secs: float = ACK_TIMEOUT_SECS.fallback
+    #: The control port's limits on connections not yet welcomed.
+    control_limits: GateLimits = attrs.field(factory=GateLimits)
     resolver: ResolverSettings = attrs.field(factory=ResolverSettings)
 
     def endpoint_description(self, kind: ListenerKind) -> str:
@@ -558,6 +582,17 @@ class _Parser:
             seconds = self.check.duration(document, key, None, key, seconds_bound)
             if isinstance(seconds, float):
                 values[key] = seconds
+
+        gate: dict[str, float] = {}
+        for key, (attribute, limit_bound) in _GATE_KEYS.items():
+            if limit_bound.integral:
+                limit: object = self.check.integer(document, key, None, key, limit_bound)
+            else:
+                limit = self.check.duration(document, key, None, key, limit_bound)
+            if isinstance(limit, int | float):
+                gate[attribute] = limit
+        if gate:
+            values["control_limits"] = GateLimits(**gate)  # type: ignore[arg-type]
 
         token = self._token(document)
         if token is not None:

@@ -20,9 +20,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IReactorCore
-from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from portunus import __version__
@@ -33,6 +31,7 @@ from portunus.control.tls import (
     server_tls_options,
     write_file_atomically,
 )
+from portunus.dataplane.rlimits import raise_nofile_limit
 from portunus.errors import PortunusError
 from portunus.logging import make_observer
 from portunus.reactors import IProcessReactor, installed_reactor
@@ -49,10 +48,11 @@ from portunus.server.auth.setupfile import SetupTokenFile
 from portunus.server.auth.throttle import Throttle
 from portunus.server.controlplane import ControlPlane, PlaneSettings
 from portunus.server.datadir import prepare_data_dir, resolve_data_dir
+from portunus.server.gate import Gate, fit_to_descriptors
 from portunus.server.httpsite import QuietSite
 from portunus.server.metrics import ServerMetrics
 from portunus.server.metricsweb import MetricsRoot
-from portunus.server.sessions import ServerSession
+from portunus.server.sessions import ServerSession, control_factory
 from portunus.server.settings import (
     SERVER_TOML,
     ListenerKind,
@@ -282,9 +282,16 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
     audit = AuditLog(store.audit, reactor, observer=metrics)
     audit.setServiceParent(service)
 
-    sessions = Factory.forProtocol(lambda: ServerSession(plane, reactor))
-    sessions.noisy = False
-    control = TLSMemoryBIOFactory(server_tls_options(cert.cert_pem, cert.key_pem), False, sessions)
+    # Before the listeners: strangers on the control port may take at most
+    # half of whatever open-file limit the server gets.
+    nofile = raise_nofile_limit("server")
+    gate = Gate(fit_to_descriptors(settings.control_limits, nofile), reactor, observer=metrics)
+    gate.setServiceParent(service)
+    control = control_factory(
+        server_tls_options(cert.cert_pem, cert.key_pem),
+        gate,
+        lambda ticket: ServerSession(plane, reactor, ticket),
+    )
     _listener(reactor, settings, "control", control).setServiceParent(service)
 
     api = make_api(

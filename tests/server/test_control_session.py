@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -35,7 +36,8 @@ from portunus.dataplane import Forwarder
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.server.controlplane import ControlPlane, PlaneSettings
-from portunus.server.sessions import ServerSession
+from portunus.server.gate import Gate, GateLimits, Ticket
+from portunus.server.sessions import ServerSession, control_factory
 from portunus.server.store import open_store, run_synchronously
 from tests._net import LOOPBACK, free_port
 
@@ -96,6 +98,7 @@ class Harness:
             ),
             self.clock,
         )
+        self.gate = Gate(GateLimits(), self.clock)
         self.edge_reactor = MemoryReactorClock()
         self.agent = EdgeAgent(Forwarder(self.edge_reactor), drain_timeout=1.0)
         case.addCleanup(self.agent.stop)
@@ -103,15 +106,12 @@ class Harness:
     def connect(self, client_protocol: Any, pin: str = PIN) -> tuple[ServerSession, IOPump]:
         sessions: list[ServerSession] = []
 
-        def build_session() -> ServerSession:
-            sessions.append(ServerSession(self.plane, self.clock))
+        def build_session(ticket: Ticket) -> ServerSession:
+            sessions.append(ServerSession(self.plane, self.clock, ticket))
             return sessions[-1]
 
-        server_factory = TLSMemoryBIOFactory(
-            server_tls_options(CERT_PEM, KEY_PEM),
-            False,
-            Factory.forProtocol(build_session),
-            clock=self.clock,
+        server_factory = control_factory(
+            server_tls_options(CERT_PEM, KEY_PEM), self.gate, build_session, self.clock
         )
         client_factory = TLSMemoryBIOFactory(
             PinnedClientTLS(pin),
@@ -120,7 +120,7 @@ class Harness:
             clock=self.clock,
         )
         _, _, pump = connectedServerAndClient(
-            lambda: server_factory.buildProtocol(None),
+            lambda: server_factory.buildProtocol(IPv4Address("TCP", "192.0.2.10", 50000)),
             lambda: client_factory.buildProtocol(None),
             greet=False,
             clock=self.clock,
