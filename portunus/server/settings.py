@@ -59,6 +59,7 @@ from portunus.server.gate import GateLimits
 
 __all__ = [
     "ADVERTISED_ENDPOINT_ENV",
+    "CONTROL_LIMIT_KEYS",
     "OPERATOR_HTTP_LISTEN_ENV",
     "SERVER_TOML",
     "SERVER_TOML_KEYS",
@@ -103,9 +104,8 @@ SERVER_TOML_KEYS: tuple[str, ...] = (
     "resolver",
 )
 
-#: The C{server.toml} keys of L{GateLimits}, with their bounds: key ->
-#: (attribute, lowest, highest).
-_GATE_KEYS: Mapping[str, tuple[str, Bound[Any]]] = {
+#: The C{server.toml} keys of L{GateLimits}: key -> (attribute, bound).
+CONTROL_LIMIT_KEYS: Mapping[str, tuple[str, Bound[Any]]] = {
     "control_handshake_timeout_secs": ("handshake_timeout_secs", CONTROL_HANDSHAKE_TIMEOUT_SECS),
     "control_hello_timeout_secs": ("hello_timeout_secs", CONTROL_HELLO_TIMEOUT_SECS),
     "control_max_unauthenticated": ("max_unauthenticated", CONTROL_MAX_UNAUTHENTICATED),
@@ -584,7 +584,7 @@ class _Parser:
                 values[key] = seconds
 
         gate: dict[str, float] = {}
-        for key, (attribute, limit_bound) in _GATE_KEYS.items():
+        for key, (attribute, limit_bound) in CONTROL_LIMIT_KEYS.items():
             if limit_bound.integral:
                 limit: object = self.check.integer(document, key, None, key, limit_bound)
             else:

@@ -7,6 +7,7 @@ reported as one aggregated line per interval.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -15,6 +16,8 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.server.gate import (
+    MAX_BYTES_BEFORE_WELCOME,
+    REFUSAL_REASONS,
     REPORT_INTERVAL_SECS,
     Gate,
     GateLimits,
@@ -24,6 +27,7 @@ from portunus.server.gate import (
     source_of,
 )
 from portunus.server.metrics import ServerMetrics
+from portunus.server.settings import CONTROL_LIMIT_KEYS
 
 
 def v4(host: str, port: int = 40000) -> IPv4Address:
@@ -298,3 +302,29 @@ class MetricsTests(SynchronousTestCase):
         assert ticket is not None
         ticket.ended()
         self.assertIn("portunus_control_unauthenticated_connections 0.0", metrics.render().decode())
+
+
+class DocsTests(SynchronousTestCase):
+    """docs/ state the gate's keys, defaults, ranges and reasons as the code has them."""
+
+    DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
+
+    def test_server_config_rows(self) -> None:
+        """Each control_* key's row in server-config.md has the code's default and range."""
+        text = (self.DOCS / "server-config.md").read_text()
+        defaults = GateLimits()
+        for key, (attribute, bound) in CONTROL_LIMIT_KEYS.items():
+            [row] = [line for line in text.splitlines() if line.startswith(f"| `{key}` |")]
+            cells = [cell.strip() for cell in row.split("|")[1:-1]]
+            self.assertEqual(cells[1], f"`{getattr(defaults, attribute):g}`", key)
+            self.assertIn(bound.span(), cells[2], key)
+
+    def test_security_names_every_reason_and_limit(self) -> None:
+        """security.md lists every refusal reason and the fixed limits' values."""
+        text = (self.DOCS / "security.md").read_text()
+        for reason in REFUSAL_REASONS:
+            self.assertIn(f"`{reason}`", text)
+        self.assertIn(f"{MAX_BYTES_BEFORE_WELCOME // 1024} KiB", text)
+        self.assertIn(f"`control.refusals` warning per {REPORT_INTERVAL_SECS:g} seconds", text)
+        for key in CONTROL_LIMIT_KEYS:
+            self.assertIn(f"`{key}`", text)
