@@ -19,6 +19,17 @@ from twisted.python.failure import Failure
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def twistd_with_nofile(soft: int, hard: int) -> list[str]:
+    """Like L{TWISTD}, with the open-file limit set to (C{soft}, C{hard}) first."""
+    return [
+        sys.executable,
+        "-c",
+        "import resource; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+        "from twisted.scripts.twistd import run; run()",
+    ]
+
+
 class TwistdProcess(ProcessProtocol):
     """
     Collects stdout, parses stderr as JSON log lines, and lets a test wait

@@ -61,6 +61,9 @@ class _ProcessCase(TestCase):
 
         return gatherResults(waits)
 
+    #: How twistd is run (a test may run it under other resource limits).
+    launcher: Sequence[str] = TWISTD
+
     def spawn(
         self, plugin: str, *args: str, twistd: Sequence[str] = (), cwd: str | None = None
     ) -> TwistdProcess:
@@ -71,7 +74,7 @@ class _ProcessCase(TestCase):
         """
         process = TwistdProcess()
         pidfile = ["--pidfile="] if cwd is None else []
-        argv = [*TWISTD, "--nodaemon", *pidfile, *twistd, plugin, *args]
+        argv = [*self.launcher, "--nodaemon", *pidfile, *twistd, plugin, *args]
         reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ), path=cwd)
         self.processes.append(process)
         return process

@@ -23,7 +23,6 @@ import resource
 import signal
 import socket
 import ssl
-import sys
 from typing import Any
 
 import treq
@@ -38,8 +37,8 @@ from zope.interface import implementer
 
 from portunus.control.tls import PinnedClientTLS
 from tests._net import LOOPBACK, OneShotClientFactory, echo_factory, free_port_range
-from tests.e2e._process import TwistdProcess
-from tests.e2e.test_control_plane_process import CLIENT_CLI, SERVER_CLI, _ProcessCase
+from tests.e2e._process import TwistdProcess, twistd_with_nofile
+from tests.e2e.test_control_plane_process import SERVER_CLI, _ProcessCase
 from tests.server.test_control_port import client_hello
 
 reactor: Any = _reactor
@@ -105,29 +104,11 @@ class _ControlPortCase(_ProcessCase):
 
     def start_limited_server(self, soft: int, hard: int) -> TwistdProcess:
         """twistd portunus-server, started with the open-file limit (soft, hard)."""
-        run = (
-            "import resource; "
-            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
-            "from twisted.scripts.twistd import run; run()"
-        )
-        process = TwistdProcess()
-        argv = [
-            sys.executable,
-            "-c",
-            run,
-            "--nodaemon",
-            "--pidfile=",
-            "portunus-server",
-            "--data-dir",
-            self.data_dir,
-            "--control-listen",
-            f"{LOOPBACK}:{self.control_port}",
-            "--operator-http-listen",
-            f"{LOOPBACK}:{self.http_port}",
-        ]
-        reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ))
-        self.processes.append(process)
-        return process
+        self.launcher = twistd_with_nofile(soft, hard)
+        try:
+            return self.start_server()
+        finally:
+            del self.launcher
 
     @inlineCallbacks
     def strangers(self, count: int, pin: str) -> Any:
@@ -168,16 +149,6 @@ class _ControlPortCase(_ProcessCase):
         d = treq.get(f"http://{LOOPBACK}:{self.metrics_port}/metrics", persistent=False)
         return d.addCallback(treq.text_content)
 
-    @inlineCallbacks
-    def enroll_edge(self, name: str) -> Any:
-        out, err, code = yield self.cli(SERVER_CLI, "enroll-client", name)
-        self.assertEqual(code, 0, err.decode())
-        line = next(line for line in out.decode().splitlines() if "portunus://" in line)
-        bundle = os.path.join(self.data_dir, "..", f"{name}.bundle.json")
-        out, err, code = yield self.cli(CLIENT_CLI, "enroll", line.split("'")[1], "--out", bundle)
-        self.assertEqual(code, 0, err.decode())
-        return bundle
-
 
 class IdleStrangersTests(_ControlPortCase):
     def setUp(self) -> None:
@@ -207,7 +178,7 @@ class IdleStrangersTests(_ControlPortCase):
         self.assertEqual(json.loads(out), [])
 
         # A real edge enrolls, connects and forwards a pushed rule.
-        bundle = yield self.enroll_edge("edge-busy")
+        bundle = yield self.enroll_bundle("edge-busy")
         edge = self.spawn("portunus-client", "--bundle", bundle)
         yield edge.wait_for("control.connected")
         target = reactor.listenTCP(0, echo_factory(), interface=LOOPBACK)
