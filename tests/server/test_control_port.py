@@ -41,6 +41,7 @@ from portunus.control.commands import (
 from portunus.control.enrollment import parse_enroll_uri
 from portunus.control.tls import PinnedClientTLS, server_tls_options
 from portunus.server.gate import REPORT_INTERVAL_SECS, Ticket
+from portunus.server.metrics import ServerMetrics
 from portunus.server.sessions import ServerSession, control_factory
 from tests._net import free_port
 from tests.server._apiharness import ApiHarness
@@ -364,8 +365,9 @@ class StatsReportTests(_PortCase):
     def test_malformed_reports_are_ignored_and_every_route_answers(self) -> None:
         """
         Each malformed report is dropped whole (the last good one stands),
-        counted, logged once per interval; the rule stats route, the client
-        list and the metrics still answer 200 and the edge stays connected.
+        counted, logged once per interval; the rule stats route and the client
+        list still answer 200, the metrics show the last good report, and the
+        edge stays connected.
         """
         good = {"rule_id": self.rule_id, "bytes_in": 5, "ports": {"443": {"bytes_in": 5}}}
         self.report([good])
@@ -399,6 +401,11 @@ class StatsReportTests(_PortCase):
         self.assertNoErrorsLogged(logged)
         status, clients, _ = self.api.request("GET", "/v1/clients")
         self.assertEqual((status, clients[0]["state"]), (200, "connected"))
+        scrape = ServerMetrics(self.h.plane).render().decode()
+        self.assertIn(
+            f'portunus_rule_bytes_in_total{{client="edge-01",owner="",rule="{self.rule_id}"}} 5.0',
+            scrape,
+        )
         self.assertFalse(self.session.lost)
 
     def test_unknown_keys_are_dropped_known_ones_kept(self) -> None:
