@@ -38,6 +38,7 @@ from tests._net import (
     free_port,
     free_port_range,
 )
+from tests.deploy import _compose as compose
 from tests.deploy._images import HOST_ENV, MountedImage, built_images
 from tests.deploy._support import require
 from tests.e2e._process import TwistdProcess
@@ -116,7 +117,12 @@ class _ImageCase(TestCase):
 
     @inlineCallbacks
     def start_server(self, image: MountedImage, volumes: Mapping[str, str]) -> Any:
-        """The server image's CMD plus a control port; (process, control port, HTTP port)."""
+        """
+        The server as compose.server.yml runs it (its command and
+        environment) on free ports instead of 7443/7080: (process, the
+        environment it got, HTTP port).
+        """
+        service = compose.load("server")["services"]["server"]
         data = volumes["/var/lib/portunus"]
         uid, gid = image.user
         for attempt in range(PORT_TRIES):
@@ -127,9 +133,11 @@ class _ImageCase(TestCase):
                 f.write(f'metrics_listen = "{LOOPBACK}:{metrics}"\n')
             os.chown(toml, uid, gid)
             command = image.command(
-                [*image.config["Cmd"], "--control-listen", f"{LOOPBACK}:{control}"]
+                [*service["command"], "--control-listen", f"{LOOPBACK}:{control}"]
             )
-            env = {"PORTUNUS_OPERATOR_HTTP_LISTEN": f"{LOOPBACK}:{http}"}
+            env = dict(service["environment"])
+            host = env["PORTUNUS_OPERATOR_HTTP_LISTEN"].rsplit(":", 1)[0]
+            env["PORTUNUS_OPERATOR_HTTP_LISTEN"] = f"{host}:{http}"
             server = self.spawn(image, command, volumes, env)
             try:
                 yield server.wait_for("server.started")
@@ -137,8 +145,20 @@ class _ImageCase(TestCase):
                 if b"bind_failed" in server.stderr and attempt + 1 < PORT_TRIES:
                     continue
                 raise
-            return server, control, http
+            return server, env, http
         raise AssertionError("unreachable")
+
+    def operator(
+        self, image: MountedImage, volumes: Mapping[str, str], http: int, *args: str
+    ) -> Any:
+        """
+        compose.server.yml's operator service (its entry point, which reads
+        the token from the data volume, and environment) running C{args}.
+        """
+        service = compose.load("server")["services"]["operator"]
+        env = dict(service["environment"])
+        env["PORTUNUS_HTTP_ENDPOINT"] = f"{LOOPBACK}:{http}"
+        return self.once(image, [*service["entrypoint"], *args], volumes, env)
 
     @inlineCallbacks
     def send(self, port: int, size: int) -> Any:
@@ -196,29 +216,22 @@ class ServerImageTests(_ImageCase):
         """The server image serves /v1/health, passes its health check, runs the CLI, stops 0."""
         image = self.mount("server")
         volumes = self.volumes(image)
-        server, _, http = yield self.start_server(image, volumes)
+        server, env, http = yield self.start_server(image, volumes)
 
         response = yield treq.get(f"http://{LOOPBACK}:{http}/v1/health", persistent=False)
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads((yield treq.content(response))), {"status": "ok"})
 
-        env = {"PORTUNUS_OPERATOR_HTTP_LISTEN": f"{LOOPBACK}:{http}"}
         out, err, code = yield self.once(image, image.healthcheck(), volumes, env)
         self.assertEqual(code, 0, err.decode())
-        self.assertIn(b"healthy: ", out)
+        self.assertIn(f"http://127.0.0.1:{http}/v1/health".encode(), out)
 
-        data = volumes["/var/lib/portunus"]
-        with open(os.path.join(data, "operator.token")) as f:
-            token = f.read().strip()
-        cli_env = {
-            "PORTUNUS_OPERATOR_TOKEN": token,
-            "PORTUNUS_HTTP_ENDPOINT": f"{LOOPBACK}:{http}",
-        }
-        out, err, code = yield self.once(
-            image, image.command(["list-clients", "--format", "json"]), volumes, cli_env
+        out, err, code = yield self.operator(
+            image, volumes, http, "list-clients", "--format", "json"
         )
         self.assertEqual((code, json.loads(out)), (0, []), err.decode())
 
+        data = volumes["/var/lib/portunus"]
         st = os.stat(os.path.join(data, "state.db"))
         self.assertEqual((st.st_uid, st.st_mode & 0o777), (65532, 0o600))
         yield self.stop(server)
@@ -231,23 +244,16 @@ class EdgeImageTests(_ImageCase):
         server_image = self.mount("server")
         server_volumes = self.volumes(server_image)
         _, _, http = yield self.start_server(server_image, server_volumes)
-        with open(os.path.join(server_volumes["/var/lib/portunus"], "operator.token")) as f:
-            cli_env = {
-                "PORTUNUS_OPERATOR_TOKEN": f.read().strip(),
-                "PORTUNUS_HTTP_ENDPOINT": f"{LOOPBACK}:{http}",
-            }
-        out, err, code = yield self.once(
-            server_image,
-            server_image.command(["enroll-client", "edge-01"]),
-            server_volumes,
-            cli_env,
+        out, err, code = yield self.operator(
+            server_image, server_volumes, http, "enroll-client", "edge-01"
         )
         self.assertEqual(code, 0, err.decode())
         uri = next(w for w in out.decode().split("'") if w.startswith("portunus://"))
 
         image = self.mount("edge")
         volumes = self.volumes(image)
-        edge = self.spawn(image, image.command(), volumes, {"PORTUNUS_ENROLL_URI": uri})
+        first_boot = compose.load("edge", {"PORTUNUS_ENROLL_URI": uri})["services"]["edge"]
+        edge = self.spawn(image, image.command(), volumes, first_boot["environment"])
         yield edge.wait_for("client.enrolled")
         yield edge.wait_for("control.connected")
         bundle = os.path.join(volumes["/etc/portunus"], "client.bundle.json")
@@ -257,11 +263,14 @@ class EdgeImageTests(_ImageCase):
         target = self.echo()
         for attempt in range(PORT_TRIES):
             listen = free_port_range(1)
-            out, err, code = yield self.once(
+            out, err, code = yield self.operator(
                 server_image,
-                server_image.command(["push-rule", "edge-01", str(listen), f"{LOOPBACK}:{target}"]),
                 server_volumes,
-                cli_env,
+                http,
+                "push-rule",
+                "edge-01",
+                str(listen),
+                f"{LOOPBACK}:{target}",
             )
             if code == 5 and b"port_in_use" in err and attempt + 1 < PORT_TRIES:
                 continue
@@ -273,9 +282,11 @@ class EdgeImageTests(_ImageCase):
         out, err, code = yield self.once(image, image.healthcheck(), volumes)
         self.assertEqual(code, 0, err.decode())
 
-        # The next start finds the bundle on the volume and needs no URI.
+        # The next start finds the bundle on the volume; the URI is unset.
         yield self.stop(edge)
-        edge = self.spawn(image, image.command(), volumes)
+        later = compose.load("edge")["services"]["edge"]
+        self.assertEqual(later["environment"], {"PORTUNUS_ENROLL_URI": ""})
+        edge = self.spawn(image, image.command(), volumes, later["environment"])
         yield edge.wait_for("control.connected")
         self.assertFalse([e for e in edge.events if e.get("event") == "client.enrolled"])
         yield edge.wait_for("rule.activated")
