@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from email.parser import Parser
+from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
@@ -49,6 +50,13 @@ def require(*tools: str, root: bool = False) -> None:
         if os.environ.get("CI") == "true":
             raise AssertionError(f"deployment tests must run in CI: {why}")
         raise SkipTest(why)
+
+
+def shellcheck_clean(case: Any, path: str) -> None:
+    """Assert that C{path} parses under dash and shellcheck finds nothing."""
+    for argv in (["dash", "-n", path], ["shellcheck", path]):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        case.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""), argv)
 
 
 def cache_dir() -> str:

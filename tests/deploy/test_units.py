@@ -18,7 +18,7 @@ import sys
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.deploy._support import CONTRIB, require
+from tests.deploy._support import CONTRIB, require, shellcheck_clean
 
 SYSTEMD = os.path.join(CONTRIB, "systemd")
 OPENRC = os.path.join(CONTRIB, "openrc")
@@ -222,10 +222,7 @@ class OpenRCTests(SynchronousTestCase):
         """sh -n and shellcheck (as sh; openrc-run's variables declared) pass on each script."""
         require("shellcheck", "dash")
         for role in ROLES:
-            path = os.path.join(OPENRC, f"portunus-{role}")
-            for argv in (["dash", "-n", path], ["shellcheck", path]):
-                result = subprocess.run(argv, capture_output=True, text=True, check=False)
-                self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""), argv)
+            shellcheck_clean(self, os.path.join(OPENRC, f"portunus-{role}"))
 
     def test_fields_that_matter(self) -> None:
         """supervise-daemon, respawn, the role's user, limits, capability, logs, depend."""
