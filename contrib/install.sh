@@ -302,6 +302,12 @@ write_meta() {
 
 now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
+installed_role() {
+	role=$(meta role)
+	[ -n "$role" ] || die "Portunus is not installed here ($META is missing)"
+	echo "$role"
+}
+
 need_root() {
 	[ "$dry_run" = 1 ] || [ "$(id -u)" = 0 ] || die "run as root (or with --dry-run to see what would change)"
 }
@@ -404,8 +410,7 @@ do_install() {
 
 do_upgrade() {
 	need_root
-	role=$(meta role)
-	[ -n "$role" ] || die "Portunus is not installed here ($META is missing)"
+	role=$(installed_role)
 	kind=$(meta init)
 	before=$(installed_version)
 	data_dir=$(meta data_dir)
@@ -423,8 +428,7 @@ do_upgrade() {
 
 do_uninstall() {
 	need_root
-	role=$(meta role)
-	[ -n "$role" ] || die "Portunus is not installed here ($META is missing)"
+	role=$(installed_role)
 	kind=$(meta init)
 	user=$(user_of "$role")
 	state=$(meta data_dir)
@@ -496,8 +500,7 @@ do_status() {
 do_service() {
 	case ${1:-} in start|stop|restart) ;; *) die "service start|stop|restart" ;; esac
 	need_root
-	role=$(meta role)
-	[ -n "$role" ] || die "Portunus is not installed here ($META is missing)"
+	role=$(installed_role)
 	service_ctl "$(meta init)" "$1" "$role"
 }
 

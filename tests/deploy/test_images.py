@@ -25,7 +25,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -41,7 +41,7 @@ from tests._net import (
 from tests.deploy import _compose as compose
 from tests.deploy._images import HOST_ENV, MountedImage, built_images
 from tests.deploy._support import require
-from tests.e2e._process import TwistdProcess
+from tests.e2e._process import TwistdProcess, stop_all
 
 reactor: Any = _reactor
 
@@ -73,15 +73,7 @@ class _ImageCase(TestCase):
         self.processes: list[TwistdProcess] = []
 
     def tearDown(self) -> Any:
-        waits = []
-        for process in self.processes:
-            if not process.exited.called:
-                process.signal(signal.SIGTERM)
-                # Cleanup only: a process that ignores TERM is killed.
-                killer = reactor.callLater(30, process.transport.signalProcess, "KILL")
-                process.exited.addBoth(lambda r, k=killer: (k.active() and k.cancel(), r)[1])
-                waits.append(process.exited)
-        return gatherResults(waits)
+        return stop_all(reactor, self.processes)
 
     def mount(self, target: str) -> MountedImage:
         image = MountedImage(self.tags[target])

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -117,6 +117,22 @@ class TwistdProcess(ProcessProtocol):
         self.transport.signalProcess(
             {signal.SIGTERM: "TERM", signal.SIGINT: "INT", signal.SIGHUP: "HUP"}[signum]
         )
+
+
+def stop_all(reactor: Any, processes: list[TwistdProcess]) -> Deferred[list[int]]:
+    """
+    SIGTERM every process still running and fire once all have exited;
+    one that ignores TERM is killed after 30 s (cleanup, not an assertion).
+    """
+    waits = []
+    for process in processes:
+        if not process.exited.called:
+            process.signal(signal.SIGTERM)
+            assert process.transport is not None
+            killer = reactor.callLater(30, process.transport.signalProcess, "KILL")
+            process.exited.addBoth(lambda r, k=killer: (k.active() and k.cancel(), r)[1])
+            waits.append(process.exited)
+    return gatherResults(waits)
 
 
 def spawn_standalone(reactor: Any, config_path: str, *extra: str) -> TwistdProcess:

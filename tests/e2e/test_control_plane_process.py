@@ -26,7 +26,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests._net import LOOPBACK, HashingClient, OneShotClientFactory, echo_factory, free_port
-from tests.e2e._process import TWISTD, TwistdProcess
+from tests.e2e._process import TWISTD, TwistdProcess, stop_all
 
 reactor: Any = _reactor
 
@@ -49,17 +49,7 @@ class _ProcessCase(TestCase):
         self.processes: list[TwistdProcess] = []
 
     def tearDown(self) -> Any:
-        waits = []
-        for process in self.processes:
-            if not process.exited.called:
-                process.signal(signal.SIGTERM)
-                # Cleanup only (no assertion): a process that ignores TERM is killed.
-                killer = reactor.callLater(30, process.transport.signalProcess, "KILL")
-                process.exited.addBoth(lambda r, k=killer: (k.active() and k.cancel(), r)[1])
-                waits.append(process.exited)
-        from twisted.internet.defer import gatherResults
-
-        return gatherResults(waits)
+        return stop_all(reactor, self.processes)
 
     #: How twistd is run (a test may run it under other resource limits).
     launcher: Sequence[str] = TWISTD
