@@ -501,7 +501,11 @@ do_service() {
 	case ${1:-} in start|stop|restart) ;; *) die "service start|stop|restart" ;; esac
 	need_root
 	role=$(installed_role)
-	service_ctl "$(meta init)" "$1" "$role"
+	kind=$(meta init)
+	if [ "$kind" != none ] && ! init_running "$kind"; then
+		die "$kind is not running here; start the role by hand: $(run_command "$role" "$(meta data_dir)")"
+	fi
+	service_ctl "$kind" "$1" "$role"
 }
 
 config_var() {

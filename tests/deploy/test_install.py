@@ -229,6 +229,14 @@ class ServerLifecycleTests(SynchronousTestCase):
         self.assertIn("init: systemd\n", status)
         self.assertIn("data dir: /var/lib/portunus\n", status)
 
+        refused = chroot.install_sh("service", "start", check=False)
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn(
+            "systemd is not running here; start the role by hand: "
+            "/opt/portunus/venv/bin/portunus-server serve --data-dir /var/lib/portunus",
+            refused.stderr,
+        )
+
         chroot.install_sh("config", "set", "operator-http-listen", "127.0.0.1:7090")
         got = chroot.install_sh("config", "get", "operator-http-listen").stdout
         self.assertEqual(got, "127.0.0.1:7090\n")
