@@ -62,6 +62,7 @@ class Chroot:
 
     def __init__(self, base: str) -> None:
         require("mmdebstrap", "unshare", "chroot", "tar", root=True)
+        self.base = base
         self.root = os.path.join(base, "root")
         os.makedirs(self.root)
         tarball = debian_tarball("debian-bookworm-install", PACKAGES)
@@ -79,6 +80,10 @@ class Chroot:
             shutil.copy(built[name], target)
             self.wheels[name] = "/root/wheels/" + name + "/" + os.path.basename(built[name])
         shutil.copytree(built["house"], os.path.join(self.root, "root", "wheelhouse"))
+
+    def remove(self) -> None:
+        """Delete the extracted tree (hundreds of MB) once the test is done."""
+        shutil.rmtree(self.base, ignore_errors=True)
 
     def path(self, inside: str) -> str:
         return os.path.join(self.root, inside.lstrip("/"))
@@ -185,6 +190,7 @@ class ServerLifecycleTests(SynchronousTestCase):
         file system as it was.
         """
         chroot = Chroot(self.mktemp())
+        self.addCleanup(chroot.remove)
         pristine = chroot.listing()
         accounts = chroot.accounts()
         wheel = chroot.wheels["current"]
@@ -286,6 +292,7 @@ class StandaloneWithoutInitTests(SynchronousTestCase):
     def test_no_init_installs_the_config_and_says_how_to_start(self) -> None:
         """--init none: no unit anywhere; the config checked, 0640; the command printed."""
         chroot = Chroot(self.mktemp())
+        self.addCleanup(chroot.remove)
         config = chroot.path("/root/standalone.toml")
         with open(config, "w") as f:
             f.write('[[rule]]\nname = "web"\nlisten_port = 8080\ntarget = "127.0.0.1:80"\n')
@@ -339,6 +346,7 @@ class ClientEnrollTests(_ProcessCase):
     def test_client_install_enrolls_and_protects_the_bundle(self) -> Any:
         """install client --enroll URI: bundle written 0640 root:portunus-client; unit enabled."""
         chroot = yield deferToThread(Chroot, self.mktemp())
+        self.addCleanup(chroot.remove)
         server = self.start_server()
         yield server.wait_for("server.started")
         out, err, code = yield self.cli(SERVER_CLI, "enroll-client", "edge-01")
