@@ -36,6 +36,7 @@ __all__ = [
     "RESOLVER_CACHE_ENTRIES",
     "SHUTDOWN_DRAIN_SECS",
     "STATS_LOG_INTERVAL_SECS",
+    "STATS_REFRESH_MS",
     "TARGET_PRIORITY",
     "TARGET_WEIGHT",
     "UDP_FLOW_IDLE_SECS",
@@ -148,6 +149,10 @@ SHUTDOWN_DRAIN_SECS = Bound(
 )
 #: Seconds between the standalone forwarder's stats log lines.
 STATS_LOG_INTERVAL_SECS = Bound(1, 3600, 60, "Seconds between stats log lines", "seconds")
+#: Milliseconds between two snapshots on the standalone's stats socket (Portunus: 250..=5000).
+STATS_REFRESH_MS = Bound(
+    250, 5000, 1000, "Milliseconds between stats socket snapshots", "milliseconds"
+)
 #: Names the target resolver caches.
 RESOLVER_CACHE_ENTRIES = Bound(1, 1_000_000, 8192, "Names the target resolver caches")
 #: Seconds an enrollment code stays valid.
@@ -190,6 +195,7 @@ BOUNDS: Mapping[str, Bound[Any]] = {
     "range_rule_max_ports": RANGE_RULE_MAX_PORTS,
     "shutdown_drain_secs": SHUTDOWN_DRAIN_SECS,
     "log_interval_secs": STATS_LOG_INTERVAL_SECS,
+    "refresh_ms": STATS_REFRESH_MS,
     "cache_entries": RESOLVER_CACHE_ENTRIES,
     "ttl_secs": ENROLLMENT_TTL_SECS,
     "workers": WORKERS,

@@ -46,6 +46,7 @@ DOC_NAMES: dict[str, tuple[str, ...]] = {
     "range_rule_max_ports": ("range_rule_max_ports",),
     "shutdown_drain_secs": ("shutdown_drain_secs", "shutdown_drain_timeout_secs"),
     "log_interval_secs": ("log_interval_secs",),
+    "refresh_ms": ("refresh_ms",),
     "cache_entries": ("cache_entries",),
     "ttl_secs": ("ttl_secs",),
     "workers": ("workers",),

@@ -23,6 +23,7 @@ from portunus.addresses import AddressError, host_problem, split_host_port
 from portunus.bounds import (
     SHUTDOWN_DRAIN_SECS,
     STATS_LOG_INTERVAL_SECS,
+    STATS_REFRESH_MS,
     UDP_FLOW_IDLE_SECS,
     UDP_MAX_FLOWS,
 )
@@ -50,6 +51,7 @@ from portunus.rulespec import (
 )
 
 __all__ = [
+    "DEFAULT_STATS_SOCKET_PATH",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_RANGE_PORTS",
@@ -60,6 +62,7 @@ __all__ = [
     "StandaloneConfig",
     "load_config",
     "parse_config",
+    "socket_path",
 ]
 
 #: Accepted C{log_level} values, after folding the C{warning} alias.
@@ -78,7 +81,12 @@ _DEFAULTS_KEYS = (
     "prefer_ipv6",
     "listen_addresses",
 )
-_STATS_KEYS = ("enabled", "log_interval_secs")
+_STATS_KEYS = ("enabled", "log_interval_secs", "socket_path", "refresh_ms")
+#: Where the stats socket listens unless [stats] socket_path says (Portunus' Linux default).
+DEFAULT_STATS_SOCKET_PATH = "/run/portunus/standalone.sock"
+#: A Unix socket path is at most 107 bytes (sun_path holds 108 with its NUL).
+_MAX_SOCKET_PATH_BYTES = 107
+_SOCKET_PATH_HINT = f'write e.g. socket_path = "{DEFAULT_STATS_SOCKET_PATH}"'
 _RULE_KEYS = (
     "name",
     "protocol",
@@ -171,8 +179,29 @@ class StandaloneConfig:
     shutdown_drain_secs: float = SHUTDOWN_DRAIN_SECS.fallback
     stats_enabled: bool = True
     stats_log_interval_secs: int = STATS_LOG_INTERVAL_SECS.fallback
+    stats_socket_path: str = DEFAULT_STATS_SOCKET_PATH
+    stats_refresh_ms: int = STATS_REFRESH_MS.fallback
     resolver: ResolverSettings = attrs.field(factory=ResolverSettings)
     rules: tuple[Rule, ...] = attrs.field(converter=_rule_tuple)
+
+
+def socket_path(text: str) -> str:
+    """
+    A Unix socket path as C{[stats] socket_path} and C{--stats-socket}
+    take it: printable, not empty, at most 107 bytes.
+
+    @raise ValueError: saying what is wrong and what to write.
+    """
+    if not text or has_bad_characters(text):
+        problem = "is empty or contains control characters"
+    elif len(text.encode("utf-8")) > _MAX_SOCKET_PATH_BYTES:
+        problem = (
+            f"is {len(text.encode('utf-8'))} bytes long; a Unix socket path holds at most "
+            f"{_MAX_SOCKET_PATH_BYTES}"
+        )
+    else:
+        return text
+    raise ValueError(f"{problem}; {_SOCKET_PATH_HINT}")
 
 
 # ---------------------------------------------------------------------------
@@ -374,6 +403,12 @@ class _Parser(RuleChecker):
             "stats.log_interval_secs",
             STATS_LOG_INTERVAL_SECS,
         )
+        stats_socket = self.parsed(
+            stats_table, "socket_path", None, "stats.socket_path", socket_path, _SOCKET_PATH_HINT
+        )
+        refresh_ms = self.integer(
+            stats_table, "refresh_ms", None, "stats.refresh_ms", STATS_REFRESH_MS
+        )
 
         resolver_settings, resolver_issues = resolver_settings_from_table(
             self._table(document, "resolver")
@@ -396,6 +431,12 @@ class _Parser(RuleChecker):
                 stats_interval
                 if isinstance(stats_interval, int)
                 else STATS_LOG_INTERVAL_SECS.fallback
+            ),
+            stats_socket_path=(
+                stats_socket if isinstance(stats_socket, str) else DEFAULT_STATS_SOCKET_PATH
+            ),
+            stats_refresh_ms=(
+                refresh_ms if isinstance(refresh_ms, int) else STATS_REFRESH_MS.fallback
             ),
             resolver=resolver_settings,
             rules=rules,

@@ -112,6 +112,8 @@ class ValidConfigTests(ParseMixin, SynchronousTestCase):
                 shutdown_drain_secs=30.0,
                 stats_enabled=True,
                 stats_log_interval_secs=60,
+                stats_socket_path="/run/portunus/standalone.sock",
+                stats_refresh_ms=1000,
                 rules=(tcp("web", PortRange(8080, 8080), Target("10.0.0.5", PortRange(80, 80))),),
             ),
         )
@@ -140,6 +142,8 @@ class ValidConfigTests(ParseMixin, SynchronousTestCase):
             [stats]
             enabled = false
             log_interval_secs = 5
+            socket_path = "/tmp/p.sock"
+            refresh_ms = 250
 
             [[rule]]
             name = "db"
@@ -161,6 +165,8 @@ class ValidConfigTests(ParseMixin, SynchronousTestCase):
                 shutdown_drain_secs=2.5,
                 stats_enabled=False,
                 stats_log_interval_secs=5,
+                stats_socket_path="/tmp/p.sock",
+                stats_refresh_ms=250,
                 rules=(
                     tcp(
                         "db",
@@ -497,11 +503,11 @@ class GlobalTableTests(ParseMixin, SynchronousTestCase):
         )
 
     def test_unknown_stats_key(self) -> None:
-        """An unknown [stats] key is an issue (socket_path is not supported here)."""
+        """An unknown [stats] key is an issue naming the keys there are."""
         issue = self.one_issue(
-            "[stats]\nsocket_path = '/x'\n" + MINIMAL, None, "stats.socket_path", "unknown key"
+            "[stats]\nsocket = '/x'\n" + MINIMAL, None, "stats.socket", "unknown key"
         )
-        self.assertIn("enabled, log_interval_secs", issue.message)
+        self.assertIn("enabled, log_interval_secs, socket_path, refresh_ms", issue.message)
 
     def test_label_type(self) -> None:
         """label must be a string."""
@@ -679,6 +685,34 @@ class GlobalTableTests(ParseMixin, SynchronousTestCase):
                 "stats.log_interval_secs",
                 "from 1 to 3600",
             )
+
+    def test_stats_refresh_ms_range(self) -> None:
+        """refresh_ms outside Portunus' 250..5000 is rejected; the bounds are accepted."""
+        for value in ("249", "5001", "0"):
+            self.one_issue(
+                f"[stats]\nrefresh_ms = {value}\n" + MINIMAL,
+                None,
+                "stats.refresh_ms",
+                "from 250 to 5000",
+            )
+        for value in (250, 5000):
+            cfg = self.parse(f"[stats]\nrefresh_ms = {value}\n" + MINIMAL)
+            self.assertEqual(cfg.stats_refresh_ms, value)
+
+    def test_stats_socket_path_checked(self) -> None:
+        """socket_path must be printable, non-empty text that fits a Unix socket address."""
+        for raw, phrase in (
+            ("1", "must be a string, not an integer"),
+            ('""', "is empty"),
+            ('"/run/a\\nb"', "control characters"),
+            (f'"/{"x" * 107}"', "108 bytes long; a Unix socket path holds at most 107"),
+        ):
+            issue = self.one_issue(
+                f"[stats]\nsocket_path = {raw}\n" + MINIMAL, None, "stats.socket_path", phrase
+            )
+            self.assertIn('socket_path = "/run/portunus/standalone.sock"', issue.message)
+        cfg = self.parse(f'[stats]\nsocket_path = "/{"x" * 106}"\n' + MINIMAL)
+        self.assertEqual(cfg.stats_socket_path, "/" + "x" * 106)
 
 
 class RuleTests(ParseMixin, SynchronousTestCase):
