@@ -98,6 +98,31 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         5,
         "rules sharing an SNI port all set accept_proxy_protocol, or none does",
     ),
+    # Standalone stats socket requests (portunus/standalone/statsock.py).
+    ErrorCode(
+        "stats_request_invalid",
+        400,
+        2,
+        'send one JSON object per line: {"cmd": "reload"} or {"cmd": "log-level", "spec": LEVEL}',
+    ),
+    ErrorCode(
+        "reload_unsupported",
+        501,
+        1,
+        "restart the service to apply a changed config (run --check on it first)",
+    ),
+    ErrorCode(
+        "log_level_invalid",
+        400,
+        2,
+        "give one level for the whole process: debug, info, warn, error or critical",
+    ),
+    ErrorCode(
+        "log_level_unavailable",
+        409,
+        1,
+        "this process was not started with its own log observer; restart it with --log-level",
+    ),
     # Rule lifecycle.
     ErrorCode("rule_not_found", 404, 8, "list the rules to find the right name or id"),
     ErrorCode("rule_exists", 409, 5, "rule names are unique; remove the old rule or rename"),

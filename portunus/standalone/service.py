@@ -12,23 +12,27 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from typing import IO, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 
 from portunus.compat import clear_exit_signal
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.dataplane.rlimits import raise_nofile_limit
+from portunus.dataplane.splice import splice_disabled_by_env, splice_supported
 from portunus.dataplane.workers.forwarder import WorkerForwarder
 from portunus.dataplane.workers.pool import WorkerListeners, sni_listener_key
 from portunus.errors import PortunusError
+from portunus.logging import parse_log_level
 from portunus.model import Rule
 from portunus.reactors import IProcessReactor
 from portunus.standalone.config import StandaloneConfig
 from portunus.standalone.forwarder import StandaloneForwarder, forwarder_for
+from portunus.standalone.statsock import StatsPublisher, StatsSocketFactory, StatsSocketService
 from portunus.tapsupport import install_log_observer
 
 __all__ = ["StandaloneService"]
@@ -46,11 +50,13 @@ class StandaloneService(MultiService):
         forwarder: StandaloneForwarder | None = None,
         log_observer: ILogObserver | None = None,
         stderr: IO[str] | None = None,
+        stats_socket: str | None = None,
     ) -> None:
         """
         @param forwarder: serves the rules; a L{WorkerForwarder}
             (C{--workers N}) leaves this process only binding the listeners
             and supervising the workers that serve them.
+        @param stats_socket: where to serve the stats socket; None for none.
         """
         super().__init__()
         self.config = config
@@ -63,6 +69,27 @@ class StandaloneService(MultiService):
         self._bound: list[Any] | None = None
         self._stats_loop: LoopingCall | None = None
         self._previous_sighup: Any = None
+        self.stats_socket: StatsSocketService | None = None
+        if stats_socket is not None:
+            self.stats_socket = self._stats_socket(stats_socket)
+            self.addService(self.stats_socket)
+
+    def _stats_socket(self, path: str) -> StatsSocketService:
+        if isinstance(self.forwarder, Forwarder):
+            splice = self.forwarder.splice is not None
+        else:
+            # Each worker's Forwarder decides as a default one does.
+            splice = splice_supported() and not splice_disabled_by_env()
+        publisher = StatsPublisher(
+            self._reactor,
+            rules=lambda: self.config.rules,
+            counters=self.forwarder.stats,
+            refresh_ms=self.config.stats_refresh_ms,
+            splice=splice,
+            monotonic=time.monotonic,
+        )
+        factory = StatsSocketFactory(self._reactor, publisher, commands=self)
+        return StatsSocketService(self._reactor, path, factory)
 
     def setServiceParent(self, parent: Any) -> None:
         if self._log_observer is not None:
@@ -183,7 +210,8 @@ class StandaloneService(MultiService):
         if self._stats_loop is not None and self._stats_loop.running:
             self._stats_loop.stop()
         self._restore_sighup()
-        super().stopService()
+        # Children (the stats socket) stop at once; their Deferred joins the drain's.
+        children: Deferred[Any] = super().stopService()
 
         def stopped(_: object) -> None:
             log.info("standalone forwarder stopped", event="standalone.stopped")
@@ -192,7 +220,57 @@ class StandaloneService(MultiService):
             clear_exit_signal(self._reactor)
 
         d: Deferred[Any] = self.forwarder.stop(self.config.shutdown_drain_secs)
-        return d.addCallback(stopped)
+        return d.addCallback(lambda result: children.addCallback(lambda _: result)).addCallback(
+            stopped
+        )
+
+    # -- requests on the stats socket --------------------------------------
+
+    def reload(self) -> dict[str, Any]:
+        """
+        Re-read the config without dropping connections: not there yet.
+
+        Provisional: the stats socket's C{reload} request lands here, so
+        the hitless reload only has to fill this in (SIGHUP with it).
+        """
+        raise PortunusError(
+            "reload_unsupported",
+            "this forwarder cannot reload its configuration yet",
+        )
+
+    def set_log_level(self, spec: str) -> dict[str, Any]:
+        """
+        Change the level of this process's log (and its workers') now.
+
+        Provisional: one level name for everything; per-module filters
+        are refused with C{log_level_invalid}.
+        """
+        try:
+            level = parse_log_level(spec)
+        except ValueError:
+            raise PortunusError(
+                "log_level_invalid",
+                f"{spec[:64]!r} is not a log level; per-module filters are not supported yet",
+            ) from None
+        observer: Any = self._log_observer
+        previous: Any = getattr(observer, "level", None)
+        if previous not in set(LogLevel.iterconstants()):
+            raise PortunusError(
+                "log_level_unavailable", "this process's log level cannot be changed"
+            )
+        observer.level = level
+        if isinstance(self.forwarder, WorkerForwarder):
+            self.forwarder.set_log_level(level.name)
+        # Said at a level the new setting still shows.
+        shown = level if level in (LogLevel.error, LogLevel.critical) else LogLevel.warn
+        log.emit(
+            shown,
+            "log level changed from {previous} to {current}",
+            event="standalone.log_level_changed",
+            previous=previous.name,
+            current=level.name,
+        )
+        return {"level": level.name, "previous": previous.name}
 
     # -- signals ----------------------------------------------------------
 

@@ -16,7 +16,7 @@ from portunus.dataplane.workers.pool import parse_worker_count
 from portunus.errors import PortunusError
 from portunus.logging import make_observer, parse_log_level
 from portunus.reactors import IProcessReactor, installed_reactor
-from portunus.standalone.config import ConfigError, StandaloneConfig, load_config
+from portunus.standalone.config import ConfigError, StandaloneConfig, load_config, socket_path
 from portunus.standalone.forwarder import forwarder_for
 from portunus.standalone.service import StandaloneService
 from portunus.tapsupport import name_pidfile
@@ -32,7 +32,8 @@ PIDFILE = "portunus-standalone.pid"
 
 class Options(usage.Options):
     synopsis = (
-        "[--config PATH] [--check] [--log-level LEVEL] [--log-format json|pretty] [--workers N]"
+        "[--config PATH] [--check] [--log-level LEVEL] [--log-format json|pretty] [--workers N] "
+        "[--stats-socket PATH | --no-stats]"
     )
     longdesc = (
         "Forward TCP and UDP ports as a TOML file says. "
@@ -49,9 +50,17 @@ class Options(usage.Options):
             f"Worker processes serving the rules: a number ({WORKERS.span('-')}) or 'auto' "
             "(one per CPU).",
         ],
+        [
+            "stats-socket",
+            None,
+            None,
+            "Serve the stats socket here (default: [stats] socket_path).",
+            socket_path,
+        ],
     ]
     optFlags = [
         ["check", None, "Validate the config, print 'ok' and exit 0; print every error, exit 2."],
+        ["no-stats", None, "Do not serve the stats socket."],
     ]
 
     def __init__(self, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> None:
@@ -108,4 +117,18 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
     except PortunusError as e:
         sys.stderr.write(f"error: {e.message}\n")
         raise SystemExit(EXIT_CONFIG) from e
-    return StandaloneService(options.config, reactor, forwarder=forwarder, log_observer=observer)
+    return StandaloneService(
+        options.config,
+        reactor,
+        forwarder=forwarder,
+        log_observer=observer,
+        stats_socket=stats_socket_path(options),
+    )
+
+
+def stats_socket_path(options: Options) -> str | None:
+    """Where the stats socket goes, or None when it is off."""
+    assert options.config is not None
+    if options["no-stats"] or not options.config.stats_enabled:
+        return None
+    return str(options["stats-socket"] or options.config.stats_socket_path)

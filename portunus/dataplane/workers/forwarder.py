@@ -183,6 +183,12 @@ class WorkerForwarder:
         for installed in self._installed.values():
             worker.add(installed.key, installed.rule, self._sockets_for(installed, index))
 
+    def set_log_level(self, level: str) -> None:
+        """Every worker logs at C{level} from now on, restarted ones too."""
+        self._worker_args[self._worker_args.index("--log-level") + 1] = level
+        for worker in self.workers.values():
+            worker.set_log_level(level)
+
     def _spawn(self, worker: WorkerProcess) -> None:
         spawn_worker(self._reactor, worker, self._worker_args)
 

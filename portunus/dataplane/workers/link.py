@@ -17,6 +17,7 @@ Messages, parent to worker::
 
     {"op": "add", "key": K, "rule": {...rulejson...}, "sockets": [{"address", "port"}...]}
     {"op": "remove", "key": K, "drain": seconds}
+    {"op": "log_level", "level": "debug"}
 
 and worker to parent::
 

@@ -86,6 +86,11 @@ class WorkerProcess(ProcessProtocol):
         self.link.send({"op": "remove", "key": key, "drain": drain})
         return d
 
+    def set_log_level(self, level: str) -> None:
+        """Tell the worker its new log level (a level name this process parsed)."""
+        if self.linked:
+            self.link.send({"op": "log_level", "level": level})
+
     def exit(self) -> None:
         """Ask the worker to exit (its rules are already drained)."""
         self.link.send({"op": "exit"})

@@ -175,6 +175,20 @@ def worker_observer(observer: ILogObserver, index: int) -> ILogObserver:
     return cast(ILogObserver, observe)
 
 
+def apply_log_level(observer: ILogObserver, name: object, event_prefix: str) -> None:
+    """The main process's C{log_level} order: C{observer} logs at that level from now on."""
+    try:
+        level = parse_log_level(str(name))
+    except ValueError:
+        log.warn(
+            "the main process sent an unknown log level {name}",
+            event=f"{event_prefix}.worker_bad_log_level",
+            name=str(name)[:64],
+        )
+        return
+    observer.level = level  # type: ignore[attr-defined]
+
+
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="portunus-worker")
     parser.add_argument("--index", type=int, required=True)
@@ -211,6 +225,8 @@ def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
     def on_message(message: dict[str, Any], fds: list[int]) -> None:
         if message.get("op") == "exit":
             shut_down()
+        elif message.get("op") == "log_level":
+            apply_log_level(observer, message.get("level"), args.event_prefix)
         else:
             rules.handle(message, fds)
 

@@ -331,6 +331,16 @@ class StatsTests(WorkerForwarderTestCase):
         self.assertIsNone(self.forwarder.target_states(2))
 
 
+class LogLevelTests(WorkerForwarderTestCase):
+    def test_every_worker_is_told_and_restarted_ones_start_with_it(self) -> None:
+        """set_log_level sends each worker the level; a restarted worker is spawned with it."""
+        self.forwarder.set_log_level("debug")
+        for worker in self.forwarder.workers.values():
+            self.assertIn({"op": "log_level", "level": "debug"}, link_of(worker).messages())
+        args = self.forwarder._worker_args
+        self.assertEqual(args[args.index("--log-level") + 1], "debug")
+
+
 class RestartTests(WorkerForwarderTestCase):
     def test_dead_worker_counts_stay_and_it_returns_with_every_rule(self) -> None:
         """

@@ -7,18 +7,20 @@ the main process logs.  A memory reactor, no processes.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, LogEvent
+from twisted.logger import ILogObserver, LogEvent, LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.dataplane import Forwarder
 from portunus.dataplane.listeners import bind_stream_sockets
-from portunus.dataplane.workers.worker import WorkerRules, worker_observer
+from portunus.dataplane.workers.worker import WorkerRules, apply_log_level, worker_observer
+from portunus.logging import JSONLinesObserver
 from portunus.model import PortRange, Protocol, Rule, Target
 from portunus.rulejson import rule_to_dict
 from tests._net import LOOPBACK, free_port
@@ -141,3 +143,15 @@ class WorkerObserverTests(SynchronousTestCase):
         observe({"event": "rule.removed"})
         observe({"event": "rule.conn_error", "rule": "web"})
         self.assertEqual(seen, [{"event": "rule.conn_error", "rule": "web", "worker": 2}])
+
+
+class LogLevelOrderTests(SynchronousTestCase):
+    def test_the_main_process_sets_the_level(self) -> None:
+        """A log_level order sets the worker observer's level; an unknown level is only logged."""
+        observer = JSONLinesObserver(io.StringIO(), LogLevel.info)
+        apply_log_level(cast(ILogObserver, observer), "debug", "standalone")
+        self.assertIs(observer.level, LogLevel.debug)
+        with capturedLogs() as events:
+            apply_log_level(cast(ILogObserver, observer), "loud", "standalone")
+        self.assertIs(observer.level, LogLevel.debug)
+        self.assertEqual([e.get("event") for e in events], ["standalone.worker_bad_log_level"])
