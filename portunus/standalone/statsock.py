@@ -407,6 +407,8 @@ class StatsSocketFactory(Factory):
         except ValueError:
             request = None
         cmd = request.get("cmd") if isinstance(request, dict) else None
+        if cmd in ("reload", "log-level"):
+            log.info("stats socket request: {cmd}", event="standalone.stats_command", cmd=cmd)
         if cmd == "reload":
             d = maybeDeferred(self.commands.reload)
         elif cmd == "log-level":
@@ -433,7 +435,6 @@ class StatsSocketFactory(Factory):
                     ),
                 )
             )
-        log.info("stats socket request: {cmd}", event="standalone.stats_command", cmd=cmd)
 
         def done(fields: dict[str, Any]) -> dict[str, Any]:
             return {"reply": cmd, "ok": True, **fields}
