@@ -346,6 +346,8 @@ def _refusal(cmd: str | None, error: PortunusError) -> dict[str, Any]:
 class StatsSocketFactory(Factory):
     """Serves every client of one socket: admission, broadcast, requests."""
 
+    noisy = False
+
     def __init__(
         self,
         clock: IReactorTime,
