@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -17,8 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from portunus.cli.standalone import LogLevelOptions, run
 from portunus.errors import PortunusError
-from portunus.procstats import ProcessStats
-from portunus.standalone.statsock import StatsPublisher, StatsSocketFactory, StatsSocketService
+from tests.standalone._socket import serve_stats_socket
 
 reactor: Any = _reactor
 
@@ -101,22 +99,7 @@ class LevelArgumentTests(SynchronousTestCase):
 
 class OnlineTests(CliTestCase):
     def setUp(self) -> None:
-        directory = f"/tmp/p-cli-{os.getpid()}-{id(self)}"
-        self.addCleanup(shutil.rmtree, directory, True)
-        self.path = os.path.join(directory, "s.sock")
-        publisher = StatsPublisher(
-            reactor,
-            rules=lambda: (),
-            counters=dict,
-            refresh_ms=250,
-            splice=False,
-            process=lambda: ProcessStats(None, None, None, 0.0, 0.0),
-        )
-        service = StatsSocketService(
-            reactor, self.path, StatsSocketFactory(reactor, publisher, Commands())
-        )
-        service.startService()
-        self.addCleanup(service.stopService)
+        self.path = serve_stats_socket(self, reactor, Commands())
 
     @inlineCallbacks
     def test_once_prints_json(self) -> Any:

@@ -24,6 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from tests._net import LOOPBACK, collect, echo_factory, free_port
 from tests.e2e._process import TwistdProcess, spawn_standalone
+from tests.standalone._socket import short_tmp_dir
 
 reactor: Any = _reactor
 
@@ -57,9 +58,7 @@ class StatsProcessTestCase(TestCase):
         target = reactor.listenTCP(0, echo_factory(), interface=LOOPBACK)
         self.addCleanup(target.stopListening)
         self.listen_port = free_port()
-        directory = f"/tmp/p-e2e-{os.getpid()}-{id(self)}"
-        self.addCleanup(shutil.rmtree, directory, True)
-        self.socket_path = os.path.join(directory, "standalone.sock")
+        self.socket_path = os.path.join(short_tmp_dir(self, "e2e"), "standalone.sock")
         config = FilePath(self.mktemp())
         config.setContent(
             config_text(self.listen_port, target.getHost().port, self.socket_path).encode()
@@ -132,9 +131,8 @@ class TuiTests(StatsProcessTestCase):
         if shutil.which("tmux") is None:
             raise self.skipTest("tmux is not installed")
         # A server of our own, its socket in a directory removed afterwards.
-        directory = f"/tmp/p-tmux-{os.getpid()}-{id(self)}"
+        directory = short_tmp_dir(self, "tmux")
         os.makedirs(directory)
-        self.addCleanup(shutil.rmtree, directory, True)
         self.tmux = ["tmux", "-S", os.path.join(directory, "tmux.sock")]
         self.addCleanup(self.run_tmux, "kill-server")
 

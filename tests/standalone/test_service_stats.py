@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -29,6 +28,7 @@ from portunus.standalone.service import StandaloneService
 from portunus.standalone.tap import Options, stats_socket_path
 from tests._net import LOOPBACK, collect, echo_factory, free_port
 from tests.dataplane.workers._fakes import FakeLauncher, link_of
+from tests.standalone._socket import short_tmp_dir
 
 reactor: Any = _reactor
 
@@ -89,9 +89,7 @@ class ServiceSocketTests(TestCase):
         target = reactor.listenTCP(0, echo_factory(), interface=LOOPBACK)
         self.addCleanup(target.stopListening)
         self.listen_port = free_port()
-        directory = f"/tmp/p-svc-{os.getpid()}-{id(self)}"
-        self.addCleanup(shutil.rmtree, directory, True)
-        self.path = os.path.join(directory, "s.sock")
+        self.path = os.path.join(short_tmp_dir(self, "svc"), "s.sock")
         config = parse_config(
             config_text(self.listen_port, target.getHost().port),
             "test.toml",

@@ -42,6 +42,7 @@ from portunus.standalone.statsock import (
     StatsSocketFactory,
     StatsSocketService,
 )
+from tests.standalone._socket import short_tmp_dir
 
 reactor: Any = _reactor
 
@@ -531,10 +532,7 @@ class SocketFileTests(TestCase):
         return service
 
     def short_dir(self) -> str:
-        # mktemp() paths can pass the 107-byte limit of a socket path.
-        path = os.path.join("/tmp", f"p-statsock-{os.getpid()}-{id(self)}")
-        self.addCleanup(lambda: os.path.isdir(path) and _rmtree(path))
-        return path
+        return short_tmp_dir(self, "statsock")
 
     @inlineCallbacks
     def test_serves_and_removes(self) -> Any:
@@ -655,9 +653,3 @@ class _ClockedUnixReactor:
 
     def seconds(self) -> float:
         return self._clock.seconds()
-
-
-def _rmtree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -6,8 +6,6 @@ and --once and requests against a real stats socket.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -18,10 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from portunus.dataplane.stats import RuleStats
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target, rule_id_for_name
-from portunus.procstats import ProcessStats
-from portunus.standalone.statsock import StatsPublisher, StatsSocketFactory, StatsSocketService
 from portunus.standalone.tui.client import StatsClientProtocol, read_once, send_request
 from portunus.standalone.tui.feed import MAX_LINE_BYTES, FeedError, Hello, Snapshot
+from tests.standalone._socket import serve_stats_socket
 from tests.standalone.tui._data import counters, hello_message, snapshot_message
 
 reactor: Any = _reactor
@@ -136,22 +133,9 @@ class RealSocketTests(TestCase):
     timeout = 20
 
     def setUp(self) -> None:
-        directory = f"/tmp/p-tui-{os.getpid()}-{id(self)}"
-        self.addCleanup(shutil.rmtree, directory, True)
-        self.path = os.path.join(directory, "s.sock")
-        publisher = StatsPublisher(
-            reactor,
-            rules=lambda: (RULE,),
-            counters=lambda: {RULE.id: RuleStats(bytes_in=42)},
-            refresh_ms=250,
-            splice=False,
-            process=lambda: ProcessStats(1, 2, 3, 0.0, 0.0),
+        self.path = serve_stats_socket(
+            self, reactor, Commands(), (RULE,), lambda: {RULE.id: RuleStats(bytes_in=42)}
         )
-        service = StatsSocketService(
-            reactor, self.path, StatsSocketFactory(reactor, publisher, Commands())
-        )
-        service.startService()
-        self.addCleanup(service.stopService)
 
     @inlineCallbacks
     def test_read_once(self) -> Any:
