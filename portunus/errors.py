@@ -106,6 +106,12 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         'send one JSON object per line: {"cmd": "reload"} or {"cmd": "log-level", "spec": LEVEL}',
     ),
     ErrorCode(
+        "stats_client_failed",
+        503,
+        2,
+        "check that portunus-standalone runs and that --socket names its [stats] socket_path",
+    ),
+    ErrorCode(
         "reload_unsupported",
         501,
         1,

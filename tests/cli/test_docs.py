@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from portunus.cli import client, server
+from portunus.cli import client, server, standalone
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -29,3 +29,9 @@ class CommandDocsTests(SynchronousTestCase):
         text = (DOCS / "client.md").read_text()
         for name in [c.name for c in client.COMMANDS] + [client.RUN.name]:
             self.assertIn(f"portunus-client {name} ", text)
+
+    def test_every_standalone_command_is_shown(self) -> None:
+        """docs/standalone.md shows each portunus-standalone command as it is typed."""
+        text = (DOCS / "standalone.md").read_text()
+        for name in [c.name for c in standalone.COMMANDS] + [standalone.RUN.name]:
+            self.assertIn(f"portunus-standalone {name} ", text)

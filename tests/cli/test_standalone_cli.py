@@ -8,13 +8,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import ensureDeferred, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from portunus.cli.standalone import LogLevelOptions, run
+from portunus import __version__
+from portunus.cli.standalone import LogLevelOptions, main, run
 from portunus.errors import PortunusError
 from tests.standalone._socket import serve_stats_socket
 
@@ -81,6 +83,47 @@ class OfflineTests(CliTestCase):
             code, out, err = yield self.invoke(*argv, "--socket", "/nowhere/s.sock")
             self.assertEqual((code, out), (2, ""))
             self.assertIn("cannot connect to the stats socket /nowhere/s.sock", err)
+
+
+class ParsingTests(CliTestCase):
+    @inlineCallbacks
+    def test_help_and_version(self) -> Any:
+        """--help lists every command, run included; --version prints the version."""
+        code, out, _ = yield self.invoke("--help")
+        self.assertEqual(code, 0)
+        for name in ("run", "check", "stats", "reload", "log-level"):
+            self.assertIn(name, out)
+        code, out, _ = yield self.invoke("stats", "--help")
+        self.assertEqual(code, 0)
+        self.assertIn("--once", out)
+        code, out, _ = yield self.invoke("--version")
+        self.assertEqual((code, out), (0, f"portunus-standalone {__version__}\n"))
+
+
+class ForegroundTests(SynchronousTestCase):
+    def test_run_is_twistd_in_the_foreground(self) -> None:
+        """portunus-standalone run ARGS is twistd --nodaemon --pidfile= portunus-standalone ARGS."""
+        from twisted.scripts import twistd
+
+        seen: list[list[str]] = []
+        self.patch(sys, "argv", ["portunus-standalone"])
+        self.patch(twistd, "run", lambda: seen.append(list(sys.argv)))
+        main(["run", "--config", "p.toml", "--workers", "2"])
+        self.assertEqual(
+            seen,
+            [
+                [
+                    "twistd",
+                    "--nodaemon",
+                    "--pidfile=",
+                    "portunus-standalone",
+                    "--config",
+                    "p.toml",
+                    "--workers",
+                    "2",
+                ]
+            ],
+        )
 
 
 class LevelArgumentTests(SynchronousTestCase):
