@@ -26,11 +26,14 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
     IReactorUDP,
+    IReactorUNIX,
 )
 
 __all__ = [
     "IDataplaneReactor",
     "IProcessReactor",
+    "IStatsClientReactor",
+    "IStatsSocketReactor",
     "IStoreReactor",
     "installed_reactor",
 ]
@@ -58,7 +61,18 @@ class IDataplaneReactor(
     """
 
 
-class IProcessReactor(IDataplaneReactor, IStoreReactor, IReactorProcess):
+class IStatsSocketReactor(IReactorUNIX, IReactorTime):
+    """What either end of the standalone's stats socket needs: a Unix socket and timers."""
+
+
+class IStatsClientReactor(IStatsSocketReactor, IReactorTCP, IReactorFDSet):
+    """
+    What C{portunus-standalone stats} needs: the stats socket, TCP probes,
+    timers, and the terminal's descriptors (urwid reads them on the reactor).
+    """
+
+
+class IProcessReactor(IDataplaneReactor, IStoreReactor, IStatsSocketReactor, IReactorProcess):
     """What a whole Portunus process (server, edge, standalone) uses of its reactor."""
 
     def run(installSignalHandlers: bool = True) -> None:

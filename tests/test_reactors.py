@@ -22,7 +22,11 @@ class InstalledReactorTests(SynchronousTestCase):
         typing it as L{reactors.IProcessReactor} promises nothing false.
         """
         reactor = installed_reactor()
-        for combined in (reactors.IStoreReactor, reactors.IDataplaneReactor):
+        for combined in (
+            reactors.IStoreReactor,
+            reactors.IDataplaneReactor,
+            reactors.IStatsSocketReactor,
+        ):
             self.assertTrue(set(combined.__iro__) <= set(reactors.IProcessReactor.__iro__))
         promised = [
             iface
@@ -32,6 +36,20 @@ class InstalledReactorTests(SynchronousTestCase):
         self.assertGreaterEqual(len(promised), 9)
         missing = [iface.__name__ for iface in promised if not iface.providedBy(reactor)]
         self.assertEqual(missing, [])
+
+    def test_stats_client_reactor(self) -> None:
+        """
+        The default reactor C{portunus-standalone stats} runs on provides
+        every interface L{reactors.IStatsClientReactor} promises.
+        """
+        reactor = installed_reactor()
+        promised = [
+            iface
+            for iface in reactors.IStatsClientReactor.__iro__
+            if iface.__module__ != reactors.__name__ and iface is not Interface
+        ]
+        self.assertGreaterEqual(len(promised), 4)
+        self.assertEqual([i.__name__ for i in promised if not i.providedBy(reactor)], [])
 
     def test_run_takes_install_signal_handlers(self) -> None:
         """The installed reactor's C{run} takes what L{reactors.IProcessReactor} says."""

@@ -38,6 +38,7 @@ from portunus.cli.commandline import (
 )
 from portunus.cli.exits import USAGE_EXIT, CliError
 from portunus.cli.output import Output
+from portunus.reactors import IStatsClientReactor
 from portunus.standalone.config import DEFAULT_STATS_SOCKET_PATH
 
 __all__ = ["COMMANDS", "RUN", "StandaloneOptions", "main", "run"]
@@ -51,7 +52,7 @@ STATS_CLIENT_ERROR = "stats_client_failed"
 class Watcher(Output):
     """What a C{portunus-standalone} command runs with."""
 
-    def __init__(self, reactor: Any, out: IO[str], err: IO[str]) -> None:
+    def __init__(self, reactor: IStatsClientReactor, out: IO[str], err: IO[str]) -> None:
         super().__init__(out)
         self.reactor = reactor
         self.err = err
@@ -179,7 +180,7 @@ class StandaloneOptions(Program):
     subCommands = sub_commands(COMMANDS, RUN)
 
 
-async def run(argv: Sequence[str], reactor: Any, out: IO[str], err: IO[str]) -> int:
+async def run(argv: Sequence[str], reactor: IStatsClientReactor, out: IO[str], err: IO[str]) -> int:
     """Run C{portunus-standalone argv}; the exit status."""
     return await run_program(
         StandaloneOptions(),

@@ -57,6 +57,7 @@ from portunus.dataplane.stats import RuleStats
 from portunus.errors import PortunusError
 from portunus.model import Protocol, Rule
 from portunus.procstats import ProcessStats, read_process_stats
+from portunus.reactors import IStatsSocketReactor
 
 __all__ = [
     "ERROR_COUNTERS",
@@ -463,7 +464,9 @@ class StatsSocketService(Service):
     every C{refresh_ms} while running, and removes the socket on stop.
     """
 
-    def __init__(self, reactor: Any, path: str, factory: StatsSocketFactory) -> None:
+    def __init__(
+        self, reactor: IStatsSocketReactor, path: str, factory: StatsSocketFactory
+    ) -> None:
         self._reactor = reactor
         self.path = os.path.abspath(path)
         self.factory = factory

@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from portunus.reactors import IStatsSocketReactor
 from portunus.standalone.tui.feed import (
     MAX_LINE_BYTES,
     FeedError,
@@ -106,7 +107,9 @@ class StatsClientProtocol(LineOnlyReceiver):
         self.sink.ended(self._error)
 
 
-def connect(reactor: Any, path: str, sink: StatsSink) -> Deferred[StatsClientProtocol]:
+def connect(
+    reactor: IStatsSocketReactor, path: str, sink: StatsSink
+) -> Deferred[StatsClientProtocol]:
     """
     Connect to the socket at C{path}.
 
@@ -163,7 +166,9 @@ class _Collector:
         if waiting is not None:
             waiting.errback(FeedError(error or "the daemon closed the socket"))
 
-    def until(self, reactor: Any, want: Callable[[], bool], timeout: float) -> Deferred[None]:
+    def until(
+        self, reactor: IStatsSocketReactor, want: Callable[[], bool], timeout: float
+    ) -> Deferred[None]:
         self.want = want
         d: Deferred[None] = Deferred()
         self.waiting = d
@@ -183,7 +188,7 @@ class _Collector:
 
 
 @inlineCallbacks
-def read_once(reactor: Any, path: str) -> Any:
+def read_once(reactor: IStatsSocketReactor, path: str) -> Any:
     """Fire with C{{"hello": ..., "snapshot": ...}}: the Hello and the first Snapshot."""
     collector = _Collector()
     protocol = yield connect(reactor, path, collector)
@@ -202,7 +207,7 @@ def read_once(reactor: Any, path: str) -> Any:
 
 
 @inlineCallbacks
-def send_request(reactor: Any, path: str, timeout: float, **request: Any) -> Any:
+def send_request(reactor: IStatsSocketReactor, path: str, timeout: float, **request: Any) -> Any:
     """Send one request (after the Hello) and fire with its reply."""
     collector = _Collector()
     protocol = yield connect(reactor, path, collector)

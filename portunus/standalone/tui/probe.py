@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from portunus.reactors import IStatsClientReactor
 from portunus.standalone.tui.feed import RuleInfo
 
 __all__ = ["PROBE_INTERVAL_SECS", "PROBE_TIMEOUT_SECS", "ProbeResult", "Prober"]
@@ -36,7 +37,7 @@ class ProbeResult:
     rtt_ms: float | None = None
 
 
-def _dial(reactor: Any, host: str, port: int) -> Deferred[Any]:
+def _dial(reactor: IStatsClientReactor, host: str, port: int) -> Deferred[Any]:
     endpoint = HostnameEndpoint(reactor, host, port, timeout=PROBE_TIMEOUT_SECS)
     return endpoint.connect(Factory.forProtocol(Protocol))
 
@@ -46,10 +47,10 @@ class Prober:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IStatsClientReactor,
         rules: Callable[[], Iterable[RuleInfo]],
         on_result: Callable[[str, ProbeResult], None],
-        dial: Callable[[Any, str, int], Deferred[Any]] = _dial,
+        dial: Callable[[IStatsClientReactor, str, int], Deferred[Any]] = _dial,
     ) -> None:
         self._reactor = reactor
         self._rules = rules

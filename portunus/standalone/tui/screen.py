@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import urwid
 from twisted.internet.defer import Deferred
 
+from portunus.reactors import IStatsClientReactor
 from portunus.standalone.tui.chart import braille_chart
 from portunus.standalone.tui.dashboard import TABS, Dashboard, Tab
 from portunus.standalone.tui.feed import RuleInfo, Snapshot, ring_size
@@ -458,7 +459,7 @@ class StatsApp:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IStatsClientReactor,
         dashboard: Dashboard,
         close: Callable[[], None],
         screen: Any = None,
@@ -474,7 +475,8 @@ class StatsApp:
             self.view.top,
             PALETTE,
             screen=screen,
-            event_loop=urwid.TwistedEventLoop(reactor=reactor, manage_reactor=False),
+            # urwid types its reactor as Twisted's ReactorBase; any reactor works.
+            event_loop=urwid.TwistedEventLoop(reactor=cast(Any, reactor), manage_reactor=False),
             handle_mouse=False,
         )
         self.prober = Prober(reactor, lambda: dashboard.hello.rules, self.probe_result)

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
 
+from portunus.reactors import IStatsClientReactor
 from portunus.standalone.tui.client import CONNECT_TIMEOUT_SECS, connect
 from portunus.standalone.tui.dashboard import Dashboard
 from portunus.standalone.tui.feed import FeedError, Hello, Snapshot
@@ -49,7 +50,7 @@ class _Session:
 
 
 @inlineCallbacks
-def run_tui(reactor: Any, path: str, screen: Any = None) -> Any:
+def run_tui(reactor: IStatsClientReactor, path: str, screen: Any = None) -> Any:
     """
     Fire with C{(exit code, error)}: C{(0, None)} when the user quits or
     the daemon goes away, C{(2, why)} on any error.
