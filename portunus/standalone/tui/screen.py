@@ -101,7 +101,8 @@ class DashboardView:
         self.dashboard = dashboard
         self.status = ""
         self._frame: urwid.Frame[Any, Any, Any] = urwid.Frame(urwid.SolidFill(" "))
-        self.top = _Keys(urwid.WidgetPlaceholder(self._frame), on_key)
+        self._placeholder: urwid.WidgetPlaceholder[Any] = urwid.WidgetPlaceholder(self._frame)
+        self.top = _Keys(self._placeholder, on_key)
         self.update()
 
     def update(self) -> None:
@@ -114,7 +115,7 @@ class DashboardView:
         }[d.tab]()
         self._frame.body = body
         self._frame.footer = self._footer()
-        placeholder = self.top._w
+        placeholder = self._placeholder
         if d.help:
             placeholder.original_widget = urwid.Overlay(
                 self._help(), self._frame, "center", 76, "middle", len(_HELP) + 3
