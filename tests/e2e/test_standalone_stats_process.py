@@ -11,12 +11,14 @@ import os
 import shlex
 import shutil
 import signal
+import socket
+import struct
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.filepath import FilePath
@@ -53,7 +55,7 @@ class StatsProcessTestCase(TestCase):
     timeout = 90
 
     @inlineCallbacks
-    def start_forwarder(self) -> Any:
+    def start_forwarder(self, *extra: str) -> Any:
         """A standalone forwarding one TCP rule to an echo target; waits for its socket."""
         target = reactor.listenTCP(0, echo_factory(), interface=LOOPBACK)
         self.addCleanup(target.stopListening)
@@ -63,7 +65,7 @@ class StatsProcessTestCase(TestCase):
         config.setContent(
             config_text(self.listen_port, target.getHost().port, self.socket_path).encode()
         )
-        process: TwistdProcess = spawn_standalone(reactor, config.path)
+        process: TwistdProcess = spawn_standalone(reactor, config.path, *extra)
 
         def reap() -> Deferred[int]:
             if not process.exited.called:
@@ -110,6 +112,37 @@ class OnceAndRequestTests(StatsProcessTestCase):
         out, err, code = yield self.cli("reload")
         self.assertEqual((code, out), (1, b""))
         self.assertIn(b"reload_unsupported", err)
+
+    @inlineCallbacks
+    def test_log_level_reaches_workers(self) -> Any:
+        """
+        With --workers 2, log-level debug reaches the workers: a connection
+        reset by its client is then logged, a debug event (proxy.splice_reset
+        on the splice path, rule.conn_error in userspace), by the worker that
+        served it.
+        """
+        yield self.start_forwarder("--workers", "2")
+        yield self.process.wait_for_count("standalone.worker_started", 2)
+        _, err, code = yield self.cli("log-level", "debug")
+        self.assertEqual(code, 0, err)
+        # The level travels to each worker over its link; a probe through the
+        # socket comes back only after the main process has sent it.
+        yield self.cli("stats", "--once")
+        with socket.create_connection((LOOPBACK, self.listen_port), timeout=5) as sock:
+            sock.sendall(b"x")
+            # Close with a reset, not a FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        results = yield DeferredList(
+            [
+                self.process.wait_for("proxy.splice_reset"),
+                self.process.wait_for("rule.conn_error", rule="echo"),
+            ],
+            fireOnOneCallback=True,
+            consumeErrors=True,
+        )
+        event, _ = results
+        self.assertEqual(event["level"], "debug")
+        self.assertIn("worker", event)
 
     @inlineCallbacks
     def test_socket_removed_on_shutdown(self) -> Any:
