@@ -15,6 +15,7 @@ from portunus.logging import LOG_FILE_MODE
 from portunus.server import tap as server_tap
 from portunus.server.auth.accounts import SETUP_TOKEN_TTL_SECS
 from portunus.server.auth.setupfile import SETUP_TOKEN_FILE
+from portunus.standalone import statsock
 from portunus.standalone import tap as standalone_tap
 from portunus.tapsupport import TWISTD_DEFAULT_PIDFILE
 
@@ -41,6 +42,19 @@ class SecurityDocTests(SynchronousTestCase):
         ):
             self.assertIn(value, self.text)
 
+    def test_stats_socket_limits(self) -> None:
+        """The stats socket's limits in the doc are the code's."""
+        section = self.text[self.text.index("## Standalone stats socket") :]
+        for value in (
+            f"created `{statsock.SOCKET_MODE:04o}`",
+            f"created `{statsock.DIRECTORY_MODE:04o}`",
+            f"| Clients at once | {statsock.MAX_CLIENTS};",
+            f"after {statsock.WRITE_TIMEOUT_SECS:g} s",
+            f"at most {statsock.MAX_REQUEST_BYTES // 1024} KiB",
+            f"{statsock.MAX_QUEUED_REQUESTS} waiting drop",
+        ):
+            self.assertIn(value, section)
+
     def test_sections_for_every_area(self) -> None:
         """Each area other helpers add to has its heading."""
         for heading in (
@@ -51,5 +65,6 @@ class SecurityDocTests(SynchronousTestCase):
             "## Tenants on an edge",
             "## Signals, secrets and files",
             "## Edge input",
+            "## Standalone stats socket",
         ):
             self.assertIn(f"\n{heading}\n", self.text)

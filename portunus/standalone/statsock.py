@@ -60,10 +60,13 @@ from portunus.procstats import ProcessStats, read_process_stats
 from portunus.reactors import IStatsSocketReactor
 
 __all__ = [
+    "DIRECTORY_MODE",
     "ERROR_COUNTERS",
     "MAX_CLIENTS",
+    "MAX_QUEUED_REQUESTS",
     "MAX_REQUEST_BYTES",
     "PROTOCOL_VERSION",
+    "SOCKET_MODE",
     "WRITE_TIMEOUT_SECS",
     "StatsCommands",
     "StatsPublisher",
@@ -83,8 +86,12 @@ WRITE_TIMEOUT_SECS = 5.0
 MAX_REQUEST_BYTES = 4096
 #: Sequence numbers wrap from here back to 1, as Portunus' u64.
 _SEQ_WRAP = 2**64 - 1
+#: The socket file's mode: its owner and group may connect.
+SOCKET_MODE = 0o660
+#: The mode of the socket's directory when this process creates it.
+DIRECTORY_MODE = 0o750
 #: Requests a client may have waiting; more drop it.
-_MAX_QUEUED_REQUESTS = 16
+MAX_QUEUED_REQUESTS = 16
 #: Connections over the limit are logged at most this often.
 _LIMIT_LOG_INTERVAL_SECS = 60.0
 
@@ -297,7 +304,7 @@ class _StatsConnection(LineOnlyReceiver):
     # -- requests ---------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
-        if len(self._requests) >= _MAX_QUEUED_REQUESTS:
+        if len(self._requests) >= MAX_QUEUED_REQUESTS:
             self.link.abortConnection()
             return
         self._requests.append(line)
@@ -505,12 +512,12 @@ class StatsSocketService(Service):
         if not os.path.isdir(directory):
             os.makedirs(directory, exist_ok=True)
             with contextlib.suppress(OSError):  # best effort, as Portunus
-                os.chmod(directory, 0o750)
+                os.chmod(directory, DIRECTORY_MODE)
         _remove_stale(self.path)
-        # Created 0660 from the start, not chmod-ed after a window at 0666.
-        previous = os.umask(0o117)
+        # Created SOCKET_MODE from the start, not chmod-ed after a window at 0666.
+        previous = os.umask(0o777 & ~SOCKET_MODE)
         try:
-            return self._reactor.listenUNIX(self.path, self.factory, mode=0o660)
+            return self._reactor.listenUNIX(self.path, self.factory, mode=SOCKET_MODE)
         finally:
             os.umask(previous)
 

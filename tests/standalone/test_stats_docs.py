@@ -39,7 +39,7 @@ class StatsDocsTests(SynchronousTestCase):
         self.assertIn(f"the {statsock.MAX_CLIENTS + 1}th is accepted", text)
         self.assertIn(f"has stayed full for {statsock.WRITE_TIMEOUT_SECS:g} s", text)
         self.assertIn(f"at most {statsock.MAX_REQUEST_BYTES // 1024} KiB", text)
-        self.assertIn(f"more than {statsock._MAX_QUEUED_REQUESTS}", text)
+        self.assertIn(f"more than {statsock.MAX_QUEUED_REQUESTS}", text)
         self.assertIn(f"lines up to {feed.MAX_LINE_BYTES // (1 << 20)} MiB", text)
         self.assertIn(f"every {probe.PROBE_INTERVAL_SECS:g} s", text)
         self.assertIn(f"`timeout` after {probe.PROBE_TIMEOUT_SECS:g} s", text)
