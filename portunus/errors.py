@@ -61,6 +61,19 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         3,
         'this build cannot forward that protocol yet; use protocol = "tcp"',
     ),
+    # Kernel mode (portunus/dataplane/kernel): the refusal carries a `reason`.
+    ErrorCode(
+        "kernel_mode_unsupported",
+        422,
+        3,
+        'the rule needs the relay (see the reason); use mode = "relay" or "auto"',
+    ),
+    ErrorCode(
+        "kernel_mode_unavailable",
+        422,
+        6,
+        "kernel mode cannot run here (see the reason); fix it, or use the relay",
+    ),
     # TLS SNI routing (codes as Portunus spells them).
     ErrorCode(
         "validation.sni_pattern_malformed",
