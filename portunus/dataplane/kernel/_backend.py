@@ -135,6 +135,9 @@ class KernelForwarder:
         self.ruleset = Ruleset(table)
         self.marker = owner_marker(instance or secrets.token_hex(8), pid or os.getpid())
         self._rules: dict[int, KernelRule] = {}
+        #: Rule ids installed, or whose install is under way: what
+        #: L{install} refuses twice and L{remove} and L{replace} accept.
+        self._claimed: set[int] = set()
         self._lock = DeferredLock()
         self._started = False
         #: The counters of the last L{read_counters}, by rule id.
@@ -245,6 +248,7 @@ class KernelForwarder:
                 return succeed(None)
             self._started = False
             self._rules.clear()
+            self._claimed.clear()
 
             def done(_: object) -> None:
                 log.info(
@@ -277,12 +281,19 @@ class KernelForwarder:
             target's family).  The Deferred fails with
             C{kernel_mode_unavailable} (C{nft_failed}) if nft refused.
         """
-        if rule.id in self._rules:
+        if rule.id in self._claimed:
             raise PortunusError(
                 "rule_exists", f"rule {rule.name!r} is already installed", rule=rule.name
             )
         kernel = self._check(rule, quota_bytes)
-        return self._serially(lambda: self._put(kernel, None))
+        self._claimed.add(rule.id)
+
+        def unclaim(failure: Any) -> Any:
+            if rule.id not in self._rules:
+                self._claimed.discard(rule.id)
+            return failure
+
+        return self._serially(lambda: self._put(kernel, None)).addErrback(unclaim)
 
     def replace(self, rule: Rule, quota_bytes: int | None = None) -> Deferred[None]:
         """
@@ -291,17 +302,23 @@ class KernelForwarder:
 
         @raise PortunusError: as L{install}, and C{rule_not_found}.
         """
-        if rule.id not in self._rules:
+        if rule.id not in self._claimed:
             raise PortunusError("rule_not_found", f"no rule with id {rule.id} is installed")
         kernel = self._check(rule, quota_bytes)
-        return self._serially(lambda: self._put(kernel, self._rules.get(rule.id)))
+
+        def work() -> Deferred[None]:
+            if rule.id not in self._claimed:  # removed while this waited its turn
+                return succeed(None)
+            return self._put(kernel, self._rules.get(rule.id))
+
+        return self._serially(work)
 
     def _put(self, kernel: KernelRule, old: KernelRule | None) -> Deferred[None]:
         wanted = {**self._rules, kernel.id: kernel}
         commands = self.ruleset.put_rule(kernel, old) + self.ruleset.base_rules(wanted.values())
 
         def applied(_: object) -> None:
-            self._rules[kernel.id] = kernel
+            self._rules[kernel.id] = kernel  # a removal queued behind this undoes it
 
         return self._apply(commands, rule=kernel.rule.name).addCallback(applied)
 
@@ -312,12 +329,13 @@ class KernelForwarder:
 
         @raise PortunusError: C{rule_not_found}.
         """
-        if rule_id not in self._rules:
+        if rule_id not in self._claimed:
             raise PortunusError("rule_not_found", f"no rule with id {rule_id} is installed")
+        self._claimed.discard(rule_id)
 
         def work() -> Deferred[None]:
             kernel = self._rules.get(rule_id)
-            if kernel is None:  # removed while this waited its turn
+            if kernel is None:  # its install failed while this waited its turn
                 return succeed(None)
             rest = [k for k in self._rules.values() if k.id != rule_id]
             commands = self.ruleset.base_rules(rest) + self.ruleset.drop_rule(
@@ -382,11 +400,12 @@ class KernelForwarder:
         missing = sorted(
             rule_id for rule_id, kernel in self._rules.items() if not present.complete(kernel)
         )
-        commands = self.ruleset.base_rules(self._rules.values())
+        commands = self.ruleset.flush_base()
         for rule_id in stale:
             commands += present.drop(self.ruleset, rule_id)
         for rule_id in missing:
             commands += self.ruleset.put_rule(self._rules[rule_id], None)
+        commands += self.ruleset.base_entries(self._rules.values())
         yield self._apply(commands)
         if stale or missing:
             log.warn(

@@ -343,9 +343,14 @@ class Ruleset:
 
     def base_rules(self, rules: Iterable[KernelRule]) -> list[Command]:
         """Flush the base chains and write every rule's entries in them."""
-        commands: list[Command] = [
-            {"flush": {"chain": self._ref(name=name)}} for name in BASE_CHAINS
-        ]
+        return self.flush_base() + self.base_entries(rules)
+
+    def flush_base(self) -> list[Command]:
+        return [{"flush": {"chain": self._ref(name=name)}} for name in BASE_CHAINS]
+
+    def base_entries(self, rules: Iterable[KernelRule]) -> list[Command]:
+        """Every rule's entries in the (flushed) base chains, by rule id."""
+        commands: list[Command] = []
         for rule in sorted(rules, key=lambda r: r.id):
             comment = rule.comment()
             connection = rule.connection()
