@@ -87,6 +87,7 @@ class _Collect(ProcessProtocol):
         self._out: list[bytes] = []
         self._out_size = 0
         self._err = b""
+        self._timed_out: float | None = None
         self.timer: Any = None
 
     def connectionMade(self) -> None:
@@ -109,7 +110,8 @@ class _Collect(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
-        if self._done.called:
+        if self._timed_out is not None:
+            self._done.errback(NftError(f"nft did not answer within {self._timed_out:g} s"))
             return
         if reason.check(ProcessDone) and self._out_size <= _MAX_OUTPUT:
             try:
@@ -125,8 +127,8 @@ class _Collect(ProcessProtocol):
         self._done.errback(NftError(_first_lines(detail)))
 
     def time_out(self, secs: float) -> None:
-        if not self._done.called:
-            self._done.errback(NftError(f"nft did not answer within {secs:g} s"))
+        """Kill nft; the run fails once the process is gone (L{processEnded})."""
+        self._timed_out = secs
         assert self.transport is not None
         with contextlib.suppress(ProcessExitedAlready):
             self.transport.signalProcess("KILL")
