@@ -24,7 +24,19 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-__all__ = ["CLIENT_V4", "EDGE_V4", "EDGE_V6", "TARGET_V4", "TARGET_V6", "Topology", "missing"]
+from portunus.dataplane.kernel import Availability
+
+__all__ = [
+    "CLIENT_V4",
+    "EDGE_V4",
+    "EDGE_V6",
+    "TARGET_V4",
+    "TARGET_V6",
+    "Topology",
+    "kernel_availability",
+    "missing",
+    "read_in",
+]
 
 CLIENT_V4, EDGE_V4, EDGE_TARGET_SIDE_V4, TARGET_V4 = (
     "198.18.0.1",
@@ -53,6 +65,24 @@ def missing(*tools: str) -> str | None:
         return f"ip netns add failed: {made.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
+
+
+def read_in(namespace: str, path: str) -> str | None:
+    """The text of C{path} (a /proc/sys file, say) as seen inside C{namespace}."""
+    argv = ["ip", "netns", "exec", namespace, "cat", path]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return done.stdout if done.returncode == 0 else None
+
+
+def kernel_availability(namespace: str) -> Availability:
+    """Kernel-mode prerequisites for programming C{namespace} from this process."""
+    with open("/proc/self/status") as status:
+        return Availability.from_readings(
+            status.read(),
+            read_in(namespace, "/proc/sys/net/ipv4/ip_forward"),
+            read_in(namespace, "/proc/sys/net/ipv6/conf/all/forwarding"),
+            shutil.which("nft", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"),
+        )
 
 
 class Topology:
@@ -84,8 +114,7 @@ class Topology:
         self.run(self.exec(namespace, ["sysctl", "-q", "-w", *pairs]))
 
     def read(self, namespace: str, path: str) -> str | None:
-        done = subprocess.run(self.exec(namespace, ["cat", path]), capture_output=True, text=True)
-        return done.stdout if done.returncode == 0 else None
+        return read_in(namespace, path)
 
     def create(self) -> None:
         try:

@@ -1,13 +1,13 @@
 /*
  * connbench: short-connection load generator and target for contrib/bench.
  *
- *   connbench serve PORT THREADS
- *       Listen on 127.0.0.1:PORT (backlog 4096); THREADS threads each loop:
+ *   connbench serve PORT THREADS [ADDRESS]
+ *       Listen on ADDRESS:PORT (default 127.0.0.1; backlog 4096); THREADS threads each loop:
  *       accept, write one byte, close.  Prints "ready" once listening and
  *       runs until killed.
  *
- *   connbench load PORT CONCURRENCY SECONDS MAX_CONNECTIONS
- *       CONCURRENCY threads each loop: socket, connect to 127.0.0.1:PORT,
+ *   connbench load PORT CONCURRENCY SECONDS MAX_CONNECTIONS [ADDRESS]
+ *       CONCURRENCY threads each loop: socket, connect to ADDRESS:PORT (default 127.0.0.1),
  *       read one byte, close; the latency of one connection is the time
  *       from connect() to the first byte read.  Stops after SECONDS or
  *       MAX_CONNECTIONS attempts, whichever comes first, and prints one JSON
@@ -159,14 +159,28 @@ static int load(int port, int concurrency, double seconds, long max_connections)
     return 0;
 }
 
+static int set_address(const char *text) {
+    if (inet_pton(AF_INET, text, &target.sin_addr) != 1) {
+        fprintf(stderr, "connbench: not an IPv4 address: %s\n", text);
+        return 0;
+    }
+    return 1;
+}
+
 int main(int argc, char **argv) {
     target.sin_family = AF_INET;
     target.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (argc == 4 && strcmp(argv[1], "serve") == 0)
+    if ((argc == 4 || argc == 5) && strcmp(argv[1], "serve") == 0) {
+        if (argc == 5 && !set_address(argv[4]))
+            return 2;
         return serve(atoi(argv[2]), atoi(argv[3]));
-    if (argc == 6 && strcmp(argv[1], "load") == 0)
+    }
+    if ((argc == 6 || argc == 7) && strcmp(argv[1], "load") == 0) {
+        if (argc == 7 && !set_address(argv[6]))
+            return 2;
         return load(atoi(argv[2]), atoi(argv[3]), atof(argv[4]), atol(argv[5]));
-    fprintf(stderr, "usage: connbench serve PORT THREADS\n"
-                    "       connbench load PORT CONCURRENCY SECONDS MAX_CONNECTIONS\n");
+    }
+    fprintf(stderr, "usage: connbench serve PORT THREADS [ADDRESS]\n"
+                    "       connbench load PORT CONCURRENCY SECONDS MAX_CONNECTIONS [ADDRESS]\n");
     return 2;
 }

@@ -26,15 +26,24 @@ PAUSE_SECS = 0.5
 
 
 class IperfServer:
-    def __init__(self, workdir: Path, udp: bool) -> None:
+    """
+    @param host: the address to bind (and that clients reach it at).
+    @param prefix: argv run before iperf3, e.g. C{ip netns exec TARGET}.
+    """
+
+    def __init__(
+        self, workdir: Path, udp: bool, host: str = LOOPBACK, prefix: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
         self.port = free_port(udp_too=udp)
+        self.host = host
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        argv = ["iperf3", "-s", "-B", LOOPBACK, "-p", str(self.port), "--idle-timeout", "30"]
-        self.proc = spawn(argv, cwd=self.workdir)
-        wait_bound(self.port, self.proc)
+        argv = [*self.prefix, "iperf3", "-s", "-B", self.host, "-p", str(self.port)]
+        self.proc = spawn([*argv, "--idle-timeout", "30"], cwd=self.workdir)
+        wait_bound(self.port, self.proc, address=self.host, in_namespace=bool(self.prefix))
 
     def ensure(self) -> None:
         """Restart the server if a failed test took it down."""
@@ -56,8 +65,10 @@ def udp_holders(port: int) -> str:
 
 
 @contextmanager
-def iperf_server(workdir: Path, udp: bool = False) -> Iterator[IperfServer]:
-    server = IperfServer(workdir, udp)
+def iperf_server(
+    workdir: Path, udp: bool = False, host: str = LOOPBACK, prefix: Sequence[str] = ()
+) -> Iterator[IperfServer]:
+    server = IperfServer(workdir, udp, host, prefix)
     try:
         server.start()
         yield server
@@ -76,10 +87,17 @@ RETRY_AFTER_SECS = 1.0
 
 
 def client(
-    server: IperfServer, port: int, secs: int, extra: Sequence[str], omit: int = 0
+    server: IperfServer,
+    port: int,
+    secs: int,
+    extra: Sequence[str],
+    omit: int = 0,
+    host: str = LOOPBACK,
+    prefix: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run one iperf3 client test against C{port} (C{server} or a relay to
-    it); return its JSON report.
+    """Run one iperf3 client test against C{host}:C{port} (C{server} or a
+    relay to it), after C{prefix} (e.g. C{ip netns exec CLIENT}); return its
+    JSON report.
 
     A transient failure (L{TRANSIENT}) is retried after L{RETRY_AFTER_SECS},
     up to L{ATTEMPTS} runs in all; the report's C{"attempts"} says how many
@@ -88,7 +106,7 @@ def client(
     server.ensure()
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            report = _client_once(port, secs, extra, omit)
+            report = _client_once(port, secs, extra, omit, host, prefix)
         except BenchError as e:
             if STUCK in str(e):
                 raise BenchError(f"{e}; UDP port {server.port}: {udp_holders(server.port)}") from e
@@ -102,8 +120,10 @@ def client(
     raise AssertionError("unreachable")
 
 
-def _client_once(port: int, secs: int, extra: Sequence[str], omit: int) -> dict[str, Any]:
-    argv = ["iperf3", "-c", LOOPBACK, "-p", str(port), "-t", str(secs), "-J"]
+def _client_once(
+    port: int, secs: int, extra: Sequence[str], omit: int, host: str, prefix: Sequence[str]
+) -> dict[str, Any]:
+    argv = [*prefix, "iperf3", "-c", host, "-p", str(port), "-t", str(secs), "-J"]
     argv += ["--connect-timeout", "3000", *extra]
     if omit:
         argv += ["-O", str(omit)]

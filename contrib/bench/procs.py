@@ -192,10 +192,15 @@ def free_port(udp_too: bool = False) -> int:
     raise BenchError("no free port")
 
 
-def _bound(port: int, proto: str) -> bool:
-    """Is a TCP listener (or a UDP socket) bound to C{port} on loopback?"""
-    wanted = f"0100007F:{port:04X}"
-    lines = Path(f"/proc/net/{proto}").read_text().splitlines()[1:]
+def _bound(port: int, proto: str, address: str = LOOPBACK, pid: int | None = None) -> bool:
+    """Is a TCP listener (or a UDP socket) bound to C{address}:C{port}?
+
+    With C{pid}, looked up in that process's network namespace
+    (C{/proc/PID/net}), else in ours.
+    """
+    wanted = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
+    table = Path(f"/proc/{pid}/net/{proto}" if pid else f"/proc/net/{proto}")
+    lines = table.read_text().splitlines()[1:]
     for line in lines:
         fields = line.split()
         if fields[1] == wanted and (proto == "udp" or fields[3] == "0A"):
@@ -211,13 +216,25 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> N
         time.sleep(0.05)
 
 
-def wait_bound(port: int, proc: subprocess.Popen[bytes] | None = None, proto: str = "tcp") -> None:
-    """Wait for a listener without connecting to it (a probe would reach the target)."""
+def wait_bound(
+    port: int,
+    proc: subprocess.Popen[bytes] | None = None,
+    proto: str = "tcp",
+    address: str = LOOPBACK,
+    in_namespace: bool = False,
+) -> None:
+    """Wait for a listener without connecting to it (a probe would reach the target).
+
+    C{in_namespace}: C{proc} runs in another network namespace (started
+    with C{ip netns exec}, which execs the command under the same pid);
+    look there.
+    """
+    pid = proc.pid if in_namespace and proc is not None else None
 
     def ready() -> bool:
         if proc is not None and proc.poll() is not None:
             raise BenchError(f"{proc.args!r} exited with {proc.returncode}")
-        return _bound(port, proto)
+        return _bound(port, proto, address, pid)
 
     wait_until(ready, f"{proto} port {port}")
 

@@ -76,10 +76,25 @@ def haproxy_maxconn() -> int:
     return min(HAPROXY_MAXCONN_CAP, (soft - 2 * HAPROXY_MAXPIPES - 200) // 2)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a variant runs: a command prefix (C{ip netns exec EDGE}) and
+    the addresses it listens on and forwards to; loopback by default."""
+
+    prefix: tuple[str, ...] = ()
+    listen: str = LOOPBACK
+    target_host: str = LOOPBACK
+
+
+ON_LOOPBACK = Placement()
+
+
 @dataclass
 class Proxy:
     key: str
     port: int
+    #: The address clients connect to.
+    host: str = LOOPBACK
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log: Path | None = None
     #: Why the variant did not start; its trials then fail with this.
@@ -130,12 +145,12 @@ def workers_available(workdir: Path) -> bool:
     return "--workers" in out
 
 
-def _standalone_config(port: int, target: int, udp: bool) -> str:
+def _standalone_config(port: int, target: int, udp: bool, where: Placement) -> str:
     rules = [("bench-tcp", "tcp")] + ([("bench-udp", "udp")] if udp else [])
     text = (
         "[global]\n"
         'log_level = "warn"\n'
-        f'listen_addresses = ["{LOOPBACK}"]\n'
+        f'listen_addresses = ["{where.listen}"]\n'
         "shutdown_drain_secs = 0\n"
         "[stats]\n"
         "enabled = false\n"
@@ -143,17 +158,19 @@ def _standalone_config(port: int, target: int, udp: bool) -> str:
     for name, proto in rules:
         text += (
             f'[[rule]]\nname = "{name}"\nprotocol = "{proto}"\n'
-            f'listen_port = {port}\ntarget = "{LOOPBACK}:{target}"\n'
+            f'listen_port = {port}\ntarget = "{where.target_host}:{target}"\n'
         )
     return text
 
 
-def start_standalone(key: str, target: int, workdir: Path, udp: bool) -> Proxy:
+def start_standalone(
+    key: str, target: int, workdir: Path, udp: bool, where: Placement = ON_LOOPBACK
+) -> Proxy:
     port = free_port(udp_too=udp)
     config = workdir / f"{key}-{port}.toml"
-    config.write_text(_standalone_config(port, target, udp))
+    config.write_text(_standalone_config(port, target, udp, where))
     workers = 2 if key.startswith("standalone-2w") else 1
-    argv = [str(VENV_BIN / "twistd"), "-n", "--pidfile="]
+    argv = [*where.prefix, str(VENV_BIN / "twistd"), "-n", "--pidfile="]
     argv += ["portunus-standalone", "--config", str(config), "--log-level", "info"]
     if workers > 1:
         argv += ["--workers", str(workers)]
@@ -161,7 +178,7 @@ def start_standalone(key: str, target: int, workdir: Path, udp: bool) -> Proxy:
     logfile = workdir / f"{key}-{port}.log"
     with logfile.open("wb") as err:
         proc = spawn(argv, cwd=workdir, env=env, stderr=err)
-    proxy = Proxy(key, port, [proc], logfile)
+    proxy = Proxy(key, port, where.listen, [proc], logfile)
 
     def started() -> bool:
         if proc.poll() is not None:
@@ -173,14 +190,14 @@ def start_standalone(key: str, target: int, workdir: Path, udp: bool) -> Proxy:
 
     try:
         wait_until(started, f"{key} to start", timeout=30)
-        wait_bound(port, proc)
+        wait_bound(port, proc, address=where.listen, in_namespace=bool(where.prefix))
     except BaseException:
         proxy.stop()
         raise
     return proxy
 
 
-def haproxy_config(port: int, target: int) -> str:
+def haproxy_config(port: int, target: int, where: Placement = ON_LOOPBACK) -> str:
     return f"""global
     maxconn {haproxy_maxconn()}
     maxpipes {HAPROXY_MAXPIPES}
@@ -194,24 +211,30 @@ defaults
     option splice-response
 
 frontend bench
-    bind {LOOPBACK}:{port}
+    bind {where.listen}:{port}
     default_backend target
 
 backend target
-    server target {LOOPBACK}:{target}
+    server target {where.target_host}:{target}
 """
 
 
 def _spawn_ready(
-    proxy: Proxy, argv: list[str], workdir: Path, proto: str = "tcp"
+    proxy: Proxy,
+    argv: list[str],
+    workdir: Path,
+    proto: str = "tcp",
+    where: Placement = ON_LOOPBACK,
 ) -> subprocess.Popen[bytes]:
     """Start one process of C{proxy}, stderr to a log; wait for its port."""
     logfile = workdir / f"{proxy.key}-{proxy.port}-{proto}.err"
     with logfile.open("wb") as err:
-        proc = spawn(argv, cwd=workdir, stderr=err)
+        proc = spawn([*where.prefix, *argv], cwd=workdir, stderr=err)
     proxy.procs.append(proc)
     try:
-        wait_bound(proxy.port, proc, proto=proto)
+        wait_bound(
+            proxy.port, proc, proto=proto, address=where.listen, in_namespace=bool(where.prefix)
+        )
     except BenchError as e:
         tail = " / ".join(logfile.read_text(errors="replace").strip().splitlines()[-3:])
         proxy.stop()
@@ -222,11 +245,11 @@ def _spawn_ready(
     return proc
 
 
-def start_haproxy(target: int, workdir: Path) -> Proxy:
-    proxy = Proxy("haproxy", free_port())
+def start_haproxy(target: int, workdir: Path, where: Placement = ON_LOOPBACK) -> Proxy:
+    proxy = Proxy("haproxy", free_port(), where.listen)
     config = workdir / f"haproxy-{proxy.port}.cfg"
-    config.write_text(haproxy_config(proxy.port, target))
-    _spawn_ready(proxy, ["haproxy", "-db", "-f", str(config)], workdir)
+    config.write_text(haproxy_config(proxy.port, target, where))
+    _spawn_ready(proxy, ["haproxy", "-db", "-f", str(config)], workdir, where=where)
     return proxy
 
 
@@ -249,13 +272,15 @@ def start_portforward(target: int, workdir: Path) -> Proxy:
     return proxy
 
 
-def start(key: str, target: int, workdir: Path, udp: bool = False) -> Proxy:
+def start(
+    key: str, target: int, workdir: Path, udp: bool = False, where: Placement = ON_LOOPBACK
+) -> Proxy:
     if key == "direct":
-        return Proxy("direct", target)
+        return Proxy("direct", target, where.target_host)
     if key.startswith("standalone"):
-        return start_standalone(key, target, workdir, udp)
+        return start_standalone(key, target, workdir, udp, where)
     if key == "haproxy":
-        return start_haproxy(target, workdir)
+        return start_haproxy(target, workdir, where)
     if key == "socat":
         return start_socat(target, workdir, udp)
     if key == "twisted-portforward":

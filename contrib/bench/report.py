@@ -285,12 +285,124 @@ def cpu_section(result: dict[str, Any]) -> list[str]:
     return lines + _modes(result) + _retries(result) + _errors(summary)
 
 
+#: Kernel-mode targets (issue 19): throughput against routing directly,
+#: short connections against HAProxy, both on the namespace topology.
+KERNEL_THROUGHPUT_TARGET = 0.95
+KERNEL_CONNS_TARGET = 1.5
+
+
+def _met(value: float | None, target: float) -> str:
+    if value is None:
+        return "not measured"
+    return f"{value:.2f}{TIMES}: {'met' if value >= target else '**missed**'}"
+
+
+def _median(summary: dict[str, Any], case: str, variant: str, metric: str) -> float | None:
+    stat = summary.get(case, {}).get(variant, {}).get(metric)
+    return stat["median"] if stat else None
+
+
+def _share(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def netns_targets(result: dict[str, Any]) -> list[str]:
+    """The kernel-mode targets, met or missed."""
+    lines = []
+    tcp = result.get("tcp", {}).get("summary", {})
+    for case in tcp:
+        share = _share(_median(tcp, case, "kernel", "gbps"), _median(tcp, case, "direct", "gbps"))
+        goal = f"{KERNEL_THROUGHPUT_TARGET:.2f}{TIMES}"
+        verdict = _met(share, KERNEL_THROUGHPUT_TARGET)
+        lines.append(f"- kernel mode, TCP {case}, vs direct (target ≥ {goal}): {verdict}")
+    conns = result.get("conns", {}).get("summary", {})
+    for case in conns:
+        share = _share(
+            _median(conns, case, "kernel", "per_second"),
+            _median(conns, case, "haproxy", "per_second"),
+        )
+        goal = f"{KERNEL_CONNS_TARGET:.1f}{TIMES}"
+        verdict = _met(share, KERNEL_CONNS_TARGET)
+        lines.append(
+            f"- kernel mode, short connections, {case}, vs HAProxy (target ≥ {goal}): {verdict}"
+        )
+    return [*lines, ""] if lines else []
+
+
+def netns_section(result: dict[str, Any]) -> list[str]:
+    from netns import LABELS as NETNS_LABELS
+
+    def label(variant: str) -> str:
+        return NETNS_LABELS.get(variant, variant)
+
+    lines = _heading("Three hosts in network namespaces (client, edge, target)", result)
+    lines += netns_targets(result)
+    tcp = result.get("tcp", {})
+    lines += [f"#### TCP throughput (iperf3, {result['seconds']['tcp']} s per run)", ""]
+    if "error" in tcp:
+        lines += [f"failed: {tcp['error']}", ""]
+    else:
+        refs = ("direct", "haproxy")
+        rows = [
+            [case, label(v), cell(c.get("gbps"), f2), *ratios(variants, v, "gbps", refs)]
+            for case, variants in tcp["summary"].items()
+            for v, c in variants.items()
+        ]
+        lines += [*table(["case", "variant", "Gbit/s", "vs direct", "vs HAProxy"], rows), ""]
+        lines += _errors(tcp["summary"])
+    conns = result.get("conns", {})
+    lines += [f"#### Short connections ({result['seconds']['conns']:g} s per run)", ""]
+    if "error" in conns:
+        lines += [f"failed: {conns['error']}", ""]
+    else:
+        rows = []
+        for case, variants in conns["summary"].items():
+            for v, c in variants.items():
+                rows.append(
+                    [
+                        case.split()[0],
+                        label(v),
+                        cell(c.get("per_second"), f0),
+                        *ratios(variants, v, "per_second", ("direct", "haproxy")),
+                        cell(c.get("p50_us"), f0),
+                        cell(c.get("p99_us"), f0),
+                        cell(c.get("errors"), f0),
+                    ]
+                )
+        header = ["clients", "variant", "conn/s", "vs direct", "vs HAProxy", "p50 µs", "p99 µs"]
+        lines += [*table([*header, "failed"], rows), "", *_errors(conns["summary"])]
+    udp = result.get("udp", {})
+    lines += [f"#### UDP (iperf3 -u, {result['udp_seconds']} s per run)", ""]
+    if "error" in udp:
+        lines += [f"failed: {udp['error']}", ""]
+    else:
+        rows = []
+        for case, variants in udp["summary"].items():
+            for v, c in variants.items():
+                rows.append(
+                    [
+                        case,
+                        label(v),
+                        cell(c.get("offered_mbps"), f0),
+                        cell(c.get("delivered_mbps"), f0),
+                        *ratios(variants, v, "delivered_mbps", ("direct",)),
+                        cell(c.get("loss_pct"), f2),
+                        cell(c.get("delivered_pps"), f0),
+                    ]
+                )
+        header = ["case", "variant", "offered Mbit/s", "delivered Mbit/s", "vs direct"]
+        lines += [*table([*header, "loss %", "delivered pkt/s"], rows), ""]
+        lines += _errors(udp["summary"])
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "tcp": tcp_section,
     "conns": conns_section,
     "udp": udp_section,
     "memory": memory_section,
     "cpu": cpu_section,
+    "netns": netns_section,
 }
 
 

@@ -14,6 +14,9 @@ Sections (each its own module, whose docstring gives the exact method):
     udp     UDP delivered rate, loss and packets/s, iperf3 -u  (udp.py)
     memory  RSS per idle TCP connection and per UDP flow       (memory.py)
     cpu     relay CPU at a paced 1 Gbit/s TCP stream           (cpu.py)
+    netns   client, edge and target namespaces: TCP, short connections and
+            UDP routed directly, through kernel mode, the relay (1 and 2
+            workers) and HAProxy; needs root and nftables     (netns.py)
 
 Variants (proxies.py): direct (no relay: the baseline), the standalone
 forwarder with splice and with PORTUNUS_DISABLE_SPLICE=1, each with 1 and
@@ -52,6 +55,7 @@ from typing import Any
 import conns
 import cpu
 import memory
+import netns
 import tcp
 import udp
 from common import Settings
@@ -69,7 +73,7 @@ from procs import (
 from proxies import ALL_TCP, workers_available
 from report import loadavg, machine_info, markdown
 
-SECTIONS = ("tcp", "conns", "udp", "memory", "cpu")
+SECTIONS = ("tcp", "conns", "udp", "memory", "cpu", "netns")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,9 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; pick from {SECTIONS}")
     if args.variants:
-        unknown = set(args.variants.split(",")) - set(ALL_TCP)
+        known = (*ALL_TCP, *netns.VARIANTS)
+        unknown = set(args.variants.split(",")) - set(known)
         if unknown:
-            parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; pick from {ALL_TCP}")
+            parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; pick from {known}")
     return args
 
 
@@ -119,7 +124,7 @@ def make_settings(args: argparse.Namespace, workdir: Path) -> Settings:
     if not settings.workers_available:
         settings.skipped["standalone, 2 workers"] = "--workers not available"
         log("skipped: --workers not available")
-    if "conns" in args.only.split(","):
+    if {"conns", "netns"} & set(args.only.split(",")):
         try:
             settings = _with_connbench(settings)
         except BenchError as e:
@@ -148,6 +153,7 @@ def section_runners(settings: Settings) -> dict[str, Callable[[], dict[str, Any]
         "udp": lambda: udp.run(settings),
         "memory": lambda: memory.run(settings),
         "cpu": lambda: cpu.run(settings),
+        "netns": lambda: netns.run(settings),
     }
 
 
@@ -158,6 +164,9 @@ def run_sections(settings: Settings, only: list[str]) -> dict[str, Any]:
         if name not in only:
             continue
         if name == "conns" and settings.connbench is None:
+            continue
+        if name == "netns" and netns.available() is not None:
+            settings.skipped["netns"] = str(netns.available())
             continue
         load_before, when, cpu_before = loadavg(), utc_now(), others_cpu()
         log(f"== {name} (load average {' '.join(load_before)})")

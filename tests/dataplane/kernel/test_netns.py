@@ -22,25 +22,23 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from portunus.dataplane.kernel import Availability, KernelForwarder, NftRunner
+from portunus.dataplane.kernel import KernelForwarder, NftRunner
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
-from tests._netns import EDGE_V4, EDGE_V6, TARGET_V4, TARGET_V6, Topology, missing
+from tests._netns import (
+    EDGE_V4,
+    EDGE_V6,
+    TARGET_V4,
+    TARGET_V6,
+    Topology,
+    kernel_availability,
+    missing,
+)
 from tests.dataplane.kernel._rules import plain
 
 PEER = str(Path(__file__).with_name("_peer.py"))
 #: IPv4 + UDP headers: what nftables counts on top of each datagram's payload.
 UDP4_OVERHEAD = 28
-
-
-def _available(topology: Topology) -> Availability:
-    with open("/proc/self/status") as status:
-        return Availability.from_readings(
-            status.read(),
-            topology.read(topology.edge, "/proc/sys/net/ipv4/ip_forward"),
-            topology.read(topology.edge, "/proc/sys/net/ipv6/conf/all/forwarding"),
-            "nft",
-        )
 
 
 class NamespaceTests(TestCase):
@@ -65,7 +63,7 @@ class NamespaceTests(TestCase):
 
     def kernel(self, instance: str = "test") -> KernelForwarder:
         runner = NftRunner(reactor, self.topology.exec(self.topology.edge, ["nft"]))
-        return KernelForwarder(runner, _available(self.topology), instance=instance)
+        return KernelForwarder(runner, kernel_availability(self.topology.edge), instance=instance)
 
     def nft(self, *args: str) -> str:
         return self.topology.run(self.topology.exec(self.topology.edge, ["nft", *args]))
