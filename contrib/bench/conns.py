@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from common import Settings, Trial, run_rounds, summarize
-from procs import BenchError, free_port, run_tool, spawn, stop, wait_bound
+from procs import LOOPBACK, BenchError, free_port, run_tool, spawn, stop, wait_bound
 from proxies import running
 
 SOURCE = Path(__file__).resolve().parent / "connbench.c"
@@ -48,18 +48,31 @@ def build(workdir: Path) -> Path:
 
 
 @contextmanager
-def target(binary: Path, workdir: Path) -> Iterator[int]:
+def target(
+    binary: Path, workdir: Path, host: str = LOOPBACK, prefix: Sequence[str] = ()
+) -> Iterator[int]:
+    """C{connbench serve} on C{host}, run after C{prefix} (a namespace); yields its port."""
     port = free_port()
-    proc: subprocess.Popen[bytes] = spawn([str(binary), "serve", str(port), "2"], cwd=workdir)
+    argv = [*prefix, str(binary), "serve", str(port), "2", host]
+    proc: subprocess.Popen[bytes] = spawn(argv, cwd=workdir)
     try:
-        wait_bound(port, proc)
+        wait_bound(port, proc, address=host, in_namespace=bool(prefix))
         yield port
     finally:
         stop(proc)
 
 
-def load(binary: Path, port: int, clients: int, secs: float, limit: int) -> dict[str, float]:
-    argv = [str(binary), "load", str(port), str(clients), str(secs), str(limit)]
+def load(
+    binary: Path,
+    port: int,
+    clients: int,
+    secs: float,
+    limit: int,
+    host: str = LOOPBACK,
+    prefix: Sequence[str] = (),
+) -> dict[str, float]:
+    """One connbench load against C{host}:C{port}, run after C{prefix} (a namespace)."""
+    argv = [*prefix, str(binary), "load", str(port), str(clients), str(secs), str(limit), host]
     result: dict[str, float] = json.loads(run_tool(argv, timeout=secs + 30))
     time.sleep(SETTLE_SECS)
     if result["connections"] == 0:

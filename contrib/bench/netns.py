@@ -42,19 +42,19 @@ the entries the edge's conntrack still counts.
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import conns
+import tcp
+import udp
 from common import Settings, Trial, run_rounds, summarize
-from iperf import client, iperf_server
-from procs import HERE, VENV_BIN, BenchError, free_port, log, run_tool, spawn, stop, wait_bound
-from proxies import Placement, Proxy, start
+from iperf import iperf_server
+from procs import HERE, VENV_BIN, BenchError, free_port, log, run_tool
+from proxies import Placement, Proxy, running, start
 
 from tests._netns import EDGE_V4, TARGET_V4, Topology, missing
 
@@ -160,25 +160,17 @@ class Edge:
         self.client = topology.exec(topology.client, [])
         self.target = topology.exec(topology.target, [])
 
-    @contextlib.contextmanager
     def running(
         self, keys: Sequence[str], target: int, udp: bool = False
-    ) -> Iterator[dict[str, Proxy]]:
-        proxies: dict[str, Proxy] = {}
-        try:
-            for key in keys:
-                try:
-                    if key == "kernel":
-                        proxies[key] = Proxy("kernel", free_port(udp_too=udp), EDGE_V4)
-                    else:
-                        proxies[key] = start(key, target, self.workdir, udp, self.where)
-                except BenchError as e:
-                    log(f"  ! {key} did not start: {e}")
-                    proxies[key] = Proxy(key, 0, error=str(e))
-            yield proxies
-        finally:
-            for proxy in proxies.values():
-                proxy.stop()
+    ) -> contextlib.AbstractContextManager[dict[str, Proxy]]:
+        return running(keys, target, self.workdir, udp, self.where, self._start)
+
+    @staticmethod
+    def _start(key: str, target: int, workdir: Path, udp: bool, where: Placement) -> Proxy:
+        """The kernel variant is programmed per trial (L{programmed}); others start here."""
+        if key == "kernel":
+            return Proxy("kernel", free_port(udp_too=udp), where.listen)
+        return start(key, target, workdir, udp, where)
 
     @contextlib.contextmanager
     def programmed(self, proxy: Proxy, target: int, udp: bool) -> Iterator[None]:
@@ -212,59 +204,33 @@ def run_tcp(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, An
 
         def one(case: str, variant: str) -> dict[str, float]:
             proxy = proxies[variant]
-
-            def measure() -> dict[str, float]:
-                report = client(
-                    server,
-                    proxy.port,
-                    settings.tcp_secs,
-                    TCP_CASES[case],
-                    omit=1,
-                    host=proxy.host,
-                    prefix=edge.client,
-                )
-                end = report["end"]
-                return {
-                    "gbps": end["sum_received"]["bits_per_second"] / 1e9,
-                    "retransmits": float(end["sum_sent"].get("retransmits", 0)),
-                }
-
-            return edge.trial(proxy, server.port, False, measure)
+            secs, extra = settings.tcp_secs, TCP_CASES[case]
+            return edge.trial(
+                proxy,
+                server.port,
+                False,
+                lambda: tcp.measure(server, proxy, secs, extra, edge.client),
+            )
 
         trials: list[Trial] = run_rounds(settings.rounds, list(TCP_CASES), variants, one)
-    return {"trials": trials, "summary": summarize(trials, ("gbps", "retransmits"))}
-
-
-@contextlib.contextmanager
-def _conn_target(binary: Path, edge: Edge) -> Iterator[int]:
-    port = free_port()
-    argv = [*edge.target, str(binary), "serve", str(port), "2", TARGET_V4]
-    proc: subprocess.Popen[bytes] = spawn(argv, cwd=edge.workdir)
-    try:
-        wait_bound(port, proc, address=TARGET_V4, in_namespace=True)
-        yield port
-    finally:
-        stop(proc)
+    return {"trials": trials, "summary": summarize(trials, tcp.METRICS)}
 
 
 def run_conns(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, Any]:
     binary = settings.connbench
     if binary is None:
         raise BenchError("connbench was not built")
-    with _conn_target(binary, edge) as port, edge.running(variants, port) as proxies:
+    with (
+        conns.target(binary, edge.workdir, TARGET_V4, edge.target) as port,
+        edge.running(variants, port) as proxies,
+    ):
 
         def one(case: str, variant: str) -> dict[str, float]:
             proxy = proxies[variant]
+            clients, secs, limit = CONN_CASES[case], settings.conn_secs, settings.conn_max
 
             def measure() -> dict[str, float]:
-                argv = [*edge.client, str(binary), "load", str(proxy.port), str(CONN_CASES[case])]
-                argv += [str(settings.conn_secs), str(settings.conn_max), proxy.host]
-                result: dict[str, float] = json.loads(
-                    run_tool(argv, timeout=settings.conn_secs + 30)
-                )
-                if result["connections"] == 0:
-                    raise BenchError(f"no connection completed ({result['errors']:.0f} errors)")
-                return result
+                return conns.load(binary, proxy.port, clients, secs, limit, proxy.host, edge.client)
 
             return edge.trial(proxy, port, False, measure)
 
@@ -281,31 +247,16 @@ def run_udp(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, An
 
         def one(case: str, variant: str) -> dict[str, float]:
             proxy = proxies[variant]
-
-            def measure() -> dict[str, float]:
-                extra = ["-u", "-w", "4M", *UDP_CASES[case]]
-                report = client(
-                    server,
-                    proxy.port,
-                    settings.udp_secs,
-                    extra,
-                    host=proxy.host,
-                    prefix=edge.client,
-                )
-                sent, got = report["end"]["sum_sent"], report["end"]["sum_received"]
-                delivered = got["packets"] - got["lost_packets"]
-                return {
-                    "offered_mbps": sent["bits_per_second"] / 1e6,
-                    "delivered_mbps": got["bits_per_second"] / 1e6,
-                    "loss_pct": float(got["lost_percent"]),
-                    "delivered_pps": delivered / got["seconds"] if got["seconds"] else 0.0,
-                }
-
-            return edge.trial(proxy, server.port, True, measure)
+            secs, extra = settings.udp_secs, UDP_CASES[case]
+            return edge.trial(
+                proxy,
+                server.port,
+                True,
+                lambda: udp.measure(server, proxy, secs, extra, edge.client),
+            )
 
         trials: list[Trial] = run_rounds(settings.rounds, list(UDP_CASES), variants, one)
-    metrics = ("offered_mbps", "delivered_mbps", "loss_pct", "delivered_pps")
-    return {"trials": trials, "summary": summarize(trials, metrics)}
+    return {"trials": trials, "summary": summarize(trials, udp.METRICS)}
 
 
 def run(settings: Settings) -> dict[str, Any]:

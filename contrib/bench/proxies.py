@@ -35,7 +35,7 @@ import contextlib
 import json
 import resource
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,14 +290,23 @@ def start(
 
 @contextlib.contextmanager
 def running(
-    keys: Sequence[str], target: int, workdir: Path, udp: bool = False
+    keys: Sequence[str],
+    target: int,
+    workdir: Path,
+    udp: bool = False,
+    where: Placement = ON_LOOPBACK,
+    starter: Callable[..., Proxy] | None = None,
 ) -> Iterator[dict[str, Proxy]]:
-    """Start every variant in C{keys} towards C{target}; stop them all after."""
+    """Start every variant in C{keys} towards C{target}; stop them all after.
+
+    C{starter} (default L{start}) is called as C{starter(key, target,
+    workdir, udp, where)}, for sections with variants of their own.
+    """
     proxies: dict[str, Proxy] = {}
     try:
         for key in keys:
             try:
-                proxies[key] = start(key, target, workdir, udp)
+                proxies[key] = (starter or start)(key, target, workdir, udp, where)
             except BenchError as e:
                 log(f"  ! {key} did not start: {e}")
                 proxies[key] = Proxy(key, 0, error=str(e))

@@ -13,6 +13,7 @@ Gbit/s.  Sender retransmits are kept in the raw results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from common import Settings, Trial, run_rounds, summarize
@@ -23,9 +24,16 @@ CASES = {"1 stream": [], "4 streams": ["-P", "4"]}
 METRICS = ("gbps", "retransmits")
 
 
-def measure(server: IperfServer, proxy: Proxy, secs: int, extra: list[str]) -> dict[str, float]:
+def measure(
+    server: IperfServer,
+    proxy: Proxy,
+    secs: int,
+    extra: list[str],
+    prefix: Sequence[str] = (),
+) -> dict[str, float]:
+    """One run through C{proxy}; C{prefix} runs the client elsewhere (a namespace)."""
     proxy.check()
-    report = client(server, proxy.port, secs, extra, omit=1)
+    report = client(server, proxy.port, secs, extra, omit=1, host=proxy.host, prefix=prefix)
     end = report["end"]
     return {
         "gbps": end["sum_received"]["bits_per_second"] / 1e9,

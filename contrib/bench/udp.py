@@ -23,6 +23,7 @@ and with -b 0 the single-threaded iperf3 client may not reach it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from common import Settings, Trial, run_rounds, summarize
@@ -42,9 +43,18 @@ CASES = {
 METRICS = ("offered_mbps", "delivered_mbps", "loss_pct", "delivered_pps")
 
 
-def measure(server: IperfServer, proxy: Proxy, secs: int, extra: list[str]) -> dict[str, float]:
+def measure(
+    server: IperfServer,
+    proxy: Proxy,
+    secs: int,
+    extra: list[str],
+    prefix: Sequence[str] = (),
+) -> dict[str, float]:
+    """One run through C{proxy}; C{prefix} runs the client elsewhere (a namespace)."""
     proxy.check()
-    report = client(server, proxy.port, secs, ["-u", "-w", "4M", *extra])
+    report = client(
+        server, proxy.port, secs, ["-u", "-w", "4M", *extra], host=proxy.host, prefix=prefix
+    )
     end = report["end"]
     sent, got = end["sum_sent"], end["sum_received"]
     delivered = got["packets"] - got["lost_packets"]

@@ -206,27 +206,25 @@ class KernelForwarder:
         )
         return Reconciled(recreated=True, replaced_marker=previous)
 
+    def _table_exists(self) -> Deferred[bool]:
+        """Is there a table of our name (ours or not)?  Other tables are only listed."""
+
+        def find(tables: list[dict[str, Any]]) -> bool:
+            ours = {"family": FAMILY, "name": self.table}
+            return any({k: t.get("table", {}).get(k) for k in ours} == ours for t in tables)
+
+        return self._apply([{"list": {"tables": None}}]).addCallback(find)
+
     @inlineCallbacks
     def _owned_marker(self) -> Any:
         """
         The marker of the existing table of our name, None if there is no
         such table; fails with C{table_not_owned} if it is not ours.
         """
-        try:
-            tables = yield self._runner.run([{"list": {"tables": None}}])
-        except NftError as e:
-            raise _failed(e) from e
-        exists = any(
-            t.get("table", {}).get("family") == FAMILY
-            and t.get("table", {}).get("name") == self.table
-            for t in tables
-        )
+        exists = yield self._table_exists()
         if not exists:
             return None
-        try:
-            objects = yield self._runner.run(self.ruleset.list_objects())
-        except NftError as e:
-            raise _failed(e) from e
+        objects = yield self._apply(self.ruleset.list_objects())
         for counter in _objects(objects, "counter", self.table):
             if counter.get("name") == OWNER_COUNTER:
                 comment = str(counter.get("comment", ""))
@@ -366,15 +364,7 @@ class KernelForwarder:
 
     @inlineCallbacks
     def _reconcile(self) -> Any:
-        try:
-            tables = yield self._runner.run([{"list": {"tables": None}}])
-        except NftError as e:
-            raise _failed(e) from e
-        exists = any(
-            t.get("table", {}).get("family") == FAMILY
-            and t.get("table", {}).get("name") == self.table
-            for t in tables
-        )
+        exists = yield self._table_exists()
         if not exists:
             yield self._apply(self.ruleset.create(self.marker, self._rules.values()))
             log.warn(
@@ -383,10 +373,7 @@ class KernelForwarder:
                 table=self.table,
             )
             return Reconciled(restored=tuple(sorted(self._rules)), recreated=True)
-        try:
-            listing = yield self._runner.run([{"list": {"table": self.ruleset.table_ref()}}])
-        except NftError as e:
-            raise _failed(e) from e
+        listing = yield self._apply([{"list": {"table": self.ruleset.table_ref()}}])
         present = _present(listing, self.table)
         if OWNER_COUNTER not in present.counters:
             raise PortunusError(
