@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import subprocess
 from collections.abc import Sequence
 
-from portunus.dataplane.kernel import Availability
+from portunus.dataplane.kernel import Availability, find_command
 
 __all__ = [
     "CLIENT_V4",
@@ -57,7 +56,7 @@ def missing(*tools: str) -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root"
     for tool in ("ip", *tools):
-        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+        if find_command(tool) is None:
             return f"{tool} is not installed"
     probe = f"portunus-probe-{secrets.token_hex(4)}"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
@@ -81,7 +80,7 @@ def kernel_availability(namespace: str) -> Availability:
             status.read(),
             read_in(namespace, "/proc/sys/net/ipv4/ip_forward"),
             read_in(namespace, "/proc/sys/net/ipv6/conf/all/forwarding"),
-            shutil.which("nft", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"),
+            find_command("nft"),
         )
 
 

@@ -19,7 +19,7 @@ from portunus.dataplane.kernel._eligibility import (
 )
 from portunus.dataplane.kernel._probe import UNAVAILABLE_REASONS, Availability, probe_host
 from portunus.dataplane.kernel._ruleset import DEFAULT_TABLE, KernelRule, Ruleset
-from portunus.dataplane.kernel._runner import INftRunner, NftError, NftRunner
+from portunus.dataplane.kernel._runner import INftRunner, NftError, NftRunner, find_command
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -36,6 +36,7 @@ __all__ = [
     "Reconciled",
     "Ruleset",
     "check_eligible",
+    "find_command",
     "probe_host",
     "refuse_unless_eligible",
 ]

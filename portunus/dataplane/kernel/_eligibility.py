@@ -24,7 +24,6 @@ from portunus.model import RateLimit, Rule
 
 __all__ = [
     "REASONS",
-    "WILDCARDS",
     "Ineligible",
     "check_eligible",
     "listen_addresses_for",
@@ -45,9 +44,6 @@ REASONS: dict[str, str] = {
     "address_family_mismatch": "the kernel cannot translate between IPv4 and IPv6",
     "limit_out_of_range": "a rate limit or burst is beyond what nftables can hold",
 }
-
-#: The listen addresses that mean "every local address of this family".
-WILDCARDS = {4: "0.0.0.0", 6: "::"}
 
 #: nftables keeps a limit's burst in 32 bits.
 _U32 = 2**32 - 1
@@ -126,7 +122,10 @@ def check_eligible(rule: Rule) -> Ineligible | None:
     if address.is_loopback or address.is_unspecified:
         return no("loopback_target", f"target {target.display()} is not reachable by forwarding")
     for text in rule.listen_addresses:
-        listen = ipaddress.ip_address(text)
+        try:
+            listen = ipaddress.ip_address(text)
+        except ValueError:
+            return no("address_family_mismatch", f"listen address {text!r} is not an IP address")
         if listen.is_loopback:
             return no("loopback_listen", f"listen address {text} is loopback")
         if listen.version != address.version and not listen.is_unspecified:

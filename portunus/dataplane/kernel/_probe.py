@@ -11,11 +11,11 @@ files of the process's own network namespace.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import attrs
 
+from portunus.dataplane.kernel._runner import find_command
 from portunus.errors import PortunusError
 
 __all__ = ["CAP_NET_ADMIN", "UNAVAILABLE_REASONS", "Availability", "probe_host"]
@@ -121,5 +121,5 @@ def probe_host() -> Availability:
         status=_read(Path("/proc/self/status")) or "",
         ipv4_forward=_read(_SYSCTL / "ipv4" / "ip_forward"),
         ipv6_forward=_read(_SYSCTL / "ipv6" / "conf" / "all" / "forwarding"),
-        nft=shutil.which("nft", path="/usr/sbin:/usr/bin:/sbin:/bin"),
+        nft=find_command("nft"),
     )

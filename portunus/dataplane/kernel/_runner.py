@@ -28,7 +28,14 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-__all__ = ["DEFAULT_TIMEOUT_SECS", "INftRunner", "NftError", "NftRunner", "parse_output"]
+__all__ = [
+    "DEFAULT_TIMEOUT_SECS",
+    "INftRunner",
+    "NftError",
+    "NftRunner",
+    "find_command",
+    "parse_output",
+]
 
 #: A batch or listing that takes longer than this is killed and fails.
 DEFAULT_TIMEOUT_SECS = 30.0
@@ -162,7 +169,7 @@ class NftRunner:
         stdin = json.dumps({"nftables": list(commands)}).encode("utf-8")
         protocol = _Collect(stdin, done)
         argv = [*self.command, "-j", "-f", "-"]
-        executable = _which(argv[0])
+        executable = find_command(argv[0])
         if executable is None:
             done.errback(NftError(f"{argv[0]} is not installed (not found on PATH)"))
             return done
@@ -176,7 +183,7 @@ class NftRunner:
         return done
 
 
-def _which(name: str) -> str | None:
+def find_command(name: str) -> str | None:
     """C{name} on C{PATH}, or in root's sbin directories, often missing from a service's PATH."""
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     return shutil.which(name, path=path)

@@ -73,6 +73,7 @@ class EligibilityTests(SynchronousTestCase):
             ("127.0.0.1",): "loopback_listen",
             ("198.18.0.2", "2001:2::2"): "address_family_mismatch",
             ("::",): "address_family_mismatch",
+            ("localhost",): "address_family_mismatch",
         }
         for addresses, reason in cases.items():
             self.assertEqual(self.reason(plain(listen_addresses=addresses)), reason, addresses)
