@@ -11,6 +11,7 @@ the server or the client.
 """
 
 from portunus.dataplane.kernel._backend import KernelCounters, KernelForwarder, Reconciled
+from portunus.dataplane.kernel._conntrack import ConntrackReader, Flow, active_counts, parse_flows
 from portunus.dataplane.kernel._eligibility import (
     REASONS,
     Ineligible,
@@ -26,6 +27,8 @@ __all__ = [
     "REASONS",
     "UNAVAILABLE_REASONS",
     "Availability",
+    "ConntrackReader",
+    "Flow",
     "INftRunner",
     "Ineligible",
     "KernelCounters",
@@ -35,8 +38,10 @@ __all__ = [
     "NftRunner",
     "Reconciled",
     "Ruleset",
+    "active_counts",
     "check_eligible",
     "find_command",
+    "parse_flows",
     "probe_host",
     "refuse_unless_eligible",
 ]

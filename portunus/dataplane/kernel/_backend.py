@@ -32,6 +32,7 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks, succeed
 from twisted.logger import Logger
 
+from portunus.dataplane.kernel._conntrack import ConntrackReader, Flow, active_counts
 from portunus.dataplane.kernel._eligibility import refuse_unless_eligible
 from portunus.dataplane.kernel._probe import UNAVAILABLE_REASONS, Availability
 from portunus.dataplane.kernel._ruleset import (
@@ -75,6 +76,8 @@ class KernelCounters:
     rejects: int = 0
     #: Bytes counted against the rule's quota, None without one.
     quota_used: int | None = None
+    #: Connections (UDP: flows) open now, from conntrack; None if not read.
+    active: int | None = None
 
     def apply(self, stats: RuleStats, protocol: Protocol) -> RuleStats:
         """Copy the figures into C{stats}, the relay's counters for the same rule."""
@@ -85,6 +88,10 @@ class KernelCounters:
         if protocol is Protocol.UDP:
             stats.datagrams_in = self.packets_in
             stats.datagrams_out = self.packets_out
+            if self.active is not None:
+                stats.active_flows = self.active
+        elif self.active is not None:
+            stats.active_connections = self.active
         return stats
 
 
@@ -120,6 +127,8 @@ class KernelForwarder:
         name and network namespace.
     @param instance: this forwarder's id in the ownership marker (random
         by default).
+    @param conntrack: reads open connections for L{read_counters}; without
+        one (or when it fails) L{KernelCounters.active} stays None.
     """
 
     def __init__(
@@ -129,8 +138,11 @@ class KernelForwarder:
         table: str = DEFAULT_TABLE,
         instance: str | None = None,
         pid: int | None = None,
+        conntrack: ConntrackReader | None = None,
     ) -> None:
         self._runner = runner
+        self._conntrack = conntrack
+        self._conntrack_failed = False
         self.availability = availability
         self.ruleset = Ruleset(table)
         self.marker = owner_marker(instance or secrets.token_hex(8), pid or os.getpid())
@@ -419,9 +431,39 @@ class KernelForwarder:
         def work() -> Deferred[dict[int, KernelCounters]]:
             if not self._started:
                 return succeed({})
-            return self._apply(self.ruleset.list_objects()).addCallback(parse)
+            read = self._apply(self.ruleset.list_objects()).addCallback(parse)
+            if self._conntrack is not None and self._rules:
+                read.addCallback(self._with_active, self._conntrack)
+            return read
 
         return self._serially(work)
+
+    def _with_active(
+        self, counters: dict[int, KernelCounters], conntrack: ConntrackReader
+    ) -> Deferred[dict[int, KernelCounters]]:
+        rules = list(self._rules.values())
+
+        def counted(flows: list[Flow]) -> dict[int, KernelCounters]:
+            active = active_counts(flows, rules)
+            self._conntrack_failed = False
+            self.counters = {
+                rule_id: attrs.evolve(c, active=active.get(rule_id))
+                for rule_id, c in counters.items()
+            }
+            return self.counters
+
+        def failed(failure: Any) -> dict[int, KernelCounters]:
+            if not self._conntrack_failed:  # once per outage, not every reading
+                self._conntrack_failed = True
+                log.warn(
+                    "kernel table {table}: cannot read open connections: {error}",
+                    event="kernel.conntrack_failed",
+                    table=self.table,
+                    error=str(getattr(failure.value, "subFailure", failure).value),
+                )
+            return counters
+
+        return conntrack.read({rule.version for rule in rules}).addCallbacks(counted, failed)
 
 
 def _objects(listing: list[dict[str, Any]], kind: str, table: str) -> list[dict[str, Any]]:

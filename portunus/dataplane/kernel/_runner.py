@@ -35,6 +35,7 @@ __all__ = [
     "NftRunner",
     "find_command",
     "parse_output",
+    "run_command",
 ]
 
 #: A batch or listing that takes longer than this is killed and fails.
@@ -45,7 +46,7 @@ _MAX_ERRORS = 64 * 1024
 
 
 class NftError(Exception):
-    """nft refused a batch, could not be run, or timed out."""
+    """nft (or conntrack) refused, could not be run, or timed out."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -88,7 +89,10 @@ def parse_output(text: bytes) -> list[dict[str, Any]]:
 
 
 class _Collect(ProcessProtocol):
-    def __init__(self, stdin: bytes, done: Deferred[list[dict[str, Any]]]) -> None:
+    """Feed a child its standard input, collect its output (bounded), report how it ended."""
+
+    def __init__(self, stdin: bytes, done: Deferred[bytes], name: str) -> None:
+        self._name = name
         self._stdin = stdin
         self._done = done
         self._out: list[bytes] = []
@@ -118,13 +122,11 @@ class _Collect(ProcessProtocol):
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         if self._timed_out is not None:
-            self._done.errback(NftError(f"nft did not answer within {self._timed_out:g} s"))
+            message = f"{self._name} did not answer within {self._timed_out:g} s"
+            self._done.errback(NftError(message))
             return
         if reason.check(ProcessDone) and self._out_size <= _MAX_OUTPUT:
-            try:
-                self._done.callback(parse_output(b"".join(self._out)))
-            except NftError as e:
-                self._done.errback(e)
+            self._done.callback(b"".join(self._out))
             return
         detail = self._err.decode("utf-8", "replace").strip() or "no message"
         if self._out_size > _MAX_OUTPUT:
@@ -165,22 +167,35 @@ class NftRunner:
         self._timeout = timeout
 
     def run(self, commands: Sequence[dict[str, Any]]) -> Deferred[list[dict[str, Any]]]:
-        done: Deferred[list[dict[str, Any]]] = Deferred()
         stdin = json.dumps({"nftables": list(commands)}).encode("utf-8")
-        protocol = _Collect(stdin, done)
         argv = [*self.command, "-j", "-f", "-"]
-        executable = find_command(argv[0])
-        if executable is None:
-            done.errback(NftError(f"{argv[0]} is not installed (not found on PATH)"))
-            return done
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
-        try:
-            self._reactor.spawnProcess(protocol, executable, argv, env=env)
-        except OSError as e:
-            done.errback(NftError(f"could not run {argv[0]}: {e}"))
-            return done
-        protocol.timer = self._reactor.callLater(self._timeout, protocol.time_out, self._timeout)
+        ran = run_command(self._reactor, argv, stdin, self._timeout)
+        return ran.addCallback(parse_output)
+
+
+def run_command(
+    reactor: Any, argv: Sequence[str], stdin: bytes, timeout: float, name: str = "nft"
+) -> Deferred[bytes]:
+    """
+    Run C{argv} as a child of C{reactor} with C{stdin}; fire with its
+    standard output, or fail with L{NftError} carrying its first error
+    lines if it exits non-zero, is killed after C{timeout} seconds, prints
+    more than 64 MiB or cannot be started.
+    """
+    done: Deferred[bytes] = Deferred()
+    executable = find_command(argv[0])
+    if executable is None:
+        done.errback(NftError(f"{argv[0]} is not installed (not found on PATH)"))
         return done
+    protocol = _Collect(stdin, done, name)
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C"}
+    try:
+        reactor.spawnProcess(protocol, executable, list(argv), env=env)
+    except OSError as e:
+        done.errback(NftError(f"could not run {argv[0]}: {e}"))
+        return done
+    protocol.timer = reactor.callLater(timeout, protocol.time_out, timeout)
+    return done
 
 
 def find_command(name: str) -> str | None:

@@ -3,17 +3,39 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from portunus.dataplane.kernel import Availability, KernelCounters, KernelForwarder
+from portunus.dataplane.kernel import (
+    Availability,
+    Flow,
+    KernelCounters,
+    KernelForwarder,
+    NftError,
+)
 from portunus.dataplane.stats import RuleStats
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, RateLimit
 from tests.dataplane.kernel._fakenft import FakeNft
 from tests.dataplane.kernel._rules import plain
+
+
+class FakeConntrack:
+    """A conntrack reader answering with set flows, or failing."""
+
+    def __init__(self) -> None:
+        self.flows: list[Flow] = []
+        self.error: Exception | None = None
+        self.versions: list[set[int]] = []
+
+    def read(self, versions: Iterable[int]) -> Deferred[list[Flow]]:
+        self.versions.append(set(versions))
+        return fail(self.error) if self.error is not None else succeed(list(self.flows))
+
 
 READY = Availability(cap_net_admin=True, ipv4_forwarding=True, ipv6_forwarding=True, nft="nft")
 COUNTERS = ("in", "out", "conns", "rejects")
@@ -450,6 +472,33 @@ class CounterTests(_Base):
         """Nothing is read before start."""
         self.assertEqual(self.successResultOf(self.kernel().read_counters()), {})
 
+    def test_open_connections_from_conntrack(self) -> None:
+        """With a conntrack reader, each rule's open connections come with its counters."""
+        reader = FakeConntrack()
+        forwarder = KernelForwarder(self.nft, READY, instance="c", conntrack=reader)
+        self.successResultOf(forwarder.start())
+        rule = plain()
+        self.successResultOf(forwarder.install(rule))
+        reader.flows = [Flow("tcp", "ESTABLISHED", "198.18.0.2", 8000, "198.18.1.1", 9000)] * 2
+        self.assertEqual(self.successResultOf(forwarder.read_counters())[rule.id].active, 2)
+        self.assertEqual(reader.versions, [{4}])
+
+    def test_conntrack_failure_leaves_counters(self) -> None:
+        """A failing conntrack leaves active unknown and is logged once per outage."""
+        reader = FakeConntrack()
+        forwarder = KernelForwarder(self.nft, READY, instance="c", conntrack=reader)
+        self.successResultOf(forwarder.start())
+        rule = plain()
+        self.successResultOf(forwarder.install(rule))
+        reader.error = NftError("conntrack is not installed (not found on PATH)")
+        for _ in range(2):
+            counters = self.successResultOf(forwarder.read_counters())
+            self.assertIsNone(counters[rule.id].active)
+        (event,) = self.logged("kernel.conntrack_failed")
+        self.assertIn("not installed", event["error"])
+        reader.error = None
+        self.assertEqual(self.successResultOf(forwarder.read_counters())[rule.id].active, 0)
+
     def test_apply_to_rule_stats(self) -> None:
         """The relay's stats get the kernel's figures; UDP packets are datagrams."""
         counters = KernelCounters(
@@ -468,3 +517,7 @@ class CounterTests(_Base):
         )
         udp = counters.apply(RuleStats(), Protocol.UDP)
         self.assertEqual((udp.datagrams_in, udp.datagrams_out), (2, 4))
+        self.assertEqual(tcp.active_connections, 0)  # unknown stays as the relay left it
+        opened = KernelCounters(active=3)
+        self.assertEqual(opened.apply(RuleStats(), Protocol.TCP).active_connections, 3)
+        self.assertEqual(opened.apply(RuleStats(), Protocol.UDP).active_flows, 3)

@@ -2,7 +2,7 @@
 Kernel mode for real: nftables in an edge namespace between a client and a
 target namespace (tests/_netns.py), traffic through DNAT and source NAT.
 
-Needs root, iproute2 and nftables.  Outside CI a missing piece skips these
+Needs root, iproute2, nftables and conntrack.  Outside CI a missing piece skips these
 tests with the reason; under CI=true it fails them, since CI installs
 everything they need (.ci/run).
 """
@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from portunus.dataplane.kernel import KernelForwarder, NftRunner
+from portunus.dataplane.kernel import ConntrackReader, KernelForwarder, NftRunner
 from portunus.errors import PortunusError
 from portunus.model import PortRange, Protocol, Rule, Target
 from tests._netns import (
@@ -45,7 +45,7 @@ class NamespaceTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        why = missing("nft")
+        why = missing("nft", "conntrack")
         if why is not None:
             if os.environ.get("CI") == "true":
                 self.fail(f"kernel-mode namespace tests must run in CI: {why}")
@@ -62,8 +62,13 @@ class NamespaceTests(TestCase):
             server.wait()
 
     def kernel(self, instance: str = "test") -> KernelForwarder:
-        runner = NftRunner(reactor, self.topology.exec(self.topology.edge, ["nft"]))
-        return KernelForwarder(runner, kernel_availability(self.topology.edge), instance=instance)
+        edge = self.topology.edge
+        return KernelForwarder(
+            NftRunner(reactor, self.topology.exec(edge, ["nft"])),
+            kernel_availability(edge),
+            instance=instance,
+            conntrack=ConntrackReader(reactor, self.topology.exec(edge, ["conntrack"])),
+        )
 
     def nft(self, *args: str) -> str:
         return self.topology.run(self.topology.exec(self.topology.edge, ["nft", *args]))
@@ -118,7 +123,7 @@ class NamespaceTests(TestCase):
         return self.run_async(check)
 
     def test_udp_counters_exact(self) -> None:
-        """UDP datagrams: one flow; packets and bytes counted exactly, headers included."""
+        """UDP datagrams: one flow, still open; packets and bytes exact, headers included."""
 
         async def check() -> None:
             rule = plain(TARGET_V4, protocol=Protocol.UDP)
@@ -138,6 +143,7 @@ class NamespaceTests(TestCase):
                 ),
                 (5, 5 * (1000 + UDP4_OVERHEAD), 5, 1),
             )
+            self.assertEqual(counters.active, 1)  # the flow lives on in conntrack
             self.assertEqual(counters.bytes_out, 5 * (1064 + UDP4_OVERHEAD))
 
         return self.run_async(check)
