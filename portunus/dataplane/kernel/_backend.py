@@ -251,25 +251,25 @@ class KernelForwarder:
         )
 
     def close(self) -> Deferred[None]:
-        """Delete our table (every rule at once); nothing to do if never started."""
+        """
+        Delete our table (every rule at once); nothing to do if never
+        started, or if the table is gone already.
+        """
+        return self._serially(self._close)
 
-        def work() -> Deferred[None]:
-            if not self._started:
-                return succeed(None)
-            self._started = False
-            self._rules.clear()
-            self._claimed.clear()
-
-            def done(_: object) -> None:
-                log.info(
-                    "kernel table inet {table} removed",
-                    event="kernel.table_removed",
-                    table=self.table,
-                )
-
-            return self._apply(self.ruleset.delete()).addCallback(done)
-
-        return self._serially(work)
+    @inlineCallbacks
+    def _close(self) -> Any:
+        if not self._started:
+            return
+        self._started = False
+        self._rules.clear()
+        self._claimed.clear()
+        exists = yield self._table_exists()
+        if exists:
+            yield self._apply(self.ruleset.delete())
+        log.info(
+            "kernel table inet {table} removed", event="kernel.table_removed", table=self.table
+        )
 
     # -- rules ---------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from portunus.dataplane.kernel import (
     KernelCounters,
     KernelForwarder,
     NftError,
+    Ruleset,
 )
 from portunus.dataplane.stats import RuleStats
 from portunus.errors import PortunusError
@@ -169,6 +170,13 @@ class StartTests(_Base):
         self.successResultOf(kernel.close())
         self.assertEqual(self.nft.tables, {})
         self.assertEqual(kernel.rules, ())
+        self.successResultOf(kernel.close())
+        self.assertEqual(len(self.logged("kernel.table_removed")), 1)
+
+    def test_close_when_the_table_is_gone(self) -> None:
+        """Closing after someone deleted the table succeeds: the goal is reached."""
+        kernel = self.started()
+        self.successResultOf(self.nft.run(Ruleset().delete()))
         self.successResultOf(kernel.close())
         self.assertEqual(len(self.logged("kernel.table_removed")), 1)
 
