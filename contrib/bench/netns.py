@@ -196,24 +196,44 @@ class Edge:
             return {**measure(), **settled}
 
 
-def run_tcp(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, Any]:
+def _run_iperf(
+    edge: Edge, settings: Settings, variants: list[str], udp_too: bool
+) -> dict[str, Any]:
+    """The TCP (or, C{udp_too}, the UDP) iperf3 cases through every variant."""
+    module, cases, secs = (
+        (udp, UDP_CASES, settings.udp_secs)
+        if udp_too
+        else (
+            tcp,
+            TCP_CASES,
+            settings.tcp_secs,
+        )
+    )
     with (
-        iperf_server(settings.workdir, host=TARGET_V4, prefix=edge.target) as server,
-        edge.running(variants, server.port) as proxies,
+        iperf_server(settings.workdir, udp=udp_too, host=TARGET_V4, prefix=edge.target) as server,
+        edge.running(variants, server.port, udp=udp_too) as proxies,
     ):
 
         def one(case: str, variant: str) -> dict[str, float]:
-            proxy = proxies[variant]
-            secs, extra = settings.tcp_secs, TCP_CASES[case]
+            proxy, extra = proxies[variant], cases[case]
             return edge.trial(
                 proxy,
                 server.port,
-                False,
-                lambda: tcp.measure(server, proxy, secs, extra, edge.client),
+                udp_too,
+                lambda: module.measure(server, proxy, secs, extra, edge.client),
             )
 
-        trials: list[Trial] = run_rounds(settings.rounds, list(TCP_CASES), variants, one)
-    return {"trials": trials, "summary": summarize(trials, tcp.METRICS)}
+        trials: list[Trial] = run_rounds(settings.rounds, list(cases), variants, one)
+    return {"trials": trials, "summary": summarize(trials, module.METRICS)}
+
+
+def run_tcp(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, Any]:
+    return _run_iperf(edge, settings, variants, udp_too=False)
+
+
+def run_udp(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, Any]:
+    """HAProxy has no UDP: it sits this one out."""
+    return _run_iperf(edge, settings, [v for v in variants if v != "haproxy"], udp_too=True)
 
 
 def run_conns(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, Any]:
@@ -236,27 +256,6 @@ def run_conns(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, 
 
         trials: list[Trial] = run_rounds(settings.rounds, list(CONN_CASES), variants, one)
     return {"trials": trials, "summary": summarize(trials, conns.METRICS)}
-
-
-def run_udp(edge: Edge, settings: Settings, variants: list[str]) -> dict[str, Any]:
-    variants = [v for v in variants if v != "haproxy"]
-    with (
-        iperf_server(settings.workdir, udp=True, host=TARGET_V4, prefix=edge.target) as server,
-        edge.running(variants, server.port, udp=True) as proxies,
-    ):
-
-        def one(case: str, variant: str) -> dict[str, float]:
-            proxy = proxies[variant]
-            secs, extra = settings.udp_secs, UDP_CASES[case]
-            return edge.trial(
-                proxy,
-                server.port,
-                True,
-                lambda: udp.measure(server, proxy, secs, extra, edge.client),
-            )
-
-        trials: list[Trial] = run_rounds(settings.rounds, list(UDP_CASES), variants, one)
-    return {"trials": trials, "summary": summarize(trials, udp.METRICS)}
 
 
 def run(settings: Settings) -> dict[str, Any]:
