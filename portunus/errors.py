@@ -167,6 +167,7 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
     ErrorCode(
         "invalid_json", 400, 3, "send a JSON object body with Content-Type: application/json"
     ),
+    ErrorCode("body_too_large", 413, 3, "send a smaller body; the message names the limit"),
     ErrorCode("invalid_name", 400, 3, "use 1 to 64 printable characters"),
     ErrorCode("invalid_protocol", 400, 3, 'use "tcp" or "udp"'),
     ErrorCode("invalid_target", 400, 3, "write the target as host:port with a valid host"),

@@ -26,7 +26,6 @@ from portunus.server.auth.principal import Principal
 from portunus.server.plane import IControlPlane
 
 __all__ = [
-    "MAX_BODY_BYTES",
     "SESSION_COOKIE",
     "Access",
     "Answer",
@@ -47,9 +46,6 @@ SESSION_COOKIE = b"portunus_session"
 
 #: Who may call a route: anyone, any authenticated user, superadmins only.
 Access = Literal["public", "authenticated", "superadmin"]
-
-#: Request bodies larger than this are refused before parsing.
-MAX_BODY_BYTES = 1 << 20
 
 #: A route handler: a coroutine function answering an L{Answer}, L{Raw},
 #: L{Stream} or a JSON value (answered 200).
@@ -100,14 +96,11 @@ def read_json(request: IRequest, required: bool = True) -> dict[str, Any]:
     """
     The request's JSON object body.  An absent body is C{{}} unless
     C{required}; anything else that is not a JSON object sent as
-    C{application/json} is C{invalid_json}.
+    C{application/json} is C{invalid_json}.  The body's size was bounded
+    before it was read (L{portunus.server.api.bodylimit}).
     """
     content = request.content
-    data = content.read(MAX_BODY_BYTES + 1) if content is not None else b""
-    if len(data) > MAX_BODY_BYTES:
-        raise PortunusError(
-            "invalid_json", f"the body is larger than {MAX_BODY_BYTES} bytes; send less"
-        )
+    data = content.read() if content is not None else b""
     if not data.strip():
         if required:
             raise PortunusError("invalid_json", "the body is empty; send a JSON object")

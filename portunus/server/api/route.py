@@ -33,6 +33,7 @@ from portunus.server.api.schemas import Schema
 
 __all__ = [
     "AUTHENTICATION",
+    "BODY_SIZE",
     "CSRF",
     "ONBOARDING",
     "PASSWORD_CHANGE",
@@ -57,6 +58,9 @@ class Gate:
     codes: tuple[str, ...]
 
 
+#: A body over the cap is refused before it is read, before the pipeline
+#: (L{portunus.server.api.bodylimit}); documented on the routes that take one.
+BODY_SIZE = Gate("body_size", ("body_too_large",))
 #: Before any superadmin can log in, only bearer tokens pass.
 ONBOARDING = Gate("onboarding", ("bootstrap_required",))
 #: A session cookie, else a bearer token.
@@ -120,9 +124,10 @@ class Operation:
     @property
     def gates(self) -> tuple[Gate, ...]:
         """The pipeline's steps that can refuse this route's requests, in order."""
+        gates = [BODY_SIZE] if self.body is not None else []
         if self.access == "public":
-            return ()
-        gates = [ONBOARDING, AUTHENTICATION]
+            return tuple(gates)
+        gates += [ONBOARDING, AUTHENTICATION]
         if self.method in _MUTATING:
             gates.append(CSRF)
         if not self.before_password_change:
