@@ -48,7 +48,7 @@ from portunus.bounds import (
     CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE,
 )
 from portunus.errors import PortunusError
-from portunus.server.auth.throttle import Throttle
+from portunus.server.auth.throttle import Attempt, Throttle
 
 __all__ = [
     "REFUSAL_REASONS",
@@ -329,18 +329,16 @@ class Gate(Service):
 
     # -- enrollment throttle ----------------------------------------------
 
-    def enrollment_allowed(self, source: str) -> bool:
+    def enrollment_attempt(self, source: str) -> Attempt | None:
+        """
+        Reserve one enrollment code guess from C{source} (decide it with
+        the attempt's C{failed}/C{succeeded}), or C{None} while the source
+        is locked out or has enough guesses in flight to reach the lock.
+        """
         try:
-            self._enrollments.check("enroll", "-", source)
+            return self._enrollments.attempt("enroll", "-", source)
         except PortunusError:
-            return False
-        return True
-
-    def enrollment_failed(self, source: str) -> None:
-        self._enrollments.failed("enroll", "-", source)
-
-    def enrollment_succeeded(self, source: str) -> None:
-        self._enrollments.succeeded("enroll", "-", source)
+            return None
 
     def stopService(self) -> Deferred[None] | None:
         self._refusals.flush()
@@ -356,13 +354,15 @@ class Ticket:
     passes.
     """
 
-    __slots__ = ("_abort", "_gate", "_timer", "open", "source")
+    __slots__ = ("_abort", "_enrolling", "_gate", "_timer", "open", "source")
 
     def __init__(self, gate: Gate, source: str) -> None:
         self._gate = gate
         self.source = source
         self._abort: Callable[[], object] | None = None
         self._timer: IDelayedCall | None = None
+        #: Enrollment guesses reserved and not yet decided, oldest first.
+        self._enrolling: list[Attempt] = []
         #: Still counted as unauthenticated.
         self.open = True
 
@@ -401,13 +401,20 @@ class Ticket:
         self._gate.refused(reason, self.source, detail)
 
     def enrollment_allowed(self) -> bool:
-        return self._gate.enrollment_allowed(self.source)
+        """Reserve an enrollment guess for this connection, if the throttle lets it."""
+        attempt = self._gate.enrollment_attempt(self.source)
+        if attempt is None:
+            return False
+        self._enrolling.append(attempt)
+        return True
 
     def enrollment_failed(self) -> None:
-        self._gate.enrollment_failed(self.source)
+        if self._enrolling:
+            self._enrolling.pop(0).failed()
 
     def enrollment_succeeded(self) -> None:
-        self._gate.enrollment_succeeded(self.source)
+        if self._enrolling:
+            self._enrolling.pop(0).succeeded()
 
     def report_ignored(self, client: str, problem: str) -> None:
         self._gate.report_ignored(client, problem)
@@ -423,6 +430,9 @@ class Ticket:
 
     def _end(self) -> None:
         self._disarm()
+        # Guesses never decided (the redemption failed otherwise) free their place.
+        while self._enrolling:
+            self._enrolling.pop().release()
         if self.open:
             self.open = False
             self._gate.release(self)

@@ -18,6 +18,7 @@ from portunus.server.auth.accounts import (
     SESSION_IDLE_SECS,
     SETUP_TOKEN_TTL_SECS,
 )
+from portunus.server.auth.throttle import MAX_ADDRESS_FAILURES
 from tests.server._apiharness import TOKEN, ApiHarness
 from tests.server._fakeplane import FakePlane
 
@@ -480,6 +481,18 @@ class LoginThrottleTests(OnboardedTestCase):
         for _ in range(4):
             self.assertError(self.login("alice", "wrong password here"), 401, "invalid_login")
         self.assertEqual(self.login("alice", PASSWORD)[0], 200)
+
+    def test_spraying_one_address_is_locked(self) -> None:
+        """
+        Twenty wrong passwords from one address, each for another user id,
+        lock logins from that address for every user: 429 naming the address.
+        """
+        for n in range(MAX_ADDRESS_FAILURES):
+            self.assertError(self.login(f"user{n}", "wrong password here"), 401, "invalid_login")
+        error = self.assertError(self.login("bob", BOB_PASSWORD), 429, "rate_limited")
+        self.assertIn("from your address", error["message"])
+        self.clock.advance(60)
+        self.assertEqual(self.login("bob", BOB_PASSWORD)[0], 200)
 
     def test_rate_limited_is_audited(self) -> None:
         """A throttled login is a deny entry with reason rate_limited."""

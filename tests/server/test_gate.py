@@ -204,15 +204,32 @@ class EnrollmentThrottleTests(_GateCase):
         """
         source = "198.51.100.1"
         for _ in range(5):
-            self.assertTrue(self.gate.enrollment_allowed(source))
-            self.gate.enrollment_failed(source)
-        self.assertFalse(self.gate.enrollment_allowed(source))
-        self.assertTrue(self.gate.enrollment_allowed("198.51.100.2"))
+            attempt = self.gate.enrollment_attempt(source)
+            assert attempt is not None
+            attempt.failed()
+        self.assertIsNone(self.gate.enrollment_attempt(source))
+        self.assertIsNotNone(self.gate.enrollment_attempt("198.51.100.2"))
         self.clock.advance(60)
-        self.assertTrue(self.gate.enrollment_allowed(source))
-        self.gate.enrollment_succeeded(source)
-        self.gate.enrollment_failed(source)
-        self.assertTrue(self.gate.enrollment_allowed(source))
+        attempt = self.gate.enrollment_attempt(source)
+        assert attempt is not None
+        attempt.succeeded()
+        failing = self.gate.enrollment_attempt(source)
+        assert failing is not None
+        failing.failed()
+        self.assertIsNotNone(self.gate.enrollment_attempt(source))
+
+    def test_simultaneous_codes_are_reserved(self) -> None:
+        """
+        Codes sent at once on a connection, before any is decided, stop at
+        the lock's count; a connection that ends frees its undecided guesses.
+        """
+        source = "198.51.100.1"
+        ticket = self.gate.admit(v4(source))
+        assert ticket is not None
+        allowed = [ticket.enrollment_allowed() for _ in range(8)]
+        self.assertEqual(allowed.count(True), 5)
+        ticket.ended()
+        self.assertIsNotNone(self.gate.enrollment_attempt(source))
 
 
 class ReportTests(_GateCase):

@@ -36,7 +36,7 @@ from portunus.server.auth.principal import (
     Role,
 )
 from portunus.server.auth.setupfile import SetupTokenFile
-from portunus.server.auth.throttle import Throttle
+from portunus.server.auth.throttle import Attempt, Throttle
 from portunus.server.store import (
     AccountStore,
     GrantRecord,
@@ -278,31 +278,37 @@ class Accounts:
         Create the first superadmin from an onboarding body (C{user_id},
         C{display_name}, C{password}, C{password_confirm}, C{setup_token}).
         """
-        self._throttle.check("onboarding", _ONBOARDING_SUBJECT, remote)
-        if self._bootstrapped:
-            raise PortunusError("already_bootstrapped", "a superadmin exists already; log in")
-        token = body.get("setup_token")
-        if not isinstance(token, str) or not token:
-            raise PortunusError(
-                "setup_token_required",
-                "setup_token: send the onboarding setup token (portunus-server onboarding-token "
-                "prints it; the server keeps it in onboarding.token in its data dir)",
-                field="setup_token",
-            )
-        stored = await self._store.setup_token()
-        now = self._clock.seconds()
-        if (
-            stored is None
-            or now >= stored[1]
-            or not hmac.compare_digest(hash_secret(token), stored[0])
-        ):
-            self._throttle.failed("onboarding", _ONBOARDING_SUBJECT, remote)
-            raise PortunusError(
-                "setup_token_invalid",
-                "setup_token: wrong or expired (a new one replaces it every 30 minutes); "
-                "run portunus-server onboarding-token for the current one",
-                field="setup_token",
-            )
+        with self._throttle.attempt("onboarding", _ONBOARDING_SUBJECT, remote) as attempt:
+            if self._bootstrapped:
+                raise PortunusError("already_bootstrapped", "a superadmin exists already; log in")
+            token = body.get("setup_token")
+            if not isinstance(token, str) or not token:
+                raise PortunusError(
+                    "setup_token_required",
+                    "setup_token: send the onboarding setup token (portunus-server "
+                    "onboarding-token prints it; the server keeps it in onboarding.token in its "
+                    "data dir)",
+                    field="setup_token",
+                )
+            stored = await self._store.setup_token()
+            now = self._clock.seconds()
+            if (
+                stored is None
+                or now >= stored[1]
+                or not hmac.compare_digest(hash_secret(token), stored[0])
+            ):
+                attempt.failed()
+                raise PortunusError(
+                    "setup_token_invalid",
+                    "setup_token: wrong or expired (a new one replaces it every 30 minutes); "
+                    "run portunus-server onboarding-token for the current one",
+                    field="setup_token",
+                )
+            return await self._create_first_superadmin(body, now, attempt)
+
+    async def _create_first_superadmin(
+        self, body: dict[str, Any], now: float, attempt: Attempt
+    ) -> UserRecord:
         user_id = check_user_id(body.get("user_id"))
         display_name = check_display_name(body.get("display_name", user_id))
         password = check_password_policy(body.get("password"), "password")
@@ -311,7 +317,7 @@ class Accounts:
         user = await self._store.create_user(
             user_id, Role.SUPERADMIN, display_name, password_hash, now, only_if_no_superadmin=True
         )
-        self._throttle.succeeded("onboarding", _ONBOARDING_SUBJECT, remote)
+        attempt.succeeded()
         self._onboarding_closed()
         log.info(
             "first superadmin {user_id} created; onboarding is closed",
@@ -326,16 +332,17 @@ class Accounts:
     ) -> Login:
         """
         Check a password and open a session.  Every failure is the same
-        C{invalid_login}, taking the same time for unknown users.
+        C{invalid_login}, taking the same time for unknown users.  The
+        guess is reserved with the throttle before the password is checked.
         """
         subject = user_id if isinstance(user_id, str) and _USER_ID.fullmatch(user_id) else None
-        self._throttle.check("login", subject or "_unknown", remote)
-        password_hash = await self._store.password_hash(subject) if subject else None
-        given = password if isinstance(password, str) else ""
-        if not await self._passwords.verify(password_hash, given) or subject is None:
-            self._throttle.failed("login", subject or "_unknown", remote)
-            raise PortunusError("invalid_login", "the user id or password is wrong")
-        self._throttle.succeeded("login", subject, remote)
+        with self._throttle.attempt("login", subject or "_unknown", remote) as attempt:
+            password_hash = await self._store.password_hash(subject) if subject else None
+            given = password if isinstance(password, str) else ""
+            if not await self._passwords.verify(password_hash, given) or subject is None:
+                attempt.failed()
+                raise PortunusError("invalid_login", "the user id or password is wrong")
+            attempt.succeeded()
         user = await self._store.get_user(subject)
         secret = self._make_secret()
         now = self._clock.seconds()
@@ -363,31 +370,31 @@ class Accounts:
         sessions end.  Wrong current passwords are throttled like logins, so
         a stolen session cannot be used to guess the password.
         """
-        self._throttle.check("password_change", principal.user_id, remote)
-        current = body.get("current_password")
-        password_hash = await self._store.password_hash(principal.user_id)
-        if (
-            password_hash is None
-            or not isinstance(current, str)
-            or not await self._passwords.verify(password_hash, current)
-        ):
-            self._throttle.failed("password_change", principal.user_id, remote)
-            raise PortunusError(
-                "password_invalid",
-                "current_password: that is not your current password",
-                field="current_password",
+        with self._throttle.attempt("password_change", principal.user_id, remote) as attempt:
+            current = body.get("current_password")
+            password_hash = await self._store.password_hash(principal.user_id)
+            if (
+                password_hash is None
+                or not isinstance(current, str)
+                or not await self._passwords.verify(password_hash, current)
+            ):
+                attempt.failed()
+                raise PortunusError(
+                    "password_invalid",
+                    "current_password: that is not your current password",
+                    field="current_password",
+                )
+            new = check_password_policy(body.get("new_password"), "new_password")
+            check_confirmation(new, body.get("new_password_confirm"), "new_password_confirm")
+            new_hash = await self._passwords.hash(new)
+            await self._store.set_password(
+                principal.user_id,
+                new_hash,
+                self._clock.seconds(),
+                change_required=False,
+                keep_session=principal.session_hash,
             )
-        new = check_password_policy(body.get("new_password"), "new_password")
-        check_confirmation(new, body.get("new_password_confirm"), "new_password_confirm")
-        new_hash = await self._passwords.hash(new)
-        await self._store.set_password(
-            principal.user_id,
-            new_hash,
-            self._clock.seconds(),
-            change_required=False,
-            keep_session=principal.session_hash,
-        )
-        self._throttle.succeeded("password_change", principal.user_id, remote)
+            attempt.succeeded()
 
     async def reset_password(
         self,
@@ -400,16 +407,17 @@ class Accounts:
         Set C{user_id}'s password (given, or a generated temporary one the
         user must change) and end all their sessions.
         """
-        self._throttle.check("password_reset", user_id, remote)
-        if user_id.startswith("_"):
-            raise PortunusError(
-                "reserved_user_id", f"{user_id!r} is a reserved machine user without a password"
-            )
-        try:
-            await self._store.get_user(user_id)
-        except PortunusError:
-            self._throttle.failed("password_reset", user_id, remote)
-            raise
+        with self._throttle.attempt("password_reset", user_id, remote) as attempt:
+            if user_id.startswith("_"):
+                raise PortunusError(
+                    "reserved_user_id",
+                    f"{user_id!r} is a reserved machine user without a password",
+                )
+            try:
+                await self._store.get_user(user_id)
+            except PortunusError:
+                attempt.failed()
+                raise
         if temporary or new_password is None:
             password = new_temporary_password()
             shown: str | None = password

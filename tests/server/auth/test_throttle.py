@@ -1,16 +1,28 @@
 """
-Tests for L{portunus.server.auth.throttle}.
+Tests for L{portunus.server.auth.throttle}: lockouts per (action, subject,
+address) and per (action, source network), guesses reserved before they
+are checked, and a bounded table.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.errors import PortunusError
-from portunus.server.auth.throttle import Throttle
+from portunus.server.auth.throttle import (
+    MAX_ADDRESS_FAILURES,
+    MAX_FAILURES,
+    Attempt,
+    Throttle,
+    source_network,
+)
 
 KEY = ("login", "alice", "192.0.2.1")
+
+Key = tuple[str, str, str | None]
 
 
 class ThrottleTestCase(SynchronousTestCase):
@@ -20,21 +32,25 @@ class ThrottleTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.throttle = Throttle(self.clock)
 
-    def fail_times(self, times: int = 1, key: tuple[str, str, str | None] = KEY) -> None:
+    def fail_times(self, times: int = 1, key: Key = KEY) -> None:
         for _ in range(times):
-            self.throttle.failed(*key)
+            self.throttle.attempt(*key).failed()
 
-    def refused(self, key: tuple[str, str, str | None] = KEY) -> PortunusError:
+    def refused(self, key: Key = KEY) -> PortunusError:
         with self.assertRaises(PortunusError) as cm:
-            self.throttle.check(*key)
+            self.throttle.attempt(*key)
         return cm.exception
 
-    def assertLockedFor(self, seconds: float, key: tuple[str, str, str | None] = KEY) -> None:
+    def allowed(self, key: Key = KEY) -> None:
+        """A guess on C{key} is let through (and released unanswered)."""
+        self.throttle.attempt(*key).release()
+
+    def assertLockedFor(self, seconds: float, key: Key = KEY) -> None:
         """Locked until exactly C{seconds} from now, and free from then on."""
         self.clock.advance(seconds - 0.1)
         self.refused(key)
         self.clock.advance(0.1)
-        self.throttle.check(*key)
+        self.allowed(key)
 
 
 class LockoutTests(ThrottleTestCase):
@@ -43,7 +59,7 @@ class LockoutTests(ThrottleTestCase):
     def test_four_failures_not_locked(self) -> None:
         """Up to four failures the key is still allowed."""
         self.fail_times(4)
-        self.throttle.check(*KEY)
+        self.allowed()
 
     def test_fifth_failure_locks_sixty_seconds(self) -> None:
         """The fifth failure locks for exactly 60 s: refused at 59.9 s, free at 60 s."""
@@ -57,16 +73,13 @@ class LockoutTests(ThrottleTestCase):
             self.fail_times()
             self.assertLockedFor(lockout)
 
-    def test_cap_holds(self) -> None:
-        """Failures past the ninth (reported while locked) stay at the 900 s cap."""
-        self.fail_times(9)
-        self.clock.advance(100)
-        self.fail_times()
-        self.assertLockedFor(900)
-
     def test_many_failures(self) -> None:
         """Thousands of failures on one key keep the cap (no overflow in the doubling)."""
-        self.fail_times(5000)
+        self.throttle = Throttle(self.clock, window=1e12)
+        for _ in range(5000):
+            self.fail_times()
+            self.clock.advance(900)
+        self.fail_times()
         self.assertEqual(self.refused().fields["retry_after"], 900)
 
     def test_error(self) -> None:
@@ -101,7 +114,7 @@ class WindowTests(ThrottleTestCase):
         self.fail_times(4)
         self.clock.advance(900)
         self.fail_times(4)
-        self.throttle.check(*KEY)
+        self.allowed()
         self.fail_times()
         self.assertLockedFor(60)
 
@@ -115,34 +128,145 @@ class WindowTests(ThrottleTestCase):
 
     def test_after_cap_window_resets_lockout(self) -> None:
         """After a 900 s lock runs out, the next failure starts over at a count of 1."""
-        self.fail_times(9)
-        self.assertLockedFor(900)
         self.fail_times(4)
-        self.throttle.check(*KEY)
+        for lockout in (60, 120, 240, 480, 900):
+            self.fail_times()
+            self.assertLockedFor(lockout)
+        self.fail_times(4)
+        self.allowed()
 
 
 class SuccessTests(ThrottleTestCase):
-    """A success clears the key."""
+    """A success clears the subject's key."""
 
     def test_success_clears_count(self) -> None:
         """Four failures, a success, four failures: not locked."""
         self.fail_times(4)
-        self.throttle.succeeded(*KEY)
+        self.throttle.attempt(*KEY).succeeded()
         self.fail_times(4)
-        self.throttle.check(*KEY)
-        self.assertEqual(len(self.throttle), 1)
+        self.allowed()
 
-    def test_success_clears_lock(self) -> None:
-        """A success (say, a password reset by a superadmin) lifts an active lock."""
-        self.fail_times(7)
-        self.throttle.succeeded(*KEY)
-        self.throttle.check(*KEY)
+    def test_success_keeps_the_network_count(self) -> None:
+        """
+        A success does not forget the source's failures across users: a
+        sprayer who knows one password cannot reset the per-network count.
+        """
+        for i in range(MAX_ADDRESS_FAILURES - 1):
+            self.fail_times(1, ("login", f"user{i}", "192.0.2.1"))
+        self.throttle.attempt(*KEY).succeeded()
+        self.fail_times(1, ("login", "zed", "192.0.2.1"))
+        self.refused(("login", "yan", "192.0.2.1"))
+
+    def test_success_forgets_empty_keys(self) -> None:
+        """A success with no failures on record leaves nothing in the table."""
+        self.throttle.attempt(*KEY).succeeded()
         self.assertEqual(len(self.throttle), 0)
 
-    def test_success_unknown_key(self) -> None:
-        """Succeeding on a key never seen is harmless."""
-        self.throttle.succeeded(*KEY)
-        self.assertEqual(len(self.throttle), 0)
+    def test_decided_once(self) -> None:
+        """An attempt counts once, whatever is called after its decision."""
+        attempt = self.throttle.attempt(*KEY)
+        attempt.failed()
+        attempt.failed()
+        attempt.release()
+        self.fail_times(3)
+        self.allowed()
+
+
+class ReservationTests(ThrottleTestCase):
+    """Guesses are reserved before they are checked."""
+
+    def test_simultaneous_guesses_stop_at_the_limit(self) -> None:
+        """
+        Of 100 guesses on one key made before any is decided, five are
+        let through; the rest are refused at once (retry in 1 s).
+        """
+        attempts: list[Attempt] = []
+        refusals = []
+        for _ in range(100):
+            try:
+                attempts.append(self.throttle.attempt(*KEY))
+            except PortunusError as e:
+                refusals.append(e)
+        self.assertEqual(len(attempts), MAX_FAILURES)
+        self.assertEqual({e.fields["retry_after"] for e in refusals}, {1})
+        for attempt in attempts:
+            attempt.failed()
+        self.assertEqual(self.refused().fields["retry_after"], 60)
+
+    def test_released_guesses_free_their_place(self) -> None:
+        """A guess released undecided (another error) does not count."""
+        attempts = [self.throttle.attempt(*KEY) for _ in range(MAX_FAILURES)]
+        self.refused()
+        for attempt in attempts:
+            with attempt:
+                pass
+        self.fail_times(MAX_FAILURES - 1)
+        self.allowed()
+        self.assertEqual(len(self.throttle), 2)
+
+    def test_after_a_lock_one_guess_at_a_time(self) -> None:
+        """Once a lock runs out, one guess may be in flight, and its failure locks again."""
+        self.fail_times(5)
+        self.clock.advance(60)
+        first = self.throttle.attempt(*KEY)
+        self.assertEqual(self.refused().fields["retry_after"], 1)
+        first.failed()
+        self.assertLockedFor(120)
+
+    def test_a_right_password_in_flight_frees_the_key(self) -> None:
+        """A success while other guesses are in flight clears the count, not their places."""
+        attempts = [self.throttle.attempt(*KEY) for _ in range(MAX_FAILURES)]
+        attempts[0].succeeded()
+        for attempt in attempts[1:]:
+            attempt.failed()
+        self.allowed()
+
+
+class AddressTests(ThrottleTestCase):
+    """One source guessing across user names is locked too."""
+
+    def test_spraying_is_locked(self) -> None:
+        """
+        Twenty wrong guesses from one address, each on another user, lock
+        every user name from that address for 60 s; other addresses are not.
+        """
+        for i in range(MAX_ADDRESS_FAILURES):
+            self.fail_times(1, ("login", f"user{i}", "192.0.2.1"))
+        error = self.refused(("login", "alice", "192.0.2.1"))
+        self.assertEqual(error.fields["retry_after"], 60)
+        self.assertIn("from your address", error.message)
+        self.allowed(("login", "alice", "192.0.2.2"))
+        self.assertLockedFor(60, ("login", "someone", "192.0.2.1"))
+
+    def test_simultaneous_spraying_stops_at_the_limit(self) -> None:
+        """Guesses in flight count for the address as for a user."""
+        attempts = []
+        for i in range(200):
+            with contextlib.suppress(PortunusError):
+                attempts.append(self.throttle.attempt("login", f"user{i}", "192.0.2.1"))
+        self.assertEqual(len(attempts), MAX_ADDRESS_FAILURES)
+
+    def test_an_ipv6_64_is_one_source(self) -> None:
+        """Addresses of one IPv6 /64 share the count; the next /64 does not."""
+        for i in range(MAX_ADDRESS_FAILURES):
+            self.fail_times(1, ("login", f"user{i}", f"2001:db8:0:1::{i + 1:x}"))
+        self.refused(("login", "alice", "2001:db8:0:1:ffff::1"))
+        self.allowed(("login", "alice", "2001:db8:0:2::1"))
+
+    def test_actions_are_separate(self) -> None:
+        """The address limit of logins leaves onboarding alone."""
+        for i in range(MAX_ADDRESS_FAILURES):
+            self.fail_times(1, ("login", f"user{i}", "192.0.2.1"))
+        self.allowed(("onboarding", "_onboarding", "192.0.2.1"))
+
+    def test_source_network(self) -> None:
+        """IPv4 as is, IPv4-mapped as IPv4, IPv6 as its /64, anything else as is."""
+        self.assertEqual(source_network("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(source_network("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(source_network("2001:db8::1:2:3:4"), "2001:db8::/64")
+        self.assertEqual(source_network("2001:db8:0:5:1::9"), "2001:db8:0:5::/64")
+        self.assertEqual(source_network("/run/portunus.sock"), "/run/portunus.sock")
+        self.assertIsNone(source_network(None))
 
 
 class KeyTests(ThrottleTestCase):
@@ -158,16 +282,14 @@ class KeyTests(ThrottleTestCase):
             ("login", "alice", "192.0.2.2"),
             ("login", "alice", None),
         ):
-            self.throttle.check(*other)
+            self.allowed(other)
 
     def test_none_remote_is_a_key(self) -> None:
         """An unknown remote address is throttled as a key of its own."""
         key = ("login", "alice", None)
         self.fail_times(5, key)
         self.refused(key)
-        self.throttle.check(*KEY)
-        self.throttle.succeeded(*key)
-        self.throttle.check(*key)
+        self.allowed(KEY)
 
 
 class BoundTests(SynchronousTestCase):
@@ -175,52 +297,40 @@ class BoundTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.throttle = Throttle(self.clock, max_keys=3)
+        # Each guess holds two keys: the subject's and the network's.
+        self.throttle = Throttle(self.clock, max_keys=6)
 
     def test_bound_holds(self) -> None:
         """A flood of distinct keys never grows the table past max_keys."""
         for i in range(100):
-            self.throttle.failed("login", f"user{i}", "198.51.100.7")
-            self.assertLessEqual(len(self.throttle), 3)
+            self.throttle.attempt("login", f"user{i}", f"198.51.100.{i}").failed()
+            self.assertLessEqual(len(self.throttle), 6)
             self.clock.advance(1)
-        self.assertEqual(len(self.throttle), 3)
+        self.assertEqual(len(self.throttle), 6)
 
     def test_oldest_evicted_when_all_recent(self) -> None:
         """With no idle key, the one whose last failure is oldest goes."""
         for name in ("a", "b", "c"):
             for _ in range(5):
-                self.throttle.failed("login", name, None)
+                self.throttle.attempt("login", name, name).failed()
             self.clock.advance(1)
-        self.throttle.failed("login", "a", None)
-        self.throttle.failed("login", "d", None)
-        self.throttle.check("login", "b", None)
+        self.throttle.attempt("login", "d", "d").failed()
         with self.assertRaises(PortunusError):
-            self.throttle.check("login", "a", None)
+            self.throttle.attempt("login", "b", "b")
         with self.assertRaises(PortunusError):
-            self.throttle.check("login", "c", None)
-        self.assertEqual(len(self.throttle), 3)
+            self.throttle.attempt("login", "c", "c")
+        self.throttle.attempt("login", "a", "a").release()
+        self.assertLessEqual(len(self.throttle), 6)
 
-    def test_idle_evicted_first(self) -> None:
-        """Keys idle past the window with no lock go before a more recently failed one."""
-        self.throttle.failed("login", "idle1", None)
-        self.throttle.failed("login", "idle2", None)
-        self.clock.advance(900)
-        for _ in range(5):
-            self.throttle.failed("login", "locked", None)
-        self.throttle.failed("login", "new", None)
-        self.assertEqual(len(self.throttle), 2)
-        with self.assertRaises(PortunusError):
-            self.throttle.check("login", "locked", None)
-
-    def test_repeat_failures_do_not_evict(self) -> None:
-        """More failures on a key already held never push another key out."""
-        for name in ("a", "b", "c"):
-            for _ in range(4):
-                self.throttle.failed("login", name, None)
-        for _ in range(10):
-            self.throttle.failed("login", "c", None)
-        self.throttle.failed("login", "a", None)
-        self.throttle.failed("login", "b", None)
-        for name in ("a", "b", "c"):
-            with self.assertRaises(PortunusError):
-                self.throttle.check("login", name, None)
+    def test_guesses_in_flight_are_never_evicted(self) -> None:
+        """
+        A key with a guess in flight stays, whatever the flood; when every
+        key has one, a new key's guess is refused instead.
+        """
+        held = [self.throttle.attempt("login", name, name) for name in ("a", "b", "c")]
+        with self.assertRaises(PortunusError) as cm:
+            self.throttle.attempt("login", "d", "d")
+        self.assertIn("in flight", cm.exception.message)
+        for attempt in held:
+            attempt.failed()
+        self.throttle.attempt("login", "d", "d").release()
