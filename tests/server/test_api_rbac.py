@@ -6,6 +6,7 @@ revoking a grant takes with it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -404,9 +405,12 @@ class PushTests(RbacTestCase):
         """The client may be named by id in the push."""
         self.ok(self.push(self.bob, client=self.edge1.client_id, listen=8050), 201)
 
-    def test_client_not_granted(self) -> None:
-        """A push to a client without a grant is 403 client_not_granted."""
-        self.assertError(self.push(self.bob, client="edge-02"), 403, "client_not_granted")
+    def test_client_without_a_grant(self) -> None:
+        """
+        A push to a client without a grant is 404 client_not_found: to its
+        user, a client they have no grant on does not exist.
+        """
+        self.assertError(self.push(self.bob, client="edge-02"), 404, "client_not_found")
         self.assertEqual(self.store_rule_ids(), [])
 
     def test_protocol_not_granted(self) -> None:
@@ -432,11 +436,11 @@ class PushTests(RbacTestCase):
         self.assertNotEqual(self.plane.rules[second["rule"]["id"]].grant_id, self.tcp["grant_id"])
 
     def test_refusal_order(self) -> None:
-        """client_not_granted comes before protocol_not_granted, which comes before ports."""
+        """The client comes before protocol_not_granted, which comes before ports."""
         self.assertError(
             self.push(self.bob, client="edge-02", protocol="udp", listen=1),
-            403,
-            "client_not_granted",
+            404,
+            "client_not_found",
         )
         self.assertError(self.push(self.bob, protocol="udp", listen=1), 403, "protocol_not_granted")
 
@@ -454,7 +458,7 @@ class PushTests(RbacTestCase):
 
     def test_grants_are_per_user(self) -> None:
         """Bob's grant does not let carol push."""
-        self.assertError(self.push(self.carol), 403, "client_not_granted")
+        self.assertError(self.push(self.carol), 404, "client_not_found")
 
     def test_superadmin_bypasses_grants(self) -> None:
         """A superadmin pushes anywhere without a grant; the rule is theirs, under no grant."""
@@ -507,9 +511,9 @@ class PushTests(RbacTestCase):
         self.assertEqual(self.audited("rule.push").details["protocol"], "tcp")
 
     def test_revoked_grant_stops_pushes(self) -> None:
-        """Once the grant is revoked the same push is client_not_granted."""
+        """Once the grant is revoked the same push is refused: the client is gone for bob."""
         self.ok(self.api.request("DELETE", f"/v1/grants/{self.tcp['grant_id']}"))
-        self.assertError(self.push(self.bob), 403, "client_not_granted")
+        self.assertError(self.push(self.bob), 404, "client_not_found")
 
 
 class IsolationTests(RbacTestCase):
@@ -611,6 +615,87 @@ class IsolationTests(RbacTestCase):
         self.assertEqual(len(self.ok(self.get(self.alice, "/v1/clients"))), 3)
 
 
+class ClientSecrecyTests(RbacTestCase):
+    """
+    A user cannot learn whether a client they have no grant on exists:
+    its id or name gets the answer an unknown one gets, and a name shared
+    with clients they cannot see is not ambiguous to them.
+    """
+
+    UNKNOWN_ID = "01HCLIENT00000000000000099"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.grant("bob", "edge-01", 8000, 8099)
+
+    def same_answers(self, ask: Any, hidden: str, unknown: str) -> None:
+        """C{ask(ref)} answers the same for both refs, once each names itself as the ref."""
+        answers = []
+        for ref in (hidden, unknown):
+            status, body, _ = ask(ref)
+            answers.append((status, json.dumps(body, sort_keys=True).replace(ref, "REF")))
+        self.assertEqual(answers[0], answers[1])
+        self.assertEqual(answers[0][0], 404, answers[0])
+
+    def test_push(self) -> None:
+        """A push names a hidden client or an unknown one, by id or by name: 404 alike."""
+        self.same_answers(
+            lambda ref: self.push(self.bob, client=ref), self.edge2.client_id, self.UNKNOWN_ID
+        )
+        self.same_answers(lambda ref: self.push(self.bob, client=ref), "edge-02", "edge-99")
+        self.assertEqual(self.store_rule_ids(), [])
+
+    def test_rule_filter(self) -> None:
+        """GET /v1/rules?client= on a hidden client answers as on an unknown one."""
+        self.same_answers(
+            lambda ref: self.get(self.bob, f"/v1/rules?client={ref}"), "edge-02", "edge-99"
+        )
+        self.same_answers(
+            lambda ref: self.get(self.bob, f"/v1/rules?client={ref}"),
+            self.edge2.client_id,
+            self.UNKNOWN_ID,
+        )
+
+    def test_client_by_id(self) -> None:
+        """GET /v1/clients/{id} on a hidden client answers as on an unknown one."""
+        self.same_answers(
+            lambda ref: self.get(self.bob, f"/v1/clients/{ref}"),
+            self.edge2.client_id,
+            self.UNKNOWN_ID,
+        )
+
+    def test_a_shared_name_resolves_among_visible_clients(self) -> None:
+        """
+        Three clients called edge-dup, bob granted on one: his push by that
+        name goes to his; granted on two, the ambiguity lists those two
+        only; the superadmin's lists all three.
+        """
+        dups = [self.plane.add_client("edge-dup") for _ in range(3)]
+        self.grant("bob", dups[0].client_id, 7000, 7099)
+        body = self.ok(self.push(self.bob, client="edge-dup", listen=7000), 201)
+        self.assertEqual(self.plane.rules[body["rule"]["id"]].client_id, dups[0].client_id)
+        self.grant("bob", dups[1].client_id, 7000, 7099)
+        error = self.assertError(
+            self.push(self.bob, client="edge-dup", listen=7001), 409, "client_name_ambiguous"
+        )
+        self.assertEqual(
+            sorted(error["client_ids"]), sorted([dups[0].client_id, dups[1].client_id])
+        )
+        self.assertNotIn(dups[2].client_id, error["message"])
+        error = self.assertError(
+            self.push(self.alice, client="edge-dup", listen=7001), 409, "client_name_ambiguous"
+        )
+        self.assertEqual(sorted(error["client_ids"]), sorted(d.client_id for d in dups))
+
+    def test_a_star_grant_sees_every_client(self) -> None:
+        """With a * grant every client is the user's to name."""
+        self.grant("carol", "*", 6000, 6001)
+        self.ok(self.push(self.carol, client="edge-03", listen=6000), 201)
+        self.assertError(
+            self.push(self.carol, client="edge-99", listen=6001), 404, "client_not_found"
+        )
+
+
 class CascadeTests(RbacTestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -685,7 +770,7 @@ class CascadeTests(RbacTestCase):
         self.api.add_user("bob", "another long password")
         bob = self.api.login("bob", "another long password")
         self.assertEqual(self.ok(self.get(bob, "/v1/rules")), [])
-        self.assertError(self.push(bob), 403, "client_not_granted")
+        self.assertError(self.push(bob), 404, "client_not_found")
 
     def test_remove_unknown_user(self) -> None:
         """Removing a user who does not exist is 404 user_not_found."""

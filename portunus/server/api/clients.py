@@ -19,7 +19,7 @@ from portunus.server.clientspec import (
     check_client_name,
     check_enrollment_ttl,
 )
-from portunus.server.plane import ClientView, EnrollmentView, IControlPlane
+from portunus.server.plane import ClientView, EnrollmentView
 
 __all__ = [
     "DEFAULT_TTL_SECS",
@@ -75,12 +75,27 @@ def _ttl(body: dict[str, Any]) -> int:
     return check_enrollment_ttl(body.get("ttl_secs", DEFAULT_TTL_SECS))
 
 
-async def resolve_client(plane: IControlPlane, ref: str) -> ClientView:
+async def visible_client_ids(ctx: ApiContext, call: Call) -> set[str] | None:
+    """The client ids the caller may see; C{None}: all of them (superadmin or a C{*} grant)."""
+    if call.who.is_superadmin:
+        return None
+    return granted_client_ids(await ctx.accounts.grants_for(call.who.user_id))
+
+
+async def resolve_client(ctx: ApiContext, call: Call, ref: str) -> ClientView:
     """
-    The client C{ref} names: its id, else its name.  A name several
-    clients share is C{client_name_ambiguous}: the operator must give the id.
+    The client C{ref} names, its id, else its name, among the clients the
+    caller may see.  A user cannot tell a client they have no grant on
+    from one that does not exist: both are the same C{client_not_found},
+    after the same work; a name several of the caller's clients share is
+    C{client_name_ambiguous}, listing only those.
     """
-    clients = await plane.list_clients()
+    visible = await visible_client_ids(ctx, call)
+    clients = [
+        view
+        for view in await ctx.plane.list_clients()
+        if visible is None or view.client_id in visible
+    ]
     for view in clients:
         if view.client_id == ref:
             return view
@@ -94,19 +109,13 @@ async def resolve_client(plane: IControlPlane, ref: str) -> ClientView:
             client_ids=[view.client_id for view in named],
         )
     if not named:
+        whose = "" if visible is None else " you have a grant on"
         raise PortunusError(
             "client_not_found",
-            f"no client has the id or name {ref!r}; list-clients shows them",
+            f"no client{whose} has the id or name {ref!r}; list-clients shows them",
             client=ref,
         )
     return named[0]
-
-
-async def visible_client_ids(ctx: ApiContext, call: Call) -> set[str] | None:
-    """The client ids the caller may see; C{None}: all of them (superadmin or a C{*} grant)."""
-    if call.who.is_superadmin:
-        return None
-    return granted_client_ids(await ctx.accounts.grants_for(call.who.user_id))
 
 
 @ROUTES.route(

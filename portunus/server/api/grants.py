@@ -94,7 +94,7 @@ async def create(ctx: ApiContext, call: Call) -> object:
         raise PortunusError(
             "invalid_client", 'client: name a client, its id, or "*" for all', field="client"
         )
-    client_id = "*" if client == "*" else (await resolve_client(ctx.plane, client)).client_id
+    client_id = "*" if client == "*" else (await resolve_client(ctx, call, client)).client_id
     start = _port(body, "listen_port_start")
     end = _port(body, "listen_port_end") if "listen_port_end" in body else start
     if end < start:

@@ -164,7 +164,7 @@ async def push(ctx: ApiContext, call: Call) -> object:
     parsed = parse_rule_body(read_json(call.request))
     if isinstance(parsed, list):
         raise validation_error(parsed)
-    client = await resolve_client(ctx.plane, parsed.client)
+    client = await resolve_client(ctx, call, parsed.client)
     rule = parsed.rule
     call.note("client", client.client_id, listen=str(rule.listen), protocol=rule.protocol.value)
     grant_id = None
@@ -203,7 +203,7 @@ async def list_rules(ctx: ApiContext, call: Call) -> object:
     refs = args.get(b"client")
     if refs:
         ref = refs[-1].decode("utf-8", "replace")
-        client_id = (await resolve_client(ctx.plane, ref)).client_id
+        client_id = (await resolve_client(ctx, call, ref)).client_id
     owner: str | None = call.who.user_id
     if call.who.is_superadmin:
         owners = args.get(b"owner")
