@@ -3,7 +3,8 @@ The server's Prometheus metrics, declared once, on a registry of their own.
 
 L{ServerMetrics} owns a L{CollectorRegistry} (never the process-global
 default one, so tests and a second server in one process do not collide).
-Event counters (auth failures, operator requests, audit drops, store busy)
+Event counters (auth failures, operator requests, unauthenticated refusals,
+audit queue waits, store busy)
 are incremented by the code that sees the event, through the methods here.
 Everything about clients and rules is computed at scrape time from the
 control plane's live state, through the small L{MetricsSource} interface:
@@ -198,9 +199,17 @@ class ServerMetrics:
             ["outcome", "reason"],
             registry=self.registry,
         )
-        self._audit_drops = Counter(
-            "portunus_audit_buffer_drops",
-            "Audit entries dropped because the writer's buffer was full.",
+        self._audit_waits = Counter(
+            "portunus_audit_queue_full_waits",
+            "Requests that waited for their audit entry to be written: the writer's queue "
+            "was full (entries are never dropped).",
+            registry=self.registry,
+        )
+        self._operator_unauthenticated = Counter(
+            "portunus_operator_unauthenticated_failures",
+            "Operator API requests refused before anyone authenticated, by reason (counted, "
+            "not audited one by one).",
+            ["reason"],
             registry=self.registry,
         )
         self._audit_lag = Gauge(
@@ -242,8 +251,13 @@ class ServerMetrics:
         """An operator request finished: C{allow}/C{deny}, C{ok} or an error code."""
         self._operator_requests.labels(outcome, reason).inc()
 
-    def audit_dropped(self, n: int = 1) -> None:
-        self._audit_drops.inc(n)
+    def audit_waited(self) -> None:
+        """A request waits for its audit entry: the writer's queue is full."""
+        self._audit_waits.inc()
+
+    def unauthenticated_failure(self, reason: str) -> None:
+        """An operator request was refused for C{reason} (an error code) before authentication."""
+        self._operator_unauthenticated.labels(reason).inc()
 
     def audit_lag(self, seconds: float) -> None:
         self._audit_lag.set(seconds)

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, execute
+from twisted.internet.defer import Deferred, execute, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -32,10 +32,25 @@ ORIGIN = "http://127.0.0.1:7080"
 
 @attrs.define
 class ListAudit:
-    entries: list[AuditEntry] = attrs.field(factory=list)
+    """An audit sink keeping entries, and the unauthenticated refusals it is told of, in lists."""
 
-    def record(self, entry: AuditEntry) -> None:
+    entries: list[AuditEntry] = attrs.field(factory=list)
+    #: (reason, remote) of each request refused before anyone authenticated.
+    unauthenticated_failures: list[tuple[str, str | None]] = attrs.field(factory=list)
+    #: While set, C{record} answers as a writer with a full queue: not yet.
+    hold: bool = False
+    held: list[Deferred[None]] = attrs.field(factory=list)
+
+    def record(self, entry: AuditEntry) -> Deferred[None]:
         self.entries.append(entry)
+        if not self.hold:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self.held.append(d)
+        return d
+
+    def unauthenticated(self, reason: str, remote: str | None) -> None:
+        self.unauthenticated_failures.append((reason, remote))
 
 
 def fast_passwords() -> Passwords:

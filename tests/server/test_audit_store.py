@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.server.audit import AuditEntry
 from portunus.server.store import DB_NAME, AuditRecord, Store, open_store, run_synchronously
-from portunus.server.store._audit import DEFAULT_MAX_AGE_SECS, DEFAULT_MAX_ROWS
+from portunus.server.store._audit import DEFAULT_MAX_AGE_SECS
 
 T = TypeVar("T")
 
@@ -152,24 +152,22 @@ class RetentionTests(AuditStoreTestCase):
         self.assertEqual(self.ok(self.store.audit.enforce_retention(NOW)), 1)
         self.assertEqual(self.seqs(self.ok(self.store.audit.query(limit=10))), [3, 2])
 
-    def test_by_row_count_keeps_the_newest(self) -> None:
-        """Past C{max_rows}, the oldest rows go."""
-        self.fill(10)
-        self.assertEqual(self.ok(self.store.audit.enforce_retention(NOW, max_rows=4)), 6)
-        self.assertEqual(self.seqs(self.ok(self.store.audit.query(limit=10))), [10, 9, 8, 7])
-
-    def test_age_and_count_together(self) -> None:
-        """Old rows go first; the count is then taken over what is left."""
-        self.ok(self.store.audit.append([entry(NOW - 100 * DAY)] * 2 + [entry(NOW)] * 3))
-        self.assertEqual(self.ok(self.store.audit.enforce_retention(NOW, max_rows=2)), 3)
-        self.assertEqual(self.seqs(self.ok(self.store.audit.query(limit=10))), [5, 4])
+    def test_younger_rows_are_never_deleted(self) -> None:
+        """
+        However many rows there are (more than Portunus' 50,000-row cap),
+        the sweep deletes none younger than the age.
+        """
+        rows = 50_100
+        self.ok(self.store.audit.append([entry(NOW - 89 * DAY)] * rows + [entry(NOW - 91 * DAY)]))
+        self.assertEqual(self.ok(self.store.audit.enforce_retention(NOW)), 1)
+        self.assertEqual(self.ok(self.store.audit.count()), rows)
 
     def test_nothing_to_do(self) -> None:
-        """A table inside both bounds is left alone."""
+        """A table with no row past the age is left alone."""
         self.fill(3)
         self.assertEqual(self.ok(self.store.audit.enforce_retention(NOW)), 0)
         self.assertEqual(self.ok(self.store.audit.count()), 3)
 
-    def test_defaults_are_portunus(self) -> None:
-        """The defaults are 90 days and 50,000 rows."""
-        self.assertEqual((DEFAULT_MAX_AGE_SECS, DEFAULT_MAX_ROWS), (90 * 86400, 50_000))
+    def test_default_age_is_portunus(self) -> None:
+        """The age is Portunus' 90 days."""
+        self.assertEqual(DEFAULT_MAX_AGE_SECS, 90 * 86400)

@@ -1,9 +1,11 @@
 """
-The durable audit writer on a deterministic clock: a bounded handoff that
-never blocks, batches of at most 256 every 0.1 s with one in flight,
-retry after a failed write, lag and drop reporting, the live-view ring,
-redaction of secret-named details, the hourly retention sweep, and a
-stop that writes everything queued.
+The durable audit writer on a deterministic clock: a handoff that never
+drops (past 1024 queued entries a request waits for its own to be
+written), batches of at most 256 every 0.1 s with one in flight, retry
+after a failed write, lag and wait reporting, the live-view ring,
+redaction of secret-named details, the tally of unauthenticated
+refusals, the hourly retention sweep, and a stop that writes everything
+queued.
 """
 
 from __future__ import annotations
@@ -71,14 +73,18 @@ class FakeTable:
 
 @attrs.define
 class Observer:
-    dropped: int = 0
+    waited: int = 0
     lags: list[float] = attrs.field(factory=list)
+    unauthenticated: list[str] = attrs.field(factory=list)
 
-    def audit_dropped(self, n: int = 1) -> None:
-        self.dropped += n
+    def audit_waited(self) -> None:
+        self.waited += 1
 
     def audit_lag(self, seconds: float) -> None:
         self.lags.append(seconds)
+
+    def unauthenticated_failure(self, reason: str) -> None:
+        self.unauthenticated.append(reason)
 
 
 def entry(i: int = 0, **more: Any) -> AuditEntry:
@@ -109,21 +115,51 @@ class SinkTests(WriterTestCase):
         sink.record(entry())
         self.assertEqual(self.audit.pending, 1)
 
-    def test_overflow_drops_counts_and_never_blocks(self) -> None:
+    def test_a_full_queue_makes_requests_wait_not_drop(self) -> None:
         """
-        With the store stalled, the queue stops at 1024 entries; the rest are
-        dropped, counted and reported, and record() still returns at once.
+        With the store stalled, the first 1024 entries are handed over at
+        once; each later one is kept too, and its request waits until that
+        entry is written.  Nothing is dropped.
         """
         self.table.hold = True
         self.audit.start()
-        self.tick()
-        for i in range(QUEUE_SIZE + 500):
-            self.assertIsNone(self.audit.record(entry(i)))
-        self.assertEqual(self.audit.pending, QUEUE_SIZE)
-        self.assertEqual((self.audit.dropped, self.observer.dropped), (500, 500))
+        handed = [self.audit.record(entry(i)) for i in range(QUEUE_SIZE + 500)]
+        self.tick(5)
+        for d in handed[:QUEUE_SIZE]:
+            self.successResultOf(d)
+        for d in handed[QUEUE_SIZE:]:
+            self.assertNoResult(d)
+        self.assertEqual(self.audit.pending, QUEUE_SIZE + 500)
+        self.assertEqual((self.audit.waited, self.observer.waited), (500, 500))
+        self.table.hold = False
+        self.table.held[0].callback(BATCH_SIZE)
+        self.tick(10)
+        for d in handed[QUEUE_SIZE:]:
+            self.successResultOf(d)
+        self.assertEqual(self.audit.pending, 0)
+        self.assertEqual(len(self.table.written), QUEUE_SIZE + 500)
+        self.assertEqual(
+            [e.actor for e in self.table.written[-500:]],
+            [f"a{i}" for i in range(QUEUE_SIZE, QUEUE_SIZE + 500)],
+        )
 
-    def test_overflow_log_is_rate_limited_by_the_clock(self) -> None:
-        """One audit.handoff_overflow line a second at most, carrying the drops since the last."""
+    def test_a_waiting_request_goes_once_its_own_entry_is_written(self) -> None:
+        """A waiting entry's Deferred fires with the batch that holds it, not before."""
+        audit = AuditLog(self.table, self.clock, queue_size=2, batch_size=2)
+        self.table.hold = True
+        first, second, third = (audit.record(entry(i)) for i in range(3))
+        self.successResultOf(first)
+        self.successResultOf(second)
+        audit.start()
+        self.tick()
+        self.table.held[0].callback(2)
+        self.assertNoResult(third)
+        self.tick()
+        self.table.held[1].callback(1)
+        self.successResultOf(third)
+
+    def test_queue_full_log_is_rate_limited_by_the_clock(self) -> None:
+        """One audit.queue_full line a second at most, carrying the waits since the last."""
         self.table.hold = True
         with capturedLogs() as captured:
             for i in range(QUEUE_SIZE + 10):
@@ -133,20 +169,20 @@ class SinkTests(WriterTestCase):
                 self.audit.record(entry(i))
             self.clock.advance(0.5)
             self.audit.record(entry())
-        lines = events(captured, "audit.handoff_overflow")
-        self.assertEqual([e["dropped"] for e in lines], [1, 15])
-        self.assertEqual(lines[-1]["dropped_total"], 16)
+        lines = events(captured, "audit.queue_full")
+        self.assertEqual([e["waited"] for e in lines], [1, 15])
+        self.assertEqual(lines[-1]["waited_total"], 16)
 
     def test_record_never_raises(self) -> None:
         """A broken observer cannot turn recording into a request failure."""
 
         class Broken(Observer):
-            def audit_dropped(self, n: int = 1) -> None:
+            def audit_waited(self) -> None:
                 raise RuntimeError("metrics broke")
 
         audit = AuditLog(self.table, self.clock, observer=Broken(), queue_size=1)
-        audit.record(entry(1))
-        audit.record(entry(2))
+        self.successResultOf(audit.record(entry(1)))
+        self.successResultOf(audit.record(entry(2)))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_recent_ring_is_bounded(self) -> None:
@@ -242,17 +278,26 @@ class FlushLoopTests(WriterTestCase):
         self.assertEqual(self.audit.pending, 0)
         self.assertEqual(self.audit.written, 3)
 
-    def test_failures_keep_the_bound(self) -> None:
-        """A store that keeps failing holds at most 1024 entries; the rest are dropped."""
+    def test_failures_hold_requests_not_entries(self) -> None:
+        """
+        A store that keeps failing keeps every entry; past 1024 their
+        requests wait, and go once the store is back.
+        """
         self.table.failures = 10**6
         self.audit.start()
+        handed = []
         for i in range(QUEUE_SIZE * 2):
-            self.audit.record(entry(i))
+            handed.append(self.audit.record(entry(i)))
             if i % 100 == 0:
                 self.tick()
-        self.assertEqual(self.audit.pending, QUEUE_SIZE)
-        self.assertEqual(self.observer.dropped, QUEUE_SIZE)
+        self.assertEqual(self.audit.pending, QUEUE_SIZE * 2)
+        self.assertEqual(self.observer.waited, QUEUE_SIZE)
         self.flushLoggedErrors(StoreDown)
+        self.table.failures = 0
+        self.successResultOf(self.audit.flush())
+        for d in handed:
+            self.successResultOf(d)
+        self.assertEqual(len({e.actor for e in self.table.written}), QUEUE_SIZE * 2)
 
     def test_lag_is_the_age_of_the_oldest_queued_entry(self) -> None:
         """Lag grows while the oldest entry waits, and drops to 0 once written."""
@@ -297,6 +342,55 @@ class FlushLoopTests(WriterTestCase):
         self.assertEqual(self.audit.written, 300)
 
 
+class TallyTests(WriterTestCase):
+    """Refusals before authentication are counted and summarized, never queued."""
+
+    def test_counted_not_queued(self) -> None:
+        """Each refusal reaches the metric; none becomes an entry."""
+        for _ in range(3):
+            self.audit.unauthenticated("unauthenticated", "192.0.2.1")
+        self.audit.unauthenticated("credential_invalid", "192.0.2.2")
+        self.assertEqual(self.audit.pending, 0)
+        self.assertEqual(self.audit.recent(), [])
+        self.assertEqual(
+            self.observer.unauthenticated, ["unauthenticated"] * 3 + ["credential_invalid"]
+        )
+
+    def test_one_summary_a_minute(self) -> None:
+        """
+        A minute of refusals is one audit.unauthenticated_summary line:
+        counts by reason and the busiest sources; a quiet minute logs nothing.
+        """
+        with capturedLogs() as captured:
+            self.audit.start()
+            for i in range(1000):
+                self.audit.unauthenticated("unauthenticated", f"192.0.2.{i % 7}")
+            self.audit.unauthenticated("rate_limited", "198.51.100.9")
+            self.clock.advance(60)
+            self.clock.advance(60)
+            self.audit.unauthenticated("credential_invalid", None)
+            self.successResultOf(self.audit.stop())
+        lines = events(captured, "audit.unauthenticated_summary")
+        self.assertEqual([line["total"] for line in lines], [1001, 1])
+        self.assertEqual(lines[0]["by_reason"], {"rate_limited": 1, "unauthenticated": 1000})
+        self.assertEqual(lines[0]["interval_secs"], 60)
+        self.assertEqual(lines[0]["top_sources"][0], ["192.0.2.0", 143])
+        self.assertEqual(len(lines[0]["top_sources"]), 5)
+        self.assertEqual(lines[0]["distinct_sources"], 8)
+        self.assertEqual(lines[1]["top_sources"], [["unknown", 1]])
+
+    def test_sources_are_bounded(self) -> None:
+        """Past 1024 distinct sources in a minute, the rest are counted together."""
+        with capturedLogs() as captured:
+            self.audit.start()
+            for i in range(5000):
+                self.audit.unauthenticated("unauthenticated", f"10.0.{i // 256}.{i % 256}")
+            self.clock.advance(60)
+        [line] = events(captured, "audit.unauthenticated_summary")
+        self.assertEqual((line["total"], line["distinct_sources"]), (5000, 1024))
+        self.assertEqual(line["other_sources"], 5000 - 1024)
+
+
 class SweepTests(WriterTestCase):
     def test_sweeps_at_start_then_hourly(self) -> None:
         """Retention runs at start and every hour, logging how many rows went."""
@@ -334,14 +428,20 @@ class LifecycleTests(WriterTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop_never_fails(self) -> None:
-        """A store that refuses the last flush is logged as lost entries; stop still fires."""
-        self.audit.start()
-        self.audit.record(entry())
+        """
+        A store that refuses the last flush is logged as lost entries;
+        stop still fires, and lets waiting requests go.
+        """
+        audit = AuditLog(self.table, self.clock, queue_size=1)
+        audit.start()
+        audit.record(entry())
+        waiting = audit.record(entry(2))
         self.table.failures = 1
         with capturedLogs() as captured:
-            self.successResultOf(self.audit.stop())
+            self.successResultOf(audit.stop())
         [stopped] = events(captured, "audit.writer_stopped")
-        self.assertEqual(stopped["pending"], 1)
+        self.assertEqual(stopped["pending"], 2)
+        self.successResultOf(waiting)
         self.flushLoggedErrors(StoreDown)
 
     def test_runs_as_a_service(self) -> None:

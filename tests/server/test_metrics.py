@@ -91,7 +91,8 @@ class ExpositionTests(SynchronousTestCase):
             "portunus_clients_connected": "gauge",
             "portunus_auth_failures_total": "counter",
             "portunus_operator_requests_total": "counter",
-            "portunus_audit_buffer_drops_total": "counter",
+            "portunus_audit_queue_full_waits_total": "counter",
+            "portunus_operator_unauthenticated_failures_total": "counter",
             "portunus_audit_durable_writer_lag_seconds": "gauge",
             "portunus_store_busy_total": "counter",
             "portunus_tls_sni_routes_active": "gauge",
@@ -123,11 +124,17 @@ class ExpositionTests(SynchronousTestCase):
 
     def test_audit_and_store_hooks(self) -> None:
         """The audit writer's and store's hooks move their series."""
-        self.metrics.audit_dropped()
-        self.metrics.audit_dropped(4)
+        for _ in range(5):
+            self.metrics.audit_waited()
         self.metrics.audit_lag(2.5)
         self.metrics.store_busy()
-        self.assertEqual(value(self.metrics, "portunus_audit_buffer_drops_total"), 5)
+        self.metrics.unauthenticated_failure("credential_invalid")
+        self.metrics.unauthenticated_failure("credential_invalid")
+        self.metrics.unauthenticated_failure("unauthenticated")
+        self.assertEqual(value(self.metrics, "portunus_audit_queue_full_waits_total"), 5)
+        name = "portunus_operator_unauthenticated_failures_total"
+        self.assertEqual(value(self.metrics, name, reason="credential_invalid"), 2)
+        self.assertEqual(value(self.metrics, name, reason="unauthenticated"), 1)
         self.assertEqual(value(self.metrics, "portunus_audit_durable_writer_lag_seconds"), 2.5)
         self.assertEqual(value(self.metrics, "portunus_store_busy_total"), 1)
 

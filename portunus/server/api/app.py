@@ -19,7 +19,11 @@ path; steps 1 to 5 are the gates a route's declaration says it passes:
   5. the route's role (C{superadmin} routes refuse users: C{role_required});
   6. the handler, which checks ownership and grants itself;
   7. audit: every write, and every denial at any step (including a
-     handler's 403), becomes an audit entry; every request is counted.
+     handler's 403), of an authenticated caller becomes an audit entry,
+     and so does a successful login or onboarding; a request refused
+     before anyone authenticated is only counted (the audit's tally: a
+     metric and a summary line a minute), so a flood of them cannot fill
+     the audit log.  Every request is counted.
 
 The error envelope is C{{"error": {"code", "message", ...}}} with the
 registry's HTTP status; the 500 path logs the traceback under a
@@ -203,7 +207,7 @@ class _Pipeline:
                 request.setHeader(b"content-type", result.content_type.encode("ascii"))
                 for name, value in result.headers:
                     request.setHeader(name.encode("ascii"), value.encode("ascii"))
-                self._finish(call, "allow", "ok", 200, started)
+                await self._finish(call, "allow", "ok", 200, started)
                 try:
                     await result.run(request)
                 except CancelledError:
@@ -224,10 +228,18 @@ class _Pipeline:
                 body = json.dumps(answer.body).encode("utf-8")
             reason = "ok"
         outcome = "deny" if status in _DENIED_STATUSES else "allow"
-        self._finish(call, outcome, reason, status, started)
+        await self._finish(call, outcome, reason, status, started)
         return body
 
-    def _finish(self, call: Call, outcome: str, reason: str, status: int, started: float) -> None:
+    async def _finish(
+        self, call: Call, outcome: str, reason: str, status: int, started: float
+    ) -> None:
+        """
+        Log, count and audit a request that is answered: an entry for an
+        authenticated write or denial (waiting for it to be written when
+        the audit queue is full), a tally for a refusal before anyone
+        authenticated.
+        """
         request = call.request
         method = request.method.decode("latin-1")
         path = request.path.decode("latin-1")
@@ -245,13 +257,19 @@ class _Pipeline:
             "correlation_id": call.correlation_id,
             "duration_ms": round((self.ctx.clock.seconds() - started) * 1000, 3),
         }
+        self.ctx.observer.request_done(outcome, reason)
+        if principal is None and status >= 400:
+            # Anyone can send these as fast as they like: counted, and
+            # logged one by one only at debug.
+            log.debug("{method} {path} refused: {reason}", event="operator.deny", **fields)
+            self.ctx.audit.unauthenticated(reason, remote_host(request))
+            return
         if outcome == "deny":
             log.warn("{method} {path} denied: {reason}", event="operator.deny", **fields)
         else:
             log.debug("{method} {path} -> {reason}", event="operator.allow", **fields)
-        self.ctx.observer.request_done(outcome, reason)
         if outcome == "deny" or request.method in MUTATING_METHODS:
-            self.ctx.audit.record(
+            await self.ctx.audit.record(
                 AuditEntry(
                     ts=self.ctx.clock.seconds(),
                     actor=actor,

@@ -1,5 +1,5 @@
 """
-One audit entry, and the one method whatever records them provides.
+One audit entry, and what whatever records them provides.
 """
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol
 
 import attrs
+from twisted.internet.defer import Deferred
 
 __all__ = ["AuditEntry", "AuditSink", "Outcome"]
 
@@ -39,6 +40,14 @@ class AuditEntry:
 
 
 class AuditSink(Protocol):
-    """Takes entries without blocking; a full buffer drops and counts."""
+    """Where the operator API's pipeline sends what the audit log keeps."""
 
-    def record(self, entry: AuditEntry) -> None: ...
+    def record(self, entry: AuditEntry) -> Deferred[None]:
+        """
+        Keep C{entry}; never drops it, never fails.  The Deferred fires at
+        once while the writer keeps up, else once the entry is written
+        (the request waits: back-pressure instead of a lost entry).
+        """
+
+    def unauthenticated(self, reason: str, remote: str | None) -> None:
+        """Count a request refused before anyone authenticated (no entry is kept)."""

@@ -1,13 +1,19 @@
 """
-The durable audit writer: requests hand entries over without waiting, a
-loop on the reactor's clock writes them to the store in batches.
+The durable audit writer: requests hand entries over, a loop on the
+reactor's clock writes them to the store in batches.
 
-The handoff is a bounded queue (L{QUEUE_SIZE}): a stalled or failing store
-costs at most that many entries of memory, and an entry that finds the
-queue full is dropped and counted (C{portunus_audit_buffer_drops_total})
-instead of slowing the request.  A failed batch stays at the head of the
-queue and is written again on the next tick, so a brief store outage
-loses nothing unless the queue fills meanwhile.
+No entry is ever dropped.  While fewer than L{QUEUE_SIZE} entries wait,
+a request hands its entry over and carries on; past that, the request
+waits until its own entry is written (back-pressure, counted in
+C{portunus_audit_queue_full_waits_total}), so a stalled store slows the
+requests that write instead of losing their entries, and the queue holds
+more only while their requests wait.  A failed batch stays at the head of
+the queue and is written again on the next tick.
+
+Only authenticated requests (and successful logins) become entries:
+requests refused before anyone authenticated are counted by a
+L{FailureTally} instead, so no flood of them can fill the queue or the
+table.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from twisted.python.failure import Failure
 
 from portunus.logging import is_sensitive
 from portunus.server.audit.entry import AuditEntry
+from portunus.server.audit.tally import SUMMARY_INTERVAL, FailureTally
 
 __all__ = [
     "BATCH_SIZE",
@@ -38,7 +45,7 @@ __all__ = [
     "scrub_details",
 ]
 
-#: Entries the handoff queue holds (written or not yet) before dropping.
+#: Entries the queue holds before requests wait for their own to be written.
 QUEUE_SIZE = 1024
 #: Entries written per transaction, at most.
 BATCH_SIZE = 256
@@ -48,8 +55,8 @@ FLUSH_INTERVAL = 0.1
 RECENT_SIZE = 1000
 #: Seconds between retention sweeps.
 SWEEP_INTERVAL = 3600.0
-#: Seconds between two C{audit.handoff_overflow} log lines, at least.
-_OVERFLOW_LOG_INTERVAL = 1.0
+#: Seconds between two C{audit.queue_full} log lines, at least.
+_QUEUE_FULL_LOG_INTERVAL = 1.0
 
 log = Logger(namespace="portunus.server.audit")
 
@@ -63,18 +70,25 @@ class AuditTable(Protocol):
 
 
 class AuditObserver(Protocol):
-    """Told about drops and lag (the server's metrics)."""
+    """Told about waits, lag and unauthenticated refusals (the server's metrics)."""
 
-    def audit_dropped(self, n: int = 1) -> None: ...
+    def audit_waited(self) -> None:
+        """A request waits for its entry to be written: the queue is full."""
 
     def audit_lag(self, seconds: float) -> None: ...
 
+    def unauthenticated_failure(self, reason: str) -> None:
+        """A request was refused for C{reason} before anyone authenticated."""
+
 
 class _Unobserved:
-    def audit_dropped(self, n: int = 1) -> None:
+    def audit_waited(self) -> None:
         pass
 
     def audit_lag(self, seconds: float) -> None:
+        pass
+
+    def unauthenticated_failure(self, reason: str) -> None:
         pass
 
 
@@ -101,14 +115,16 @@ def scrub_details(details: Any, found: list[str]) -> Any:
 class _Queued:
     enqueued_at: float
     entry: AuditEntry
+    #: Fired once the entry is written, for a request waiting on it.
+    written: Deferred[None] | None = None
 
 
 class AuditLog(Service):
     """
     An L{portunus.server.audit.AuditSink} that writes to C{table} (the
-    store's C{audit}) on C{clock}.  As a service it runs between
-    C{startService} and C{stopService}; L{start} and L{stop} do the same
-    for code that is not a service tree.
+    store's C{audit}) on C{clock}, and tallies unauthenticated refusals.
+    As a service it runs between C{startService} and C{stopService};
+    L{start} and L{stop} do the same for code that is not a service tree.
     """
 
     def __init__(
@@ -132,24 +148,37 @@ class AuditLog(Service):
         self._flusher.clock = clock
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
-        self._last_overflow_log: float | None = None
-        self._dropped_since_log = 0
-        #: Entries dropped because the queue was full, since construction.
-        self.dropped = 0
+        self._tally = FailureTally()
+        self._summarizer = LoopingCall(self._summarize)
+        self._summarizer.clock = clock
+        self._last_summary = clock.seconds()
+        self._last_full_log: float | None = None
+        self._waited_since_log = 0
+        #: Requests that waited for their entry because the queue was full.
+        self.waited = 0
         #: Entries accepted into the queue, and written, since construction.
         self.accepted = 0
         self.written = 0
 
     # -- the sink ---------------------------------------------------------
 
-    def record(self, entry: AuditEntry) -> None:
-        """Queue C{entry} for writing; never blocks, never raises."""
+    def record(self, entry: AuditEntry) -> Deferred[None]:
+        """
+        Queue C{entry} for writing; never raises, never fails.  Fires at
+        once while the queue has room, else once this entry is written.
+        """
         try:
-            self._record(entry)
+            return self._record(entry)
         except Exception:
             log.failure("audit entry not recorded", event="audit.record_failed")
+            return succeed(None)
 
-    def _record(self, entry: AuditEntry) -> None:
+    def unauthenticated(self, reason: str, remote: str | None) -> None:
+        """Count a refusal before authentication: the metric and the next summary line."""
+        self._tally.count(reason, remote)
+        self._observer.unauthenticated_failure(reason)
+
+    def _record(self, entry: AuditEntry) -> Deferred[None]:
         if entry.details is not None:
             found: list[str] = []
             details = scrub_details(entry.details, found)
@@ -164,34 +193,38 @@ class AuditLog(Service):
                     )
                 entry = attrs.evolve(entry, details=details)
         self._recent.append(entry)
-        if len(self._queue) >= self._queue_size:
-            self._overflow()
-            return
-        self._queue.append(_Queued(self._clock.seconds(), entry))
         self.accepted += 1
+        if len(self._queue) < self._queue_size:
+            self._queue.append(_Queued(self._clock.seconds(), entry))
+            return succeed(None)
+        written: Deferred[None] = Deferred()
+        self._queue.append(_Queued(self._clock.seconds(), entry, written))
+        self._queue_full()
+        return written
 
-    def _overflow(self) -> None:
-        self.dropped += 1
-        self._dropped_since_log += 1
-        self._observer.audit_dropped(1)
+    def _queue_full(self) -> None:
+        self.waited += 1
+        self._waited_since_log += 1
+        self._observer.audit_waited()
         now = self._clock.seconds()
-        last = self._last_overflow_log
-        if last is None or now - last >= _OVERFLOW_LOG_INTERVAL:
-            self._last_overflow_log = now
+        last = self._last_full_log
+        if last is None or now - last >= _QUEUE_FULL_LOG_INTERVAL:
+            self._last_full_log = now
             log.warn(
-                "audit queue full ({capacity} entries): dropped {dropped} entries; "
-                "the store is not keeping up",
-                event="audit.handoff_overflow",
+                "audit queue full ({capacity} entries): {waited} request(s) wait for their "
+                "entry to be written; the store is not keeping up",
+                event="audit.queue_full",
                 capacity=self._queue_size,
-                dropped=self._dropped_since_log,
-                dropped_total=self.dropped,
+                waited=self._waited_since_log,
+                waited_total=self.waited,
+                pending=len(self._queue),
             )
-            self._dropped_since_log = 0
+            self._waited_since_log = 0
 
     # -- reading ----------------------------------------------------------
 
     def recent(self) -> list[AuditEntry]:
-        """The last entries recorded (up to 1000, dropped ones too), newest first."""
+        """The last entries recorded (up to 1000, written or not yet), newest first."""
         return list(reversed(self._recent))
 
     @property
@@ -212,10 +245,15 @@ class AuditLog(Service):
             return succeed(None)
 
         def written(_: object) -> None:
+            waiting = []
             for _entry in batch:
-                self._queue.popleft()
+                queued = self._queue.popleft()
+                if queued.written is not None:
+                    waiting.append(queued.written)
             self.written += len(batch)
             self._report_lag()
+            for d in waiting:
+                d.callback(None)
             return None
 
         def failed(failure: Failure) -> BaseException:
@@ -248,7 +286,7 @@ class AuditLog(Service):
         return Deferred.fromCoroutine(self._flush(self.accepted))
 
     async def _flush(self, target: int) -> None:
-        # Entries dropped never enter the queue, so written catches up with
+        # Every accepted entry enters the queue, so written catches up with
         # accepted exactly once everything accepted so far is durable.
         while self.written < target and self._queue:
             error = await self._writing.run(self._write_batch)
@@ -271,24 +309,36 @@ class AuditLog(Service):
         d = maybeDeferred(self._table.enforce_retention, self._clock.seconds())
         return d.addCallbacks(swept, failed)
 
+    def _summarize(self) -> None:
+        now = self._clock.seconds()
+        self._tally.summarize(now - self._last_summary)
+        self._last_summary = now
+
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> None:
-        """Start writing every 0.1 s and sweeping every hour (the first sweep now)."""
+        """
+        Start writing every 0.1 s, sweeping every hour (the first sweep
+        now) and summarizing unauthenticated refusals every minute.
+        """
         if self._flusher.running:
             return
         self._flusher.start(FLUSH_INTERVAL, now=False)
         self._sweeper.start(SWEEP_INTERVAL, now=True)
+        self._last_summary = self._clock.seconds()
+        self._summarizer.start(SUMMARY_INTERVAL, now=False)
         log.info("audit writer started", event="audit.writer_started")
 
     def stop(self) -> Deferred[None]:
         """
-        Stop the loops and write everything queued; fire once done.  What
-        the store refuses then is logged as lost (it never fails).
+        Stop the loops, log the last summary and write everything queued;
+        fire once done.  What the store refuses then is logged as lost (it
+        never fails), and requests waiting on it are let go.
         """
-        for loop in (self._flusher, self._sweeper):
+        for loop in (self._flusher, self._sweeper, self._summarizer):
             if loop.running:
                 loop.stop()
+        self._summarize()
 
         def stopped(result: object) -> None:
             if isinstance(result, Failure):
@@ -298,6 +348,9 @@ class AuditLog(Service):
                     event="audit.writer_stopped",
                     pending=len(self._queue),
                 )
+                for queued in self._queue:
+                    if queued.written is not None and not queued.written.called:
+                        queued.written.callback(None)
             else:
                 log.info("audit writer stopped", event="audit.writer_stopped", pending=0)
 

@@ -1,6 +1,6 @@
 """
 The audit table: batched appends from the audit writer, newest-first
-queries paged by row sequence, and deletion by age and by row count.
+queries paged by row sequence, and deletion by age.
 
 Rows are ordered by C{seq} (the AUTOINCREMENT key), never by C{ts}: a
 cursor is "the last seq seen", so paging neither skips nor repeats rows
@@ -23,15 +23,13 @@ from portunus.server.store._runner import Transact
 
 __all__ = [
     "DEFAULT_MAX_AGE_SECS",
-    "DEFAULT_MAX_ROWS",
     "AuditRecord",
     "AuditStore",
 ]
 
-#: Rows older than this are deleted by the retention sweep (90 days).
+#: Rows older than this are deleted by the retention sweep (90 days);
+#: no younger row is ever deleted by it, however many there are.
 DEFAULT_MAX_AGE_SECS = 90 * 86400
-#: The retention sweep keeps at most this many rows, the newest.
-DEFAULT_MAX_ROWS = 50_000
 
 _COLUMNS = (
     "ts, actor, role, method, path, outcome, reason, action, "
@@ -168,24 +166,20 @@ class AuditStore:
         return self._run("audit_prune", txn, write=not dry_run)
 
     def enforce_retention(
-        self,
-        now: float,
-        max_age_secs: float = DEFAULT_MAX_AGE_SECS,
-        max_rows: int = DEFAULT_MAX_ROWS,
+        self, now: float, max_age_secs: float = DEFAULT_MAX_AGE_SECS
     ) -> Deferred[int]:
         """
-        Delete rows older than C{max_age_secs}, then the oldest rows past
-        the newest C{max_rows}; fire with how many went in all.
+        Delete the rows older than C{max_age_secs}, and only those: there
+        is no cap on the row count, which would delete younger entries
+        under load (only authenticated requests become rows, so their
+        number is bounded by what accountable callers do); fire with how
+        many went.
         """
 
         def txn(conn: sqlite3.Connection) -> int:
-            deleted = conn.execute("DELETE FROM audit WHERE ts < ?", (now - max_age_secs,)).rowcount
-            row = conn.execute(
-                "SELECT seq FROM audit ORDER BY seq DESC LIMIT 1 OFFSET ?", (max_rows,)
-            ).fetchone()
-            if row is not None:
-                deleted += conn.execute("DELETE FROM audit WHERE seq <= ?", (row[0],)).rowcount
-            return deleted
+            return int(
+                conn.execute("DELETE FROM audit WHERE ts < ?", (now - max_age_secs,)).rowcount
+            )
 
         return self._run("audit_retention", txn, write=True)
 
