@@ -21,7 +21,9 @@ from tests.e2e.test_control_plane_process import _ProcessCase, reactor
 POLLS = 100
 
 
-class AuditDurabilityTests(_ProcessCase):
+class OperatorApi(_ProcessCase):
+    """A process case that calls the server's operator API with the operator token."""
+
     def token(self) -> str:
         with open(os.path.join(self.data_dir, "operator.token")) as f:
             return f.read().strip()
@@ -38,6 +40,8 @@ class AuditDurabilityTests(_ProcessCase):
         content = yield treq.content(response)
         return response.code, json.loads(content) if content else None
 
+
+class AuditDurabilityTests(OperatorApi):
     @inlineCallbacks
     def enrollment_entries(self, wanted: int) -> Any:
         """Poll the audit log until it lists C{wanted} enrollment writes."""
