@@ -19,7 +19,6 @@ control or standalone packages.
 from __future__ import annotations
 
 import difflib
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -27,6 +26,7 @@ from portunus.bounds import Bound
 
 __all__ = [
     "ABSENT",
+    "BAD_CHARACTERS",
     "Absent",
     "FieldChecker",
     "Report",
@@ -81,9 +81,29 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+#: What a message says of a name L{has_bad_characters} refuses.
+BAD_CHARACTERS = (
+    "contains control or format characters (such as bidirectional overrides or "
+    "zero-width characters); use printable text only"
+)
+
+
 def has_bad_characters(text: str) -> bool:
-    """Control characters corrupt log lines; surrogates cannot be encoded."""
-    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+    """
+    Whether C{text} holds a character a name (of a user, client or rule)
+    may not: the one check every name goes through.
+
+    Refused is every character Unicode calls "Other" or "Separator" but the
+    ASCII space (what C{str.isprintable} refuses): control characters
+    (C{Cc}, which corrupt log lines), format characters (C{Cf}: the
+    bidirectional overrides and isolates U+202A-U+202E and U+2066-U+2069,
+    which make a name display as something else, and the zero-width
+    characters U+200B-U+200D, U+2060 and U+FEFF, which make two names look
+    alike), surrogates (C{Cs}, which cannot be encoded), line and paragraph
+    separators, spaces other than U+0020, private-use and unassigned code
+    points.
+    """
+    return not text.isprintable()
 
 
 def suggestion(key: str, allowed: Sequence[str]) -> str:

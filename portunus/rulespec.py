@@ -43,6 +43,7 @@ from portunus.dataplane.ratelimit import validate_rate_limit
 from portunus.dataplane.sni import SniError, normalize_sni_pattern
 from portunus.fields import (
     ABSENT,
+    BAD_CHARACTERS,
     Absent,
     FieldChecker,
     has_bad_characters,
@@ -128,12 +129,7 @@ class RuleChecker(FieldChecker):
             )
             return None
         if has_bad_characters(raw):
-            self.report(
-                where,
-                field,
-                "contains control characters; use printable text only",
-                "invalid_name",
-            )
+            self.report(where, field, BAD_CHARACTERS, "invalid_name")
             return None
         return raw
 

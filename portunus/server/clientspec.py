@@ -10,7 +10,7 @@ from __future__ import annotations
 from portunus.addresses import host_problem, unbracket
 from portunus.bounds import ENROLLMENT_TTL_SECS
 from portunus.errors import PortunusError
-from portunus.fields import is_int
+from portunus.fields import BAD_CHARACTERS, has_bad_characters, is_int
 
 __all__ = [
     "DEFAULT_TTL_SECS",
@@ -28,18 +28,15 @@ MAX_NAME_LENGTH = 64
 
 def check_client_name(raw: object, field: str = "name") -> str:
     """C{raw} if it is a usable client name; else C{invalid_name}."""
-    if (
-        not isinstance(raw, str)
-        or not 1 <= len(raw) <= MAX_NAME_LENGTH
-        or not raw.isprintable()
-        or raw != raw.strip()
-    ):
+    if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_NAME_LENGTH or raw != raw.strip():
         raise PortunusError(
             "invalid_name",
             f"{field} must be 1 to {MAX_NAME_LENGTH} printable characters without leading "
             "or trailing spaces",
             field=field,
         )
+    if has_bad_characters(raw):
+        raise PortunusError("invalid_name", f"{field} {BAD_CHARACTERS}", field=field)
     return raw
 
 

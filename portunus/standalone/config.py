@@ -30,7 +30,14 @@ from portunus.bounds import (
 from portunus.conflicts import Claim, find_conflict
 from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
 from portunus.errors import PortunusError
-from portunus.fields import ABSENT, Absent, has_bad_characters, is_int, suggestion
+from portunus.fields import (
+    ABSENT,
+    BAD_CHARACTERS,
+    Absent,
+    has_bad_characters,
+    is_int,
+    suggestion,
+)
 from portunus.fields import describe_value as _describe
 from portunus.fields import printable as _safe
 from portunus.model import (
@@ -454,9 +461,7 @@ class _Parser(RuleChecker):
             )
             return None
         if has_bad_characters(raw):
-            self.issues.add(
-                None, "global.label", "contains control characters; use printable text only"
-            )
+            self.issues.add(None, "global.label", BAD_CHARACTERS)
             return None
         return raw
 

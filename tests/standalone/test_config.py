@@ -750,7 +750,16 @@ class RuleTests(ParseMixin, SynchronousTestCase):
 
     def test_name_control_characters(self) -> None:
         """A name with control characters is rejected."""
-        self.one_issue(rule_text(name="a\\tb"), "rule #1", "rule.name", "control characters")
+        self.one_issue(
+            rule_text(name="a\\tb"), "rule #1", "rule.name", "control or format characters"
+        )
+
+    def test_name_format_characters(self) -> None:
+        """A name with a bidirectional override or a zero-width character is rejected."""
+        for escape in ("\\u202e", "\\u2066", "\\u200b", "\\ufeff"):
+            self.one_issue(
+                rule_text(name=f"web{escape}1"), "rule #1", "rule.name", "format characters"
+            )
 
     def test_duplicate_name(self) -> None:
         """The second rule with a name gets the issue, pointing at the first."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from portunus.bounds import PORT
 from portunus.errors import PortunusError
+from portunus.fields import has_bad_characters
 from portunus.server.api.clients import resolve_client
 from portunus.server.api.request import Answer, ApiContext, Call, read_json, timestamp
 from portunus.server.api.route import Routes
@@ -104,9 +105,11 @@ async def create(ctx: ApiContext, call: Call) -> object:
             field="listen_port_end",
         )
     note = body.get("note", "")
-    if not isinstance(note, str) or len(note) > 256:
+    if not isinstance(note, str) or len(note) > 256 or has_bad_characters(note):
         raise PortunusError(
-            "validation_failed", "note: use text of at most 256 characters", field="note"
+            "validation_failed",
+            "note: use text of at most 256 characters, without control or format characters",
+            field="note",
         )
     grant = await ctx.accounts.create_grant(user_id, client_id, start, end, _protocols(body), note)
     call.note("grant", grant.grant_id, user_id=user_id, client_id=client_id)

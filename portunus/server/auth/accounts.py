@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from portunus.control.enrollment import hash_secret, new_secret
 from portunus.errors import PortunusError
+from portunus.fields import BAD_CHARACTERS, has_bad_characters
 from portunus.server.auth.passwords import (
     Passwords,
     check_confirmation,
@@ -91,18 +92,15 @@ def check_user_id(value: object, field: str = "user_id") -> str:
 
 
 def check_display_name(value: object, field: str = "display_name") -> str:
-    """A display name: 1 to 64 characters, no control characters."""
-    if (
-        not isinstance(value, str)
-        or not value.strip()
-        or len(value) > 64
-        or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
-    ):
+    """A display name: 1 to 64 printable characters (L{has_bad_characters})."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 64:
         raise PortunusError(
             "invalid_display_name",
-            f"{field}: use 1 to 64 characters without control characters",
+            f"{field}: use 1 to 64 characters without control or format characters",
             field=field,
         )
+    if has_bad_characters(value):
+        raise PortunusError("invalid_display_name", f"{field} {BAD_CHARACTERS}", field=field)
     return value.strip()
 
 
