@@ -40,7 +40,7 @@ from portunus.server.api import audit as audit_api
 from portunus.server.api import metrics as metrics_api
 from portunus.server.api import settings as settings_api
 from portunus.server.api.app import make_api
-from portunus.server.api.bodylimit import CappedRequest
+from portunus.server.api.httplimits import apply_limits
 from portunus.server.audit.writer import AuditLog
 from portunus.server.auth.accounts import Accounts
 from portunus.server.auth.passwords import Passwords, thread_runner
@@ -313,8 +313,7 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
             metrics_api.ROUTES: metrics,
         },
     )
-    site = QuietSite(api.resource(), request_event="api.request")
-    site.requestFactory = CappedRequest
+    site = apply_limits(QuietSite(api.resource(), request_event="api.request"))
     _listener(reactor, settings, "operator_http", site).setServiceParent(service)
 
     metrics_site = QuietSite(MetricsRoot(metrics))

@@ -97,7 +97,7 @@ def read_json(request: IRequest, required: bool = True) -> dict[str, Any]:
     The request's JSON object body.  An absent body is C{{}} unless
     C{required}; anything else that is not a JSON object sent as
     C{application/json} is C{invalid_json}.  The body's size was bounded
-    before it was read (L{portunus.server.api.bodylimit}).
+    before it was read (L{portunus.server.api.httplimits}).
     """
     content = request.content
     data = content.read() if content is not None else b""

@@ -59,7 +59,7 @@ class Gate:
 
 
 #: A body over the cap is refused before it is read, before the pipeline
-#: (L{portunus.server.api.bodylimit}); documented on the routes that take one.
+#: (L{portunus.server.api.httplimits}); documented on the routes that take one.
 BODY_SIZE = Gate("body_size", ("body_too_large",))
 #: Before any superadmin can log in, only bearer tokens pass.
 ONBOARDING = Gate("onboarding", ("bootstrap_required",))

@@ -1,5 +1,6 @@
 """
-Operator API request bodies, bounded before they are read.
+The operator API site's limits: request bodies bounded before they are
+read, headers bounded, idle connections closed.
 
 twisted.web reads a request's whole body before any resource sees it:
 into memory below 100 kB, into a temporary file above that and for every
@@ -14,7 +15,11 @@ spooled to disk, because the body that is accepted is kept in memory.
 
 Headers are bounded by twisted.web itself (L{HEADER_LIMITS}): the request
 line and headers together at most 16,384 bytes, at most 500 header lines;
-past either the connection gets C{400 Bad Request} and is closed.
+past either the connection gets C{400 Bad Request} and is closed.  A
+connection with no request in progress is closed after
+L{IDLE_TIMEOUT_SECS} without a byte (older twisted.web versions waited 12
+hours); a request being answered, such as a live stats stream, is not cut.
+L{apply_limits} puts all of this on a site.
 """
 
 from __future__ import annotations
@@ -24,14 +29,24 @@ from io import BytesIO
 from typing import Any
 
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Request
+from twisted.web.server import Request, Site
 
 from portunus.errors import PortunusError
 
-__all__ = ["HEADER_LIMITS", "MAX_BODY_BYTES", "CappedRequest", "refusal"]
+__all__ = [
+    "HEADER_LIMITS",
+    "IDLE_TIMEOUT_SECS",
+    "MAX_BODY_BYTES",
+    "CappedRequest",
+    "apply_limits",
+    "refusal",
+]
 
 #: Request bodies larger than this are refused before they are read.
 MAX_BODY_BYTES = 1 << 20
+
+#: Seconds a connection may stay silent between requests before it is closed.
+IDLE_TIMEOUT_SECS = 60
 
 #: twisted.web's own bounds on what precedes the body: the request line
 #: and the headers in bytes, and the number of header lines.
@@ -107,3 +122,10 @@ class CappedRequest(Request):
             return
         channel.transport.write(refusal(self.max_body_bytes))
         channel.loseConnection()
+
+
+def apply_limits(site: Site) -> Site:
+    """Give C{site} the operator API's limits: capped bodies, the idle timeout."""
+    site.requestFactory = CappedRequest
+    site.timeOut = IDLE_TIMEOUT_SECS
+    return site

@@ -1,9 +1,10 @@
 """
-Operator API bodies over the cap are refused before they are read, on a
-real socket on 127.0.0.1: C{413 body_too_large} as soon as the
-C{Content-Length} is known (the body is never sent) or a chunked body
-crosses the cap, whoever asks; accepted bodies never go to a temporary
-file; twisted.web's header limits hold.
+The operator API site's limits.  Bodies over the cap are refused before
+they are read, on a real socket on 127.0.0.1: C{413 body_too_large} as
+soon as the C{Content-Length} is known (the body is never sent) or a
+chunked body crosses the cap, whoever asks; accepted bodies never go to a
+temporary file; twisted.web's header limits hold.  Idle connections are
+closed after a minute, on a fake clock.
 """
 
 from __future__ import annotations
@@ -13,11 +14,20 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor as _reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
-from twisted.web.server import Site
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
-from portunus.server.api.bodylimit import HEADER_LIMITS, MAX_BODY_BYTES, CappedRequest
+from portunus.server.api.httplimits import (
+    HEADER_LIMITS,
+    IDLE_TIMEOUT_SECS,
+    MAX_BODY_BYTES,
+    apply_limits,
+)
 from tests._net import LOOPBACK, CollectingClient, OneShotClientFactory
 from tests.server._apiharness import TOKEN, ApiHarness
 from tests.server._fakeplane import FakePlane
@@ -28,6 +38,17 @@ reactor: Any = _reactor
 def head(method: str, path: str, *lines: str) -> bytes:
     """A request line and headers, ending the header block."""
     return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *lines, "", ""]).encode()
+
+
+def enrollment_head(*lines: str) -> bytes:
+    """The head of an enrollment by the operator token, with a JSON body to follow."""
+    return head(
+        "POST",
+        "/v1/client-enrollments",
+        f"Authorization: Bearer {TOKEN}",
+        "Content-Type: application/json",
+        *lines,
+    )
 
 
 def parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -50,8 +71,7 @@ class BodyLimitTests(TestCase):
         self.plane = FakePlane()
         self.api = ApiHarness(self, self.plane)
         self.api.onboard()
-        site = Site(self.api.resource)
-        site.requestFactory = CappedRequest
+        site = apply_limits(Site(self.api.resource))
         self.port = reactor.listenTCP(0, site, interface=LOOPBACK)
         self.addCleanup(self.port.stopListening)
         self.spooled: list[object] = []
@@ -91,15 +111,7 @@ class BodyLimitTests(TestCase):
         the client never sends a byte of the body, and the server closes.
         """
         before = len(self.api.audit.entries)
-        answer = yield self.exchange(
-            head(
-                "POST",
-                "/v1/client-enrollments",
-                f"Authorization: Bearer {TOKEN}",
-                "Content-Type: application/json",
-                f"Content-Length: {10 * 1024**3}",
-            )
-        )
+        answer = yield self.exchange(enrollment_head(f"Content-Length: {10 * 1024**3}"))
         self.assert_refused(answer)
         self.assertEqual(len(self.api.audit.entries), before)
 
@@ -142,13 +154,7 @@ class BodyLimitTests(TestCase):
         is sent before the client waits.
         """
         answer = yield self.exchange(
-            head(
-                "POST",
-                "/v1/client-enrollments",
-                f"Authorization: Bearer {TOKEN}",
-                "Content-Type: application/json",
-                "Transfer-Encoding: chunked",
-            )
+            enrollment_head("Transfer-Encoding: chunked")
             + f"{2 * MAX_BODY_BYTES:x}\r\n".encode()
             + b"x" * (MAX_BODY_BYTES + 1)
         )
@@ -171,14 +177,7 @@ class BodyLimitTests(TestCase):
             for piece in (body[i : i + 65536] for i in range(0, len(body), 65536))
         )
         answer = yield self.exchange(
-            head(
-                "POST",
-                "/v1/client-enrollments",
-                f"Authorization: Bearer {TOKEN}",
-                "Content-Type: application/json",
-                "Transfer-Encoding: chunked",
-                "Connection: close",
-            )
+            enrollment_head("Transfer-Encoding: chunked", "Connection: close")
             + chunks
             + b"0\r\n\r\n"
         )
@@ -193,15 +192,7 @@ class BodyLimitTests(TestCase):
         body = self.enrollment(MAX_BODY_BYTES - len(body))
         self.assertEqual(len(body), MAX_BODY_BYTES)
         answer = yield self.exchange(
-            head(
-                "POST",
-                "/v1/client-enrollments",
-                f"Authorization: Bearer {TOKEN}",
-                "Content-Type: application/json",
-                f"Content-Length: {len(body)}",
-                "Connection: close",
-            )
-            + body
+            enrollment_head(f"Content-Length: {len(body)}", "Connection: close") + body
         )
         status, _, reply = parse(answer)
         self.assertEqual(status, 201, reply)
@@ -221,3 +212,39 @@ class BodyLimitTests(TestCase):
         too_many = [f"X-{i}: 1" for i in range(HEADER_LIMITS["header_lines"] + 1)]
         answer = yield self.exchange(head("GET", "/v1/health", *too_many))
         self.assertEqual(parse(answer)[0], 400, answer[:200])
+
+
+class Endless(Resource):
+    """Answers every request with a response that never ends (as a live stream)."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> Any:
+        request.write(b"")
+        return NOT_DONE_YET
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    def connect(self) -> tuple[Clock, StringTransport, Any]:
+        clock = Clock()
+        # Older twisted.web versions wait 12 hours by default.
+        site = apply_limits(Site(Endless(), reactor=clock, timeout=12 * 3600))
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return clock, transport, channel
+
+    def test_a_silent_connection_is_closed(self) -> None:
+        """A connection that sends nothing for a minute is closed, whatever the site's default."""
+        clock, transport, _ = self.connect()
+        clock.advance(IDLE_TIMEOUT_SECS - 1)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_request_being_answered_is_not_cut(self) -> None:
+        """While a request is answered (a live stream), the idle timeout does not run."""
+        clock, transport, channel = self.connect()
+        channel.dataReceived(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        clock.advance(IDLE_TIMEOUT_SECS * 10)
+        self.assertFalse(transport.disconnecting)
