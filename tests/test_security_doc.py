@@ -1,7 +1,8 @@
 """
-docs/security.md states the values the code uses for the process-level
-limits it documents: pidfile names, the setup token's file, mode and
-lifetime, the log file's mode, the SIGHUP events.
+docs/security.md states the values the code uses for the limits it
+documents: pidfile names, the setup token's file, mode and lifetime, the
+log file's mode, the SIGHUP events; the operator API's body, header, idle
+and throttle limits; the audit log's queue, tally and retention.
 """
 
 from __future__ import annotations
@@ -13,8 +14,19 @@ from twisted.trial.unittest import SynchronousTestCase
 from portunus.client import tap as client_tap
 from portunus.logging import LOG_FILE_MODE
 from portunus.server import tap as server_tap
+from portunus.server.api.httplimits import HEADER_LIMITS, IDLE_TIMEOUT_SECS, MAX_BODY_BYTES
+from portunus.server.audit.tally import MAX_SOURCES, SUMMARY_INTERVAL, TOP_SOURCES
+from portunus.server.audit.writer import QUEUE_SIZE
 from portunus.server.auth.accounts import SETUP_TOKEN_TTL_SECS
 from portunus.server.auth.setupfile import SETUP_TOKEN_FILE
+from portunus.server.auth.throttle import (
+    BASE_LOCKOUT_SECS,
+    MAX_ADDRESS_FAILURES,
+    MAX_FAILURES,
+    MAX_KEYS,
+    MAX_LOCKOUT_SECS,
+)
+from portunus.server.store._audit import DEFAULT_MAX_AGE_SECS
 from portunus.standalone import statsock
 from portunus.standalone import tap as standalone_tap
 from portunus.tapsupport import TWISTD_DEFAULT_PIDFILE
@@ -54,6 +66,26 @@ class SecurityDocTests(SynchronousTestCase):
             f"{statsock.MAX_QUEUED_REQUESTS} waiting drop",
         ):
             self.assertIn(value, section)
+
+    def test_operator_api_and_audit_log(self) -> None:
+        """The operator API's and the audit log's limits in the doc are the code's."""
+        for value in (
+            f"({MAX_BODY_BYTES:,} bytes)",
+            f"{HEADER_LIMITS['header_bytes']:,} bytes in at most "
+            f"{HEADER_LIMITS['header_lines']} header lines",
+            f"closed after {IDLE_TIMEOUT_SECS} s",
+            f"{MAX_FAILURES} per (action, user id, client IP)",
+            f"locked for {BASE_LOCKOUT_SECS:g} s",
+            f"at most {MAX_LOCKOUT_SECS / 60:g} min",
+            f"{MAX_ADDRESS_FAILURES} per (action, client network)",
+            f"{MAX_KEYS:,} counters",
+            f"every {SUMMARY_INTERVAL:g} s",
+            f"the {TOP_SOURCES} busiest sources",
+            f"at most {MAX_SOURCES:,} source addresses",
+            f"past {QUEUE_SIZE:,} queued entries",
+            f"older than {DEFAULT_MAX_AGE_SECS // 86400} days",
+        ):
+            self.assertIn(value, self.text)
 
     def test_sections_for_every_area(self) -> None:
         """Each area other helpers add to has its heading."""
