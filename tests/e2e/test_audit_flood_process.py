@@ -95,10 +95,9 @@ class AuditFloodTests(OperatorApi):
         self.assertEqual((yield server.exited), 0, server.stderr[-2000:])
         summaries = [e for e in server.events if e.get("event") == "audit.unauthenticated_summary"]
         self.assertEqual(sum(e["total"] for e in summaries), FLOOD)
-        # The flood is a few lines of the server's log, not one per request.
-        ours = [e for e in server.events if str(e.get("logger", "")).startswith("portunus")]
-        self.assertLess(len(ours), 200)
-        self.assertNotIn("operator.deny", {e.get("event") for e in ours})
+        # The flood is a few lines of log, not one per request.
+        self.assertLess(len(server.events), 200)
+        self.assertNotIn("operator.deny", {e.get("event") for e in server.events})
 
         server = self.start_server()
         yield server.wait_for("server.started")
