@@ -1,7 +1,8 @@
 """
-The operator audit log: what was asked of the server, by whom, and whether
-it was allowed.  Entries are written durably by a bounded background
-writer that never blocks a request.
+The operator audit log: what authenticated callers asked of the server,
+and whether it was allowed.  Entries are written durably by a background
+writer that never drops one (a request waits when its queue is full);
+requests refused before anyone authenticated are only tallied.
 """
 
 from portunus.server.audit.entry import AuditEntry, AuditSink
