@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -157,6 +157,16 @@ class SinkTests(WriterTestCase):
         self.tick()
         self.table.held[1].callback(1)
         self.successResultOf(third)
+
+    def test_a_request_that_goes_away_still_has_its_entry_written(self) -> None:
+        """A waiting request cancelled (its client hung up) leaves its entry to be written."""
+        audit = AuditLog(self.table, self.clock, queue_size=1)
+        audit.record(entry(1))
+        waiting = audit.record(entry(2))
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        self.successResultOf(audit.flush())
+        self.assertEqual([e.actor for e in self.table.written], ["a1", "a2"])
 
     def test_queue_full_log_is_rate_limited_by_the_clock(self) -> None:
         """One audit.queue_full line a second at most, carrying the waits since the last."""
