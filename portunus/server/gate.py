@@ -30,7 +30,6 @@ and gives it a way to abort; time comes from the clock.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -48,7 +47,7 @@ from portunus.bounds import (
     CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE,
 )
 from portunus.errors import PortunusError
-from portunus.server.auth.throttle import Attempt, Throttle
+from portunus.server.auth.throttle import Attempt, Throttle, source_network
 
 __all__ = [
     "REFUSAL_REASONS",
@@ -140,15 +139,7 @@ def source_of(address: object) -> str:
     host = getattr(address, "host", None)
     if not isinstance(host, str) or not host:
         return "unknown"
-    try:
-        ip = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    return source_network(host) or "unknown"
 
 
 def _printable(text: str) -> str:

@@ -75,14 +75,15 @@ _MAX_DOUBLINGS = 64
 
 def source_network(remote: str | None) -> str | None:
     """
-    The network the per-source limit keys on: an IPv4 address itself
-    (an IPv4-mapped IPv6 address as IPv4), an IPv6 address's /64;
-    anything else (a UNIX socket's peer, C{None}) as it is.
+    The network the per-source limits key on (here, and the control
+    port's gate): an IPv4 address itself (an IPv4-mapped IPv6 address as
+    IPv4), an IPv6 address's /64, without its zone, since one host usually
+    holds a whole /64; anything else (a UNIX socket's peer, C{None}) as it is.
     """
     if remote is None:
         return None
     try:
-        address = ipaddress.ip_address(remote)
+        address = ipaddress.ip_address(remote.partition("%")[0])
     except ValueError:
         return remote
     if isinstance(address, ipaddress.IPv6Address):

@@ -260,11 +260,12 @@ class AddressTests(ThrottleTestCase):
         self.allowed(("onboarding", "_onboarding", "192.0.2.1"))
 
     def test_source_network(self) -> None:
-        """IPv4 as is, IPv4-mapped as IPv4, IPv6 as its /64, anything else as is."""
+        """IPv4 as is, IPv4-mapped as IPv4, IPv6 as its /64 (no zone), anything else as is."""
         self.assertEqual(source_network("192.0.2.7"), "192.0.2.7")
         self.assertEqual(source_network("::ffff:192.0.2.7"), "192.0.2.7")
         self.assertEqual(source_network("2001:db8::1:2:3:4"), "2001:db8::/64")
         self.assertEqual(source_network("2001:db8:0:5:1::9"), "2001:db8:0:5::/64")
+        self.assertEqual(source_network("fe80::1%eth0"), "fe80::/64")
         self.assertEqual(source_network("/run/portunus.sock"), "/run/portunus.sock")
         self.assertIsNone(source_network(None))
 
