@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Collection, Iterable
 from typing import Final, Literal
 
 import attrs
@@ -35,7 +36,11 @@ __all__ = [
     "host_problem",
     "ip_version",
     "is_host_name",
+    "is_local_address",
+    "is_local_name",
+    "local_form",
     "parse_port",
+    "reaches_listener",
     "split_host_port",
     "unbracket",
 ]
@@ -211,5 +216,70 @@ def addresses_overlap(a: str, b: str, *, dual_stack: bool = False) -> bool:
         if wide.is_unspecified and (
             wide.version == other.version or (dual_stack and wide.version == 6)
         ):
+            return True
+    return False
+
+
+def is_local_name(host: str) -> bool:
+    """
+    C{localhost} and the names under it (RFC 6761): every resolver answers
+    them with a loopback address, so they are local without asking one.
+    """
+    name = host.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def local_form(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    The address a connection to C{text} really reaches, for the local
+    checks: an IPv4-mapped IPv6 address is its IPv4 address, and the
+    unspecified address (C{0.0.0.0}, C{::}) is loopback, where the kernel
+    sends it.  C{None} for text that is not an IP literal (a scope such as
+    C{%eth0} is dropped).
+    """
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_unspecified:
+        return ipaddress.ip_address("127.0.0.1" if address.version == 4 else "::1")
+    return address
+
+
+def is_local_address(text: str, own: Collection[str] = ()) -> bool:
+    """
+    Whether a connection to the IP literal C{text} stays on this host or
+    its link: loopback, link-local (C{169.254.0.0/16}, C{fe80::/10}, where
+    cloud metadata services live), the unspecified address, or one of
+    C{own} (the host's interface addresses, as L{local_form} writes them).
+    Text that is not an IP literal is not (names are judged once resolved).
+    """
+    address = local_form(text)
+    if address is None:
+        return False
+    return address.is_loopback or address.is_link_local or str(address) in own
+
+
+def reaches_listener(target: str, listen_addresses: Iterable[str], own: Collection[str]) -> bool:
+    """
+    Whether connecting from this host to the IP literal C{target} lands on
+    a socket listening on one of C{listen_addresses} (same port assumed):
+    the same address, or a listener on the unspecified address of the
+    target's family when the target is local (loopback or one of C{own}).
+    """
+    address = local_form(target)
+    if address is None:
+        return False
+    local = address.is_loopback or str(address) in own
+    for text in listen_addresses:
+        try:
+            listener = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if listener == address:
+            return True
+        if listener.is_unspecified and listener.version == address.version and local:
             return True
     return False

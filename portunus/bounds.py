@@ -28,11 +28,13 @@ __all__ = [
     "CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE",
     "ENROLLMENT_TTL_SECS",
     "HEALTH_CHECK_INTERVAL_SECS",
+    "MAX_CONNS_PER_RULE",
     "PORT",
     "RANGE_RULE_MAX_PORTS",
     "RATE_LIMIT_BURST_MAX_FACTOR",
     "RATE_LIMIT_BURST_MIN_DIVISOR",
     "RATE_LIMIT_CAP",
+    "RESERVE_FDS",
     "RESOLVER_CACHE_ENTRIES",
     "SHUTDOWN_DRAIN_SECS",
     "STATS_LOG_INTERVAL_SECS",
@@ -182,6 +184,26 @@ CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE = Bound(
     1, 65535, 64, "Control connections not yet welcomed, from one source address"
 )
 
+#: Concurrent connections (TCP) or flows (UDP) one rule may hold in one
+#: process; unset, a quarter of the descriptors the reserve leaves
+#: (L{portunus.dataplane.descriptors}).
+MAX_CONNS_PER_RULE = Bound(
+    1,
+    1_048_576,
+    None,
+    "Concurrent connections (TCP) or flows (UDP) one rule may hold; "
+    "unset: derived from the open-file limit",
+)
+#: Descriptors a forwarding process keeps free of connections, for its
+#: control link, logs and listeners; unset, an eighth of the open-file
+#: limit and at least 64.
+RESERVE_FDS = Bound(
+    16,
+    1_048_576,
+    None,
+    "Descriptors no connection may take; unset: derived from the open-file limit",
+)
+
 #: Every bound by the name of the setting it is best known as.
 BOUNDS: Mapping[str, Bound[Any]] = {
     "port": PORT,
@@ -204,6 +226,8 @@ BOUNDS: Mapping[str, Bound[Any]] = {
     "control_hello_timeout_secs": CONTROL_HELLO_TIMEOUT_SECS,
     "control_max_unauthenticated": CONTROL_MAX_UNAUTHENTICATED,
     "control_max_unauthenticated_per_source": CONTROL_MAX_UNAUTHENTICATED_PER_SOURCE,
+    "max_conns_per_rule": MAX_CONNS_PER_RULE,
+    "reserve_fds": RESERVE_FDS,
 }
 
 

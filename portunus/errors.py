@@ -111,6 +111,27 @@ ERRORS: Mapping[str, ErrorCode] = _registry(
         5,
         "rules sharing an SNI port all set accept_proxy_protocol, or none does",
     ),
+    # Tenants on an edge (docs/security.md#tenants-on-an-edge).
+    ErrorCode(
+        "validation.target_is_listener",
+        400,
+        3,
+        "a rule cannot forward to its own listen port on the same host; pick another target",
+    ),
+    ErrorCode(
+        "local_target_not_granted",
+        403,
+        5,
+        "targets on loopback, link-local or the edge's own addresses need a grant that "
+        "allows local targets; ask a superadmin",
+    ),
+    ErrorCode(
+        "local_target_policy_unsupported_by_client",
+        422,
+        3,
+        "this client cannot refuse local addresses a host name resolves to; upgrade it, "
+        "or use an IP address",
+    ),
     # Standalone stats socket requests (portunus/standalone/statsock.py).
     ErrorCode(
         "stats_request_invalid",

@@ -192,6 +192,11 @@ class Rule:
     accept_proxy_protocol: bool = False
     trusted_sources: tuple[str, ...] = attrs.field(default=(), converter=_address_tuple)
     rate_limit: RateLimit | None = None
+    #: Whether targets may be local (loopback, link-local, the host's own
+    #: addresses).  A tenant's rule without a grant that allows them is
+    #: pushed with C{False}: the edge then refuses such an address even
+    #: when a host name resolves to it.
+    allow_local_targets: bool = True
     id: int = attrs.field()
 
     @id.default

@@ -15,7 +15,7 @@ import resource
 
 import attrs
 
-__all__ = ["ProcessStats", "read_process_stats"]
+__all__ = ["ProcessStats", "open_descriptors", "read_process_stats"]
 
 _DEFAULT_PROC = "/proc/self"
 
@@ -63,6 +63,11 @@ def _rss_bytes(proc: str) -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def open_descriptors(proc: str = _DEFAULT_PROC) -> int | None:
+    """How many descriptors the process has open now; C{None} without C{/proc}."""
+    return _fd_open(proc)
 
 
 def _fd_open(proc: str) -> int | None:

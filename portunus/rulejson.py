@@ -98,6 +98,8 @@ def rule_to_dict(rule: Rule) -> dict[str, Any]:
         out["accept_proxy_protocol"] = True
     if rule.trusted_sources:
         out["trusted_sources"] = list(rule.trusted_sources)
+    if not rule.allow_local_targets:
+        out["allow_local_targets"] = False
     if rule.rate_limit is not None:
         caps = {
             name: getattr(rule.rate_limit, name)
@@ -146,6 +148,7 @@ def rule_from_dict(data: Mapping[str, Any]) -> Rule:
             rate_limit=RateLimit(**{k: rate[k] for k in _RATE_FIELDS if k in rate})
             if rate
             else None,
+            allow_local_targets=bool(data.get("allow_local_targets", True)),
         )
     except RuleDecodeError:
         raise

@@ -223,3 +223,68 @@ def collect(reactor: Any, port: int, payload: bytes) -> Deferred[bytes]:
     client = CollectingClient(payload, half_close=True)
     reactor.connectTCP(LOOPBACK, port, OneShotClientFactory(client), timeout=10)
     return client.done
+
+
+class _Held(Protocol):
+    """Says one byte and waits: answered (echoed) or closed by the other end."""
+
+    def __init__(self, clients: HeldClients) -> None:
+        self.clients = clients
+        self.settled = False
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"x")
+
+    def dataReceived(self, data: bytes) -> None:
+        self._settle("answered")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._settle("closed")
+
+    def _settle(self, how: str) -> None:
+        if not self.settled:
+            self.settled = True
+            self.clients.settle(how)
+
+
+class HeldClients(ClientFactory):
+    """
+    C{count} connections to C{host}:C{port} held open, each sending one
+    byte to an echoing target: C{settled} fires once each was answered (it
+    is relayed, and stays open) or closed (refused), and C{answered} and
+    C{closed} count them.
+    """
+
+    noisy = False
+
+    def __init__(self, reactor: Any, host: str, port: int, count: int) -> None:
+        self.count = count
+        self.answered = 0
+        self.closed = 0
+        self.protocols: list[_Held] = []
+        self.settled: Deferred[None] = Deferred()
+        for _ in range(count):
+            reactor.connectTCP(host, port, self, timeout=10)
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        protocol = _Held(self)
+        self.protocols.append(protocol)
+        return protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.settle("closed")
+
+    def settle(self, how: str) -> None:
+        if how == "answered":
+            self.answered += 1
+        else:
+            self.closed += 1
+        if self.answered + self.closed == self.count and not self.settled.called:
+            self.settled.callback(None)
+
+    def close(self) -> None:
+        """Close every connection still open."""
+        for protocol in self.protocols:
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()

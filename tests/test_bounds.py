@@ -55,6 +55,8 @@ DOC_NAMES: dict[str, tuple[str, ...]] = {
     "control_hello_timeout_secs": ("control_hello_timeout_secs",),
     "control_max_unauthenticated": ("control_max_unauthenticated",),
     "control_max_unauthenticated_per_source": ("control_max_unauthenticated_per_source",),
+    "max_conns_per_rule": ("max_conns_per_rule", "max-conns-per-rule"),
+    "reserve_fds": ("reserve_fds", "reserve-fds"),
 }
 
 _FOLD: dict[type, Callable[[Any, Any], Any]] = {

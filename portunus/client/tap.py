@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from portunus.bounds import WORKERS
+from portunus.bounds import MAX_CONNS_PER_RULE, RESERVE_FDS, WORKERS, Bound
 from portunus.client.enroll import enroll
 from portunus.client.forwarding import EdgeForwarder
 from portunus.client.service import EdgeClientService, WorkerPoolService
@@ -32,6 +32,7 @@ from portunus.control.enrollment import (
     read_bundle,
     write_bundle,
 )
+from portunus.dataplane.descriptors import DescriptorBudget
 from portunus.dataplane.forwarder import Forwarder
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
 from portunus.dataplane.rlimits import raise_nofile_limit
@@ -68,6 +69,19 @@ def _positive(kind: type, name: str) -> Any:
             raise usage.UsageError(f"--{name} must be a number, not {text!r}") from None
         if value <= 0:
             raise usage.UsageError(f"--{name} must be greater than 0")
+        return value
+
+    return parse
+
+
+def _bounded(bound: Bound[int], name: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be a whole number, not {text!r}") from None
+        if value not in bound:
+            raise usage.UsageError(f"--{name} must be {bound.span()}, not {value}")
         return value
 
     return parse
@@ -116,6 +130,22 @@ class Options(LoggingOptions):
             str(WORKERS.fallback),
             f"Processes forwarding the rules: a number ({WORKERS.span('-')}) or 'auto' "
             "(one per CPU).",
+        ],
+        [
+            "max-conns-per-rule",
+            None,
+            None,
+            f"Concurrent connections (or UDP flows) one rule may hold, {MAX_CONNS_PER_RULE.span()} "
+            "(default: derived from the open-file limit).",
+            _bounded(MAX_CONNS_PER_RULE, "max-conns-per-rule"),
+        ],
+        [
+            "reserve-fds",
+            None,
+            None,
+            f"Descriptors no connection may take, {RESERVE_FDS.span()} "
+            "(default: an eighth of the open-file limit, at least 64).",
+            _bounded(RESERVE_FDS, "reserve-fds"),
         ],
         *LOG_OPTIONS,
     ]
@@ -186,7 +216,10 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
     environ = dict(os.environ)
     sink = open_log_sink(options)
     observer = make_observer(options["log-format"], options.level, sink)
-    root = _Root(observer)
+    budget = DescriptorBudget.for_limit(
+        reserve=options["reserve-fds"], per_rule=options["max-conns-per-rule"]
+    )
+    root = _Root(observer, budget)
     SighupService(reactor, sink).setServiceParent(root)
 
     def build(bundle: Any) -> IService:
@@ -203,9 +236,13 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
                 report_secs=options["stats-report-interval-secs"],
                 log_level=options["log-level"],
                 log_format=options["log-format"],
+                reserve_fds=options["reserve-fds"],
+                max_conns_per_rule=options["max-conns-per-rule"],
             )
         else:
-            forwarder = Forwarder(reactor, resolver=TargetResolver(reactor, ResolverSettings()))
+            forwarder = Forwarder(
+                reactor, resolver=TargetResolver(reactor, ResolverSettings()), budget=budget
+            )
         edge = EdgeClientService(
             bundle,
             reactor,
@@ -254,9 +291,11 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
 class _Root(MultiService):
     """Installs the chosen log observer on the twistd application."""
 
-    def __init__(self, observer: Any) -> None:
+    def __init__(self, observer: Any, budget: DescriptorBudget) -> None:
         super().__init__()
         self._observer = observer
+        #: The in-process data plane's (workers derive theirs alike).
+        self.budget = budget
 
     def setServiceParent(self, parent: Any) -> None:
         install_log_observer(parent, self._observer)
@@ -265,4 +304,6 @@ class _Root(MultiService):
     def startService(self) -> None:
         # Before the workers start: they inherit the limit.
         raise_nofile_limit("client")
+        self.budget.configure()
+        self.budget.log_settings("client")
         super().startService()

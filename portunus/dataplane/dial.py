@@ -31,7 +31,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import address, error, tcp
 from twisted.internet.interfaces import (
@@ -47,6 +47,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portunus.reactors import IDataplaneReactor
+
+if TYPE_CHECKING:
+    from portunus.dataplane.selfconnect import DialedBy
 
 __all__ = ["DialAttempt", "Dialer", "ReactorDialer", "SocketDialer", "dialer_for"]
 
@@ -81,12 +84,17 @@ class Dialer(Protocol):
         """
 
 
-def dialer_for(reactor: IDataplaneReactor) -> Dialer:
-    """L{SocketDialer} for a real POSIX reactor, L{ReactorDialer} otherwise."""
+def dialer_for(reactor: IDataplaneReactor, track: DialedBy | None = None) -> Dialer:
+    """
+    L{SocketDialer} for a real POSIX reactor, L{ReactorDialer} otherwise.
+
+    @param track: told the local address of every socket dialled, while
+        it is open (L{portunus.dataplane.selfconnect}).
+    """
     from twisted.internet.posixbase import PosixReactorBase
 
     if isinstance(reactor, PosixReactorBase):
-        return SocketDialer(reactor)
+        return SocketDialer(reactor, track=track)
     return ReactorDialer(reactor)
 
 
@@ -166,6 +174,14 @@ class DialedConnection(tcp.Connection):
         super().__init__(sock, protocol, reactor)
         self._peer = peer
         self.connected = 1
+        #: Called once the socket is closed (the dialer stops tracking it).
+        self.on_close: Callable[[], object] | None = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
     def _address(self, sockaddr: tuple[Any, ...]) -> address.IPv4Address | address.IPv6Address:
         if self.socket.family == socket.AF_INET6:
@@ -195,6 +211,7 @@ class _SocketAttempt:
         "_dialer",
         "_failed",
         "_fd",
+        "_local",
         "_peer",
         "_protocol",
         "_reactor",
@@ -224,6 +241,8 @@ class _SocketAttempt:
         self._sock: socket.socket | None = None
         self._fd = -1
         self._timer: Any = None
+        #: The socket's own address while the dialer tracks it.
+        self._local: tuple[str, int] | None = None
 
     def start(self) -> None:
         self._dialer.queue(self)
@@ -248,6 +267,8 @@ class _SocketAttempt:
                 result = sock.connect_ex(self._peer)
         except OSError as e:
             result = e.errno or errno.EINVAL
+        if result in _CONNECTED or result in _PENDING:
+            self._track(sock)
         if result in _CONNECTED:
             self._connected()
         elif result in _PENDING:
@@ -262,6 +283,25 @@ class _SocketAttempt:
             self._stop_waiting()
             sock, self._sock = self._sock, None
             sock.close()
+            self._untrack()
+
+    def _track(self, sock: socket.socket) -> None:
+        """Tell the dialer's tracker where this socket connects from."""
+        track = self._dialer.track
+        if track is None:
+            return
+        try:
+            local = sock.getsockname()
+        except OSError:
+            return
+        self._local = (local[0], local[1])
+        track.add(self._local)
+
+    def _untrack(self) -> None:
+        local, self._local = self._local, None
+        track = self._dialer.track
+        if local is not None and track is not None:
+            track.discard(local)
 
     # -- as the reactor's descriptor while pending -----------------------------
 
@@ -308,12 +348,15 @@ class _SocketAttempt:
         sock, self._sock = self._sock, None
         assert sock is not None
         transport = DialedConnection(sock, self._protocol, self._peer, self._reactor)
+        if self._local is not None:
+            transport.on_close = self._untrack
         self._protocol.makeConnection(transport)
 
     def _close_and_fail(self, reason: Exception) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+        self._untrack()
         self._fail(reason)
 
     def _fail(self, reason: Exception) -> None:
@@ -345,11 +388,19 @@ class SocketDialer:
     (which only come without a resolver) go through C{connectTCP}.
     """
 
-    def __init__(self, reactor: IDataplaneReactor, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        reactor: IDataplaneReactor,
+        clock: IReactorTime | None = None,
+        track: DialedBy | None = None,
+    ) -> None:
         """
         @param clock: runs the turn-later starts and the timeouts; by
             default the reactor itself.
+        @param track: told each dialled socket's local address while it is
+            open, so the listeners can recognise it coming back.
         """
+        self.track = track
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
         self._fallback = ReactorDialer(reactor)

@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IReactorSocket
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from portunus.dataplane.descriptors import DescriptorBudget
 from portunus.dataplane.listeners import (
     BoundSocket,
     InheritedSockets,
@@ -41,10 +42,12 @@ from portunus.dataplane.listeners import (
     bind_datagram_sockets,
     bind_stream_sockets,
 )
+from portunus.dataplane.localaddrs import LocalAddresses
 from portunus.dataplane.preamble import ListenerRoutes, PreambleFactory
 from portunus.dataplane.proxyprotocol import TrustedSources
 from portunus.dataplane.resolver import TargetResolver
 from portunus.dataplane.runtime import RuleRuntime
+from portunus.dataplane.selfconnect import DialedSockets
 from portunus.dataplane.sni import SniError, SniRouteTable
 from portunus.dataplane.splice import splice_disabled_by_env, splice_supported
 from portunus.dataplane.stats import RuleStats
@@ -176,7 +179,7 @@ class _ActiveRule:
             routes = ListenerRoutes(single=runtime, trusted=runtime.trusted)
         for bound in sockets:
             factory: ServerFactory = (
-                PreambleFactory(routes, bound.port, runtime.reactor)
+                PreambleFactory(routes, bound.port, runtime.reactor, runtime.budget, runtime.dialed)
                 if routes is not None
                 else InboundFactory(runtime, bound.port)
             )
@@ -215,8 +218,16 @@ def _adopt(reactor: IReactorSocket, bound: BoundSocket, factory: ServerFactory) 
 class _SniGroup:
     """One listening port shared by the SNI-routed rules on it."""
 
-    def __init__(self, reactor: IDataplaneReactor, trusted: TrustedSources | None) -> None:
+    def __init__(
+        self,
+        reactor: IDataplaneReactor,
+        trusted: TrustedSources | None,
+        budget: DescriptorBudget | None = None,
+        dialed: DialedSockets | None = None,
+    ) -> None:
         self.reactor = reactor
+        self._budget = budget
+        self._dialed = dialed
         self.routes = ListenerRoutes(trusted=trusted)
         self.ports: list[Listening] = []
 
@@ -227,7 +238,9 @@ class _SniGroup:
 
     def serve(self, sockets: Iterable[BoundSocket]) -> None:
         for bound in sockets:
-            factory = PreambleFactory(self.routes, bound.port, self.reactor)
+            factory = PreambleFactory(
+                self.routes, bound.port, self.reactor, self._budget, self._dialed
+            )
             self.ports.append(_adopt(self.reactor, bound, factory))
 
     def stop_accepting(self) -> None:
@@ -276,11 +289,17 @@ class Forwarder:
         supported_protocols: frozenset[Protocol] = SUPPORTED_PROTOCOLS,
         splice: SpliceContext | _Auto | None = AUTO,
         resolver: TargetResolver | None = None,
+        budget: DescriptorBudget | None = None,
+        local: LocalAddresses | None = None,
     ) -> None:
         """
         @param splice: the zero-copy context shared by TCP relays; by default
             one is made when the kernel can splice and
             C{PORTUNUS_DISABLE_SPLICE} is not set, else relays use userspace.
+        @param budget: the per-rule cap and the descriptor reserve
+            (L{portunus.dataplane.descriptors}); without one nothing is capped.
+        @param local: the host's addresses, for rules that may not reach
+            local targets; read from the interfaces by default.
         """
         self._reactor = reactor
         self._connect_timeout = connect_timeout
@@ -290,6 +309,13 @@ class Forwarder:
                 SpliceContext() if splice_supported() and not splice_disabled_by_env() else None
             )
         self.splice = splice
+        self.budget = budget
+        if budget is not None and splice is not None:
+            pool = splice.pool
+            budget.extra.append(lambda: 2 * pool.open)
+        self.local = local if local is not None else LocalAddresses(reactor)
+        #: The sockets this process dialled: its listeners drop connections from them.
+        self.dialed = DialedSockets(reactor)
         #: Resolves DNS-name targets; without one, names go to the reactor's resolver.
         self.resolver = resolver
         self._active: dict[int, _Serving] = {}
@@ -348,7 +374,13 @@ class Forwarder:
         if sni is not None:
             active = self._activate_sni(bound, sni)
         elif rule.protocol is Protocol.UDP:
-            udp = UdpRuntime(self._reactor, rule, resolve=self._udp_resolver(rule))
+            udp = UdpRuntime(
+                self._reactor,
+                rule,
+                resolve=self._udp_resolver(rule),
+                budget=self.budget,
+                local=self.local,
+            )
             udp.serve(bound.sockets)
             active = udp
         else:
@@ -370,7 +402,16 @@ class Forwarder:
         return first_address
 
     def _runtime(self, rule: Rule) -> RuleRuntime:
-        return RuleRuntime(self._reactor, rule, self.resolver, self.splice, self._connect_timeout)
+        return RuleRuntime(
+            self._reactor,
+            rule,
+            self.resolver,
+            self.splice,
+            self._connect_timeout,
+            budget=self.budget,
+            dialed=self.dialed,
+            local=self.local,
+        )
 
     def _activate_sni(self, bound: BoundRule, key: tuple[tuple[str, ...], int]) -> _SniRule:
         rule = bound.rule
@@ -378,7 +419,7 @@ class Forwarder:
         group = self._sni_groups.get(key)
         created = group is None
         if group is None:
-            group = _SniGroup(self._reactor, runtime.trusted)
+            group = _SniGroup(self._reactor, runtime.trusted, self.budget, self.dialed)
         try:
             group.table.add(rule.sni_pattern, runtime)
         except SniError as e:

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from portunus.dataplane.descriptors import DescriptorBudget
 from portunus.dataplane.proxyprotocol import (
     HEADER_READ_TIMEOUT_SECS,
     ProxyHeaderReader,
@@ -25,6 +26,7 @@ from portunus.dataplane.proxyprotocol import (
     TrustedSources,
 )
 from portunus.dataplane.runtime import RuleRuntime
+from portunus.dataplane.selfconnect import DialedSockets
 from portunus.dataplane.sni import (
     PEEK_TIMEOUT_SECS,
     ClientHelloError,
@@ -32,6 +34,7 @@ from portunus.dataplane.sni import (
     SniCounters,
     SniRouteTable,
 )
+from portunus.dataplane.stats import LogThrottle
 from portunus.dataplane.tcp import TcpRelay, client_leg_for
 
 __all__ = ["ListenerRoutes", "Preamble", "PreambleFactory"]
@@ -67,7 +70,15 @@ class ListenerRoutes:
 class Preamble(Protocol):
     """Reads the PROXY header and/or ClientHello of one connection."""
 
-    def __init__(self, routes: ListenerRoutes, listen_port: int, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        routes: ListenerRoutes,
+        listen_port: int,
+        clock: IReactorTime,
+        on_done: Any = None,
+    ) -> None:
+        """@param on_done: called once, when the socket is handed over or closed."""
+        self._on_done = on_done
         self._routes = routes
         self._port = listen_port
         self._clock = clock
@@ -167,8 +178,14 @@ class Preamble(Protocol):
         )
         self._hand_over(runtime, captured)
 
+    def _finished(self) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
+
     def _hand_over(self, runtime: RuleRuntime, early: bytes) -> None:
         self._done = True
+        self._finished()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         transport = self.transport
@@ -223,6 +240,7 @@ class Preamble(Protocol):
 
     def _close(self) -> None:
         self._done = True
+        self._finished()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.transport is not None:
@@ -232,6 +250,7 @@ class Preamble(Protocol):
         if self._done:
             return
         self._done = True
+        self._finished()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self._proxy is not None:
@@ -241,16 +260,81 @@ class Preamble(Protocol):
 
 
 class PreambleFactory(ServerFactory):
-    """Accepts connections on one port whose rule is chosen by a preamble."""
+    """
+    Accepts connections on one port whose rule is chosen by a preamble.
+
+    While a connection's preamble is read it holds one descriptor of the
+    process's budget, and a port holds at most C{max_conns_per_rule} such
+    connections (a slow or silent client must not hold the port's rules
+    off); refusals are counted on the port's rule when it has only one.
+    """
 
     noisy = False
 
-    def __init__(self, routes: ListenerRoutes, listen_port: int, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        routes: ListenerRoutes,
+        listen_port: int,
+        clock: IReactorTime,
+        budget: DescriptorBudget | None = None,
+        dialed: DialedSockets | None = None,
+    ) -> None:
         self.routes = routes
         self.listen_port = listen_port
         self._clock = clock
+        self._budget = budget
+        self._dialed = dialed
+        #: Connections whose preamble is being read.
+        self.pending = 0
+        self._throttle = LogThrottle()
 
-    def buildProtocol(self, addr: Any) -> Protocol:
-        protocol = Preamble(self.routes, self.listen_port, self._clock)
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        dialed = self._dialed
+        if (
+            dialed is not None
+            and addr is not None
+            and dialed.refuse(addr.host, addr.port, self.listen_port)
+        ):
+            return None
+        on_done = None
+        budget = self._budget
+        if budget is not None:
+            if not self._admit(budget, addr.host):
+                return None
+            self.pending += 1
+            on_done = self._done
+        protocol = Preamble(self.routes, self.listen_port, self._clock, on_done)
         protocol.factory = self
         return protocol
+
+    def _admit(self, budget: DescriptorBudget, client: str) -> bool:
+        single = self.routes.single
+        if self.pending >= budget.per_rule:
+            if single is not None:
+                single.stats.conn_cap_rejects += 1
+            self._refused(client, "{pending} connections are still sending their preamble")
+            return False
+        if not budget.take(1):
+            if single is not None:
+                single.stats.fd_reserve_rejects += 1
+            self._refused(client, "the process is down to its descriptor reserve (reserve_fds)")
+            return False
+        return True
+
+    def _refused(self, client: str, why: str) -> None:
+        held = self._throttle.allow(self._clock.seconds())
+        if held is not None:
+            log.warn(
+                "port {port}: " + why + "; a connection from {client} refused "
+                "({held} more since the last report)",
+                event="rule.preamble_refused",
+                port=self.listen_port,
+                pending=self.pending,
+                client=client,
+                held=held,
+            )
+
+    def _done(self) -> None:
+        self.pending -= 1
+        if self._budget is not None:
+            self._budget.give_back(1)

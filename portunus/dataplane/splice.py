@@ -131,6 +131,8 @@ class PipePool:
         self._idle: list[Pipe] = []
         self._size_failure_logged = False
         self.created = 0
+        #: Pipes open now, lent or idle (two descriptors each).
+        self.open = 0
 
     def acquire(self) -> Pipe:
         if self._idle:
@@ -150,7 +152,13 @@ class PipePool:
                     reason=e.strerror,
                 )
         self.created += 1
+        self.open += 1
         return Pipe(read_fd, write_fd, capacity)
+
+    def discard(self, pipe: Pipe) -> None:
+        """Close a lent pipe that cannot be reused (it still holds bytes)."""
+        pipe.close()
+        self.open -= 1
 
     def release(self, pipe: Pipe) -> None:
         """Return an empty pipe for reuse."""
@@ -158,6 +166,7 @@ class PipePool:
             self._idle.append(pipe)
         else:
             pipe.close()
+            self.open -= 1
 
     @property
     def idle(self) -> int:
@@ -166,6 +175,7 @@ class PipePool:
     def close(self) -> None:
         for pipe in self._idle:
             pipe.close()
+        self.open -= len(self._idle)
         self._idle.clear()
 
 
@@ -418,7 +428,7 @@ class SpliceRelay:
                 reactor.removeWriter(d)
             if d.pipe is not None:
                 if discard_pipes and d.in_pipe:
-                    d.pipe.close()
+                    self._pool.discard(d.pipe)
                 else:
                     self._pool.release(d.pipe)
                 d.pipe = None

@@ -17,7 +17,11 @@ from typing import Any
 
 import attrs
 
-__all__ = ["PortStats", "RuleStats"]
+__all__ = ["LOG_THROTTLE_SECS", "LogThrottle", "PortStats", "RuleStats"]
+
+#: At most one warning per kind per rule in this many seconds; the others
+#: are counted and reported with the next one.
+LOG_THROTTLE_SECS = 10.0
 
 
 @attrs.define
@@ -73,6 +77,18 @@ class RuleStats(PortStats):
     #: Time connections spent paused by a bandwidth cap, per direction.
     throttle_seconds_in: float = 0.0
     throttle_seconds_out: float = 0.0
+    #: Connections (TCP) or new flows (UDP) refused because the rule held
+    #: C{max_conns_per_rule} already.
+    conn_cap_rejects: int = 0
+    #: Connections or new flows refused because the process was down to
+    #: its C{reserve_fds} free descriptors.
+    fd_reserve_rejects: int = 0
+    #: Connections this rule dialled that landed on one of this process's
+    #: own listeners (a target that loops back), dropped at the accept.
+    self_connections_dropped: int = 0
+    #: Target addresses refused because they are local (loopback,
+    #: link-local, the host's own) and the rule may not reach them.
+    local_target_refusals: int = 0
     ports: dict[int, PortStats] = attrs.field(factory=dict)
 
     def for_port(self, port: int) -> PortStats:
@@ -86,3 +102,26 @@ class RuleStats(PortStats):
         if per_port:
             totals["ports"] = {str(p): s.snapshot() for p, s in sorted(self.ports.items())}
         return totals
+
+
+class LogThrottle:
+    """Lets one event through per interval and counts the ones it holds back."""
+
+    __slots__ = ("_interval", "_next", "_suppressed")
+
+    def __init__(self, interval: float = LOG_THROTTLE_SECS) -> None:
+        self._interval = interval
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def allow(self, now: float) -> int | None:
+        """
+        C{None} if the event must stay quiet, else how many were held back
+        since the last one let through.
+        """
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        held, self._suppressed = self._suppressed, 0
+        self._next = now + self._interval
+        return held

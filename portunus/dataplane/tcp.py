@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONNECT_TIMEOUT_SECS",
     "InboundFactory",
+    "LocalTargetRefused",
     "RelayState",
     "SpliceContext",
     "TcpRelay",
@@ -70,6 +71,15 @@ USERSPACE_BUFFER_SIZE = 256 * 1024
 #: What a relay has left to dial once every target was tried (shared, so
 #: never mutated: relays only pop from a non-empty list).
 _NO_TARGETS: list[Target] = []
+
+
+class LocalTargetRefused(Exception):
+    """A target address the rule may not reach: it is local (see L{RuleRuntime})."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(
+            f"{address} is a local address and this rule's grant does not allow local targets"
+        )
 
 
 class SpliceContext:
@@ -258,7 +268,11 @@ class TcpRelay:
             peer = transport.getPeer()
             self.client_address = (peer.host, peer.port)
         runtime = self._runtime
-        refusal = runtime.limiter.admit()
+        refusal = runtime.admit(self.client_address[0])
+        if refusal is None:
+            refusal = runtime.limiter.admit()
+            if refusal is not None:
+                runtime.release()
         if refusal is not None:
             log.debug(
                 "rule {rule}: connection from {client} refused: {reason}",
@@ -354,6 +368,9 @@ class TcpRelay:
         assert self.chosen is not None
         runtime = self._runtime
         port = runtime.rule.target_port(self.chosen, self.listen_port)
+        if runtime.local_guard is not None and runtime.refuse_local(address, port):
+            self._dial_failed(Failure(LocalTargetRefused(address)))
+            return
         attempt = runtime.dialer.attempt(
             address, port, runtime.connect_timeout, _TargetLeg(self), self._dial_failed
         )
@@ -654,6 +671,7 @@ class TcpRelay:
             selector.add_bytes(self.chosen, self.bytes_in, self.bytes_out)
         if self._admitted:
             runtime.limiter.release()
+            runtime.release()
             runtime.stats.active_connections -= 1
             self._port_stats.active_connections -= 1
         runtime.relay_closed(self)
@@ -735,8 +753,16 @@ class InboundFactory(ServerFactory):
         self.runtime = runtime
         self.listen_port = listen_port
 
-    def buildProtocol(self, addr: Any) -> IProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> IProtocol | None:  # type: ignore[override]
         runtime = self.runtime
+        dialed = runtime.dialed
+        if (
+            dialed is not None
+            and addr is not None
+            and dialed.refuse(addr.host, addr.port, self.listen_port)
+        ):
+            # One of our own dialled sockets: the reactor closes it.
+            return None
         relay = TcpRelay(runtime, self.listen_port)
         runtime.relay_opened(relay)
         return _ClientLeg(relay)

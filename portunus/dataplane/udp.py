@@ -60,6 +60,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portunus.addresses import format_host_port
+from portunus.dataplane.descriptors import DescriptorBudget
 from portunus.dataplane.failover import TargetSelector
 from portunus.dataplane.listeners import (
     UDP_RCVBUF,
@@ -67,8 +68,9 @@ from portunus.dataplane.listeners import (
     Listening,
     receive_buffer_size,
 )
+from portunus.dataplane.localaddrs import LocalAddresses
 from portunus.dataplane.ratelimit import RULE_UDP_REASONS, DatagramBudget, RuleLimiter
-from portunus.dataplane.stats import PortStats, RuleStats
+from portunus.dataplane.stats import LOG_THROTTLE_SECS, LogThrottle, PortStats, RuleStats
 from portunus.model import Rule, Target
 from portunus.reactors import IDataplaneReactor
 
@@ -108,10 +110,6 @@ REAPER_MIN_INTERVAL = 0.025
 #: Datagrams a flow holds while its target's hostname resolves; more are
 #: dropped (C{flows_pending_drops}).
 PENDING_DATAGRAMS_MAX = 16
-
-#: At most one warning per kind per rule in this many seconds; the others
-#: are counted and reported with the next one.
-LOG_THROTTLE_SECS = 10.0
 
 #: Errors on a connected UDP socket that mean "nobody is there": the flow
 #: is evicted at once.
@@ -169,29 +167,6 @@ def _display(address: Address) -> str:
     return format_host_port(address[0], address[1])
 
 
-class _Throttle:
-    """Lets one event through per interval and counts the ones it holds back."""
-
-    __slots__ = ("_interval", "_next", "_suppressed")
-
-    def __init__(self, interval: float = LOG_THROTTLE_SECS) -> None:
-        self._interval = interval
-        self._next = float("-inf")
-        self._suppressed = 0
-
-    def allow(self, now: float) -> int | None:
-        """
-        C{None} if the event must stay quiet, else how many were held back
-        since the last one let through.
-        """
-        if now < self._next:
-            self._suppressed += 1
-            return None
-        held, self._suppressed = self._suppressed, 0
-        self._next = now + self._interval
-        return held
-
-
 class UdpFlow:
     """
     One client's flow through a rule: its key, its upstream socket and
@@ -201,6 +176,7 @@ class UdpFlow:
     __slots__ = (
         "admitted",
         "answered",
+        "descriptor",
         "key",
         "last_seen",
         "listener",
@@ -233,6 +209,8 @@ class UdpFlow:
         self.pending: list[bytes] | None = None
         #: Holds a slot of the rule's limiter (released on close).
         self.admitted = False
+        #: Holds a descriptor of the process's budget (given back on close).
+        self.descriptor = False
         #: The target has replied at least once (a health success).
         self.answered = False
 
@@ -280,13 +258,21 @@ class UdpFlowTable:
         admission: FlowAdmission | None = None,
         selector: TargetSelector | None = None,
         limiter: RuleLimiter | None = None,
+        budget: DescriptorBudget | None = None,
+        local: LocalAddresses | None = None,
     ) -> None:
         """
         @param selector: picks each new flow's target by health and balance;
             without one every flow uses the first target by priority.
         @param limiter: the rule's rate limits: new flows per second and
             concurrent flows at admission, bandwidth per datagram (drops).
+        @param budget: the process's per-rule cap (on flows) and descriptor
+            reserve; each flow holds one descriptor.
+        @param local: the host's addresses; given, a flow to one of them (or
+            to loopback, link-local) is refused (the rule may not reach them).
         """
+        self._budget = budget
+        self._local = local
         self._clock = clock
         self.rule = rule
         self._stats = stats
@@ -309,7 +295,7 @@ class UdpFlowTable:
         self._target = rule.targets_by_priority()[0]
         if resolve is None and not all(t.is_ip_literal for t in rule.targets):
             raise ValueError(f"rule {rule.name!r}: a hostname target needs a resolver")
-        self._throttles: dict[str, _Throttle] = {}
+        self._throttles: dict[str, LogThrottle] = {}
 
     # -- reading ----------------------------------------------------------
 
@@ -357,6 +343,7 @@ class UdpFlowTable:
         )
         flow = UdpFlow(self, key, listener, port_stats, target, now)
         flow.admitted = self._limiter is not None
+        flow.descriptor = self._budget is not None
         self._flows[key] = flow
         self._stats.active_flows += 1
         port_stats.active_flows += 1
@@ -393,12 +380,17 @@ class UdpFlowTable:
                     held=held,
                 )
             return False
+        budget = self._budget
+        if budget is not None and not self._take_descriptor(budget, source, now):
+            return False
         reason = self._limiter.admit() if self._limiter is not None else None
         if reason is None and self._admission is not None:
             reason = self._admission(self.rule, listen_port, source)
             if reason is not None and self._limiter is not None:
                 self._limiter.cancel()
         if reason is not None:
+            if budget is not None:
+                budget.give_back(1)
             log.debug(
                 "rule {rule}: new flow from {source} refused: {reason}",
                 event="rule.udp_first_packet_rejected",
@@ -409,6 +401,39 @@ class UdpFlowTable:
             )
             return False
         return True
+
+    def _take_descriptor(self, budget: DescriptorBudget, source: Address, now: float) -> bool:
+        """The per-rule cap, then one descriptor of the reserve's budget."""
+        if len(self._flows) >= budget.per_rule:
+            self._stats.conn_cap_rejects += 1
+            kind, text, event = (
+                "conn_cap",
+                "rule {rule} holds {cap} UDP flows (max_conns_per_rule); a new flow from "
+                "{source} was dropped ({held} more since the last report)",
+                "rule.conn_cap_reached",
+            )
+        elif not budget.take(1):
+            self._stats.fd_reserve_rejects += 1
+            kind, text, event = (
+                "fd_reserve",
+                "only {reserve} descriptors are left (reserve_fds): a new UDP flow of rule "
+                "{rule} from {source} was dropped ({held} more since the last report)",
+                "dataplane.fd_reserve_reached",
+            )
+        else:
+            return True
+        held = self._throttle(kind, now)
+        if held is not None:
+            log.warn(
+                text,
+                event=event,
+                rule=self.rule.name,
+                cap=budget.per_rule,
+                reserve=budget.reserve,
+                source=_display(source),
+                held=held,
+            )
+        return False
 
     def _hold(self, flow: UdpFlow, datagram: bytes) -> None:
         pending = flow.pending
@@ -452,6 +477,9 @@ class UdpFlowTable:
     def _open(
         self, flow: UdpFlow, address: str, target_port: int, datagrams: Sequence[bytes]
     ) -> None:
+        if self._local is not None and self._local.is_local(address):
+            self._refuse_local(flow, address, target_port)
+            return
         try:
             flow.upstream = self._open_upstream(address, target_port, flow)
         except OSError as e:
@@ -483,6 +511,25 @@ class UdpFlowTable:
         for datagram in datagrams:
             if not self._send_upstream(flow, datagram):
                 return
+
+    def _refuse_local(self, flow: UdpFlow, address: str, target_port: int) -> None:
+        """The rule may not reach a local address: the flow fails to open."""
+        self._stats.local_target_refusals += 1
+        self._stats.connect_failures += 1
+        flow.port_stats.connect_failures += 1
+        self._close(flow)
+        held = self._throttle("local", self._clock.seconds())
+        if held is not None:
+            log.warn(
+                "rule {rule} may not reach {target}: it is a local address (loopback, "
+                "link-local or this host's own) and the rule's grant does not allow local "
+                "targets ({held} more since the last report)",
+                event="rule.target_local_refused",
+                rule=self.rule.name,
+                target=_display((address, target_port)),
+                source=_display(flow.source),
+                held=held,
+            )
 
     def _send_upstream(self, flow: UdpFlow, datagram: bytes) -> bool:
         """Send towards the target; C{False} if the flow was evicted instead."""
@@ -601,7 +648,7 @@ class UdpFlowTable:
     def _throttle(self, kind: str, now: float) -> int | None:
         throttle = self._throttles.get(kind)
         if throttle is None:
-            throttle = self._throttles[kind] = _Throttle()
+            throttle = self._throttles[kind] = LogThrottle()
         return throttle.allow(now)
 
     # -- closing ----------------------------------------------------------
@@ -619,6 +666,9 @@ class UdpFlowTable:
         if flow.admitted and self._limiter is not None:
             flow.admitted = False
             self._limiter.release()
+        if flow.descriptor and self._budget is not None:
+            flow.descriptor = False
+            self._budget.give_back(1)
         self._stats.active_flows -= 1
         flow.port_stats.active_flows -= 1
 
@@ -830,7 +880,14 @@ class UdpRuntime:
         open_upstream: UpstreamOpener | None = None,
         resolve: Resolver | None = None,
         admission: FlowAdmission | None = None,
+        budget: DescriptorBudget | None = None,
+        local: LocalAddresses | None = None,
     ) -> None:
+        """
+        @param budget: the process's per-rule cap and descriptor reserve.
+        @param local: the host's addresses, refused as targets when the
+            rule does not allow local targets.
+        """
         self._reactor = reactor
         self.rule = rule
         self.stats = stats if stats is not None else RuleStats()
@@ -845,6 +902,8 @@ class UdpRuntime:
             admission,
             self.selector,
             self.limiter if rule.rate_limit is not None else None,
+            budget,
+            None if rule.allow_local_targets else local,
         )
         self.ports: list[Listening] = []
 

@@ -21,6 +21,8 @@ import attrs
 
 from portunus.addresses import AddressError, host_problem, split_host_port
 from portunus.bounds import (
+    MAX_CONNS_PER_RULE,
+    RESERVE_FDS,
     SHUTDOWN_DRAIN_SECS,
     STATS_LOG_INTERVAL_SECS,
     STATS_REFRESH_MS,
@@ -80,7 +82,15 @@ LOG_FORMATS: tuple[str, ...] = ("json", "pretty")
 _DEFAULT_PROTOCOL = Protocol.TCP
 
 _TOP_LEVEL_TABLES = ("global", "defaults", "stats", "resolver", "rule")
-_GLOBAL_KEYS = ("label", "log_level", "log_format", "shutdown_drain_secs", "listen_addresses")
+_GLOBAL_KEYS = (
+    "label",
+    "log_level",
+    "log_format",
+    "shutdown_drain_secs",
+    "listen_addresses",
+    "max_conns_per_rule",
+    "reserve_fds",
+)
 _DEFAULTS_KEYS = (
     "protocol",
     "udp_max_flows",
@@ -189,6 +199,10 @@ class StandaloneConfig:
     stats_socket_path: str = DEFAULT_STATS_SOCKET_PATH
     stats_refresh_ms: int = STATS_REFRESH_MS.fallback
     resolver: ResolverSettings = attrs.field(factory=ResolverSettings)
+    #: C{[global] max_conns_per_rule} and C{reserve_fds}; C{None} derives
+    #: them from the open-file limit (L{portunus.dataplane.descriptors}).
+    max_conns_per_rule: int | None = None
+    reserve_fds: int | None = None
     rules: tuple[Rule, ...] = attrs.field(converter=_rule_tuple)
 
 
@@ -393,6 +407,14 @@ class _Parser(RuleChecker):
         )
         log_format = self.choice(global_table, "log_format", None, "global.log_format", LOG_FORMATS)
         drain = self._drain(global_table)
+        per_rule = self.integer(
+            global_table,
+            "max_conns_per_rule",
+            None,
+            "global.max_conns_per_rule",
+            MAX_CONNS_PER_RULE,
+        )
+        reserve = self.integer(global_table, "reserve_fds", None, "global.reserve_fds", RESERVE_FDS)
         global_addresses = self.listen_addresses(global_table, None, "global.listen_addresses")
 
         inherited = _Inherited()
@@ -446,6 +468,8 @@ class _Parser(RuleChecker):
                 refresh_ms if isinstance(refresh_ms, int) else STATS_REFRESH_MS.fallback
             ),
             resolver=resolver_settings,
+            max_conns_per_rule=per_rule if isinstance(per_rule, int) else None,
+            reserve_fds=reserve if isinstance(reserve, int) else None,
             rules=rules,
         )
 

@@ -5,6 +5,7 @@ processes (C{--workers N}).
 
 from __future__ import annotations
 
+from portunus.dataplane.descriptors import DescriptorBudget
 from portunus.dataplane.forwarder import Forwarder
 from portunus.dataplane.resolver import ResolverConfigError, TargetResolver
 from portunus.dataplane.workers.forwarder import WorkerForwarder
@@ -55,5 +56,10 @@ def forwarder_for(
             resolver=config.resolver if names else None,
             log_level=log_level,
             log_format=log_format,
+            reserve_fds=config.reserve_fds,
+            max_conns_per_rule=config.max_conns_per_rule,
         )
-    return Forwarder(reactor, resolver=resolver)
+    budget = DescriptorBudget.for_limit(
+        reserve=config.reserve_fds, per_rule=config.max_conns_per_rule
+    )
+    return Forwarder(reactor, resolver=resolver, budget=budget)

@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger, LogLevel
 
 from portunus.compat import clear_exit_signal
+from portunus.dataplane.descriptors import DescriptorBudget
 from portunus.dataplane.forwarder import BoundRule, Forwarder
 from portunus.dataplane.rlimits import raise_nofile_limit
 from portunus.dataplane.splice import splice_disabled_by_env, splice_supported
@@ -157,6 +158,15 @@ class StandaloneService(MultiService):
         assert self._bound is not None
         bound, self._bound = self._bound, []
         raise_nofile_limit("standalone")
+        budget = getattr(self.forwarder, "budget", None)
+        if budget is None:
+            # Workers derive theirs from the limit they inherit: this one.
+            budget = DescriptorBudget.for_limit(
+                reserve=self.config.reserve_fds, per_rule=self.config.max_conns_per_rule
+            )
+        else:
+            budget.configure()
+        budget.log_settings("standalone")
         for b in bound:
             self.forwarder.activate(b)
         if isinstance(self.forwarder, WorkerForwarder):

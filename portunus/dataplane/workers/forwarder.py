@@ -112,6 +112,8 @@ class WorkerForwarder:
         log_level: str = "info",
         log_format: str = "json",
         launch: Launch | None = None,
+        reserve_fds: int | None = None,
+        max_conns_per_rule: int | None = None,
     ) -> None:
         """
         @param event_prefix: the role running the workers (C{client},
@@ -128,6 +130,9 @@ class WorkerForwarder:
             host-name targets; without, names go to the reactor's resolver.
         @param launch: starts a worker process and connects its link; the
             default spawns C{python -m portunus.dataplane.workers.worker}.
+        @param reserve_fds: each worker's descriptor reserve; derived from
+            its open-file limit when C{None} (L{portunus.dataplane.descriptors}).
+        @param max_conns_per_rule: each worker's per-rule cap, or C{None}.
         """
         self._reactor = reactor
         self.count = count
@@ -140,6 +145,12 @@ class WorkerForwarder:
             *("--log-level", log_level, "--log-format", log_format),
             *(() if port_stats else ("--no-port-stats",)),
             *(() if resolver is None else ("--resolver", json.dumps(attrs.asdict(resolver)))),
+            *(() if reserve_fds is None else ("--reserve-fds", str(reserve_fds))),
+            *(
+                ()
+                if max_conns_per_rule is None
+                else ("--max-conns-per-rule", str(max_conns_per_rule))
+            ),
         ]
         self._launch = launch if launch is not None else self._spawn
         self.workers: dict[int, WorkerProcess] = {}

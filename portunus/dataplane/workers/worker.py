@@ -34,6 +34,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogEvent, Logger, globalLogBeginner
 from twisted.python.failure import Failure
 
+from portunus.dataplane.descriptors import DescriptorBudget
 from portunus.dataplane.forwarder import DEFAULT_DRAIN_SECS, BoundRule, Forwarder
 from portunus.dataplane.listeners import BoundSocket
 from portunus.dataplane.resolver import ResolverSettings, TargetResolver
@@ -200,6 +201,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--resolver", help="ResolverSettings as JSON; without, names go to the reactor's resolver"
     )
+    parser.add_argument("--reserve-fds", type=int, default=None)
+    parser.add_argument("--max-conns-per-rule", type=int, default=None)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="json")
     return parser.parse_args(argv)
@@ -213,7 +216,8 @@ def run(reactor: IProcessReactor, args: argparse.Namespace) -> int:
     resolver = None
     if args.resolver is not None:
         resolver = TargetResolver(reactor, ResolverSettings(**json.loads(args.resolver)))
-    forwarder = Forwarder(reactor, resolver=resolver)
+    budget = DescriptorBudget.for_limit(reserve=args.reserve_fds, per_rule=args.max_conns_per_rule)
+    forwarder = Forwarder(reactor, resolver=resolver, budget=budget)
     stopping = False
 
     def shut_down() -> None:
