@@ -114,9 +114,21 @@ class UserRemoveOptions(_OneUser):
 class GrantAddOptions(Formatted):
     synopsis = (
         "grant-add --user-id USER --client NAME|ID|* --listen-port-start N "
-        "[--listen-port-end M] [--protocols tcp,udp] [--note TEXT] [--format text|json]"
+        "[--listen-port-end M] [--protocols tcp,udp] [--note TEXT] [--allow-local-targets] "
+        "[--format text|json]"
     )
-    longdesc = "Let a user push rules on a client (or every client, *) within a port range."
+    longdesc = (
+        "Let a user push rules on a client (or every client, *) within a port range.  "
+        "Their targets may not be local (loopback, link-local, the edge's own addresses) "
+        "unless --allow-local-targets."
+    )
+    optFlags = [
+        [
+            "allow-local-targets",
+            None,
+            "Let the user's rules target loopback, link-local and the edge's own addresses.",
+        ]
+    ]
     optParameters: list[list[Any]] = [
         ["user-id", None, None, "The user (required)."],
         ["client", None, None, "A client's name or id, or * for every client (required)."],
@@ -161,6 +173,7 @@ _GRANT_FIELDS = (
     "listen_port_start",
     "listen_port_end",
     "protocols",
+    "allow_local_targets",
     "note",
     "created_at",
 )
@@ -262,6 +275,8 @@ async def grant_add(cmd: Context, opts: usage.Options) -> None:
         body["listen_port_end"] = opts["listen-port-end"]
     if opts["note"] is not None:
         body["note"] = opts["note"]
+    if opts["allow-local-targets"]:
+        body["allow_local_targets"] = True
     _show_grant(cmd, opts, await cmd.api.call("POST", "/v1/grants", body))
 
 
@@ -272,7 +287,7 @@ async def grant_list(cmd: Context, opts: usage.Options) -> None:
         cmd.print_json(grants)
         return
     rows: list[Sequence[object]] = [
-        ("GRANT_ID", "USER_ID", "CLIENT", "PORTS", "PROTOCOLS", "CREATED_AT", "NOTE")
+        ("GRANT_ID", "USER_ID", "CLIENT", "PORTS", "PROTOCOLS", "LOCAL", "CREATED_AT", "NOTE")
     ]
     rows += [
         (
@@ -281,6 +296,7 @@ async def grant_list(cmd: Context, opts: usage.Options) -> None:
             g["client"],
             _ports(g),
             ",".join(g["protocols"]),
+            "yes" if g.get("allow_local_targets") else "no",
             g["created_at"],
             g["note"],
         )

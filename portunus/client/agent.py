@@ -10,15 +10,18 @@ longer has (server state wins).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from portunus.client.forwarding import EdgeForwarder
+from portunus.control.commands import MAX_HELLO_ADDRESSES
 from portunus.errors import PortunusError
 from portunus.model import Rule
 from portunus.rulejson import RuleDecodeError, rule_from_dict
+from portunus.targetpolicy import find_local_target, find_self_target
 
 __all__ = ["ACTIVATED", "FAILED", "REMOVED", "EdgeAgent"]
 
@@ -40,15 +43,30 @@ def failure_reason(rule: Rule, error: PortunusError) -> str:
 class EdgeAgent:
     """Installs, replaces and removes pushed rules; reports their counters."""
 
-    def __init__(self, forwarder: EdgeForwarder, drain_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        forwarder: EdgeForwarder,
+        drain_timeout: float = 30.0,
+        local: Callable[[], frozenset[str]] = frozenset,
+    ) -> None:
+        """
+        @param local: this host's interface addresses now: a pushed rule
+            whose target reaches its own listener through one is refused,
+            as is a local target a rule may not reach.
+        """
         self.forwarder = forwarder
         self.drain_timeout = drain_timeout
+        self._local = local
         self._rules: dict[int, Rule] = {}
         self._pushed_this_session: set[int] = set()
 
     @property
     def rules(self) -> dict[int, Rule]:
         return dict(self._rules)
+
+    def hello_addresses(self) -> list[str]:
+        """The addresses Hello reports, sorted, at most what the server keeps."""
+        return sorted(self._local())[:MAX_HELLO_ADDRESSES]
 
     def begin_session(self) -> None:
         """A new control session: start tracking what the server replays."""
@@ -66,6 +84,20 @@ class EdgeAgent:
             )
             return FAILED, "rule_unreadable"
         self._pushed_this_session.add(rule.id)
+        own = self._local()
+        refusal = find_self_target(rule, own)
+        if refusal is None and not rule.allow_local_targets:
+            refusal = find_local_target(rule, own)
+        if refusal is not None:
+            log.error(
+                "rule {rule_id} refused: {detail}",
+                event="rule.failed",
+                rule_id=str(rule.id),
+                rule=rule.name,
+                reason=refusal.code,
+                detail=f"{refusal.field()}: {refusal.message}",
+            )
+            return FAILED, refusal.code
         current = self._rules.get(rule.id)
         if current == rule:
             return ACTIVATED, None

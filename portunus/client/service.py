@@ -33,6 +33,7 @@ from portunus.client.session import ClientSession
 from portunus.compat import clear_exit_signal
 from portunus.control.enrollment import Bundle, parse_endpoint
 from portunus.control.tls import PinMismatch, PinnedClientTLS
+from portunus.dataplane.localaddrs import LocalAddresses
 from portunus.dataplane.workers.forwarder import WorkerForwarder
 from portunus.exitcode import stop_with_status
 from portunus.reactors import IProcessReactor
@@ -76,7 +77,8 @@ class EdgeClientService(MultiService):
         super().__init__()
         self.bundle = bundle
         self._reactor = reactor
-        self.agent = EdgeAgent(forwarder, drain_timeout)
+        addresses = LocalAddresses(reactor)
+        self.agent = EdgeAgent(forwarder, drain_timeout, addresses.current)
         self._stats_interval = stats_interval
         self.session: ClientSession | None = None
         self.terminal_reason: str | None = None

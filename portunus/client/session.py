@@ -92,6 +92,7 @@ class ClientSession(amp.AMP):
             protocol_version=PROTOCOL_VERSION,
             client_version=__version__,
             features=list(FEATURES),
+            addresses=self._agent.hello_addresses(),
         )
         d.addCallbacks(self._welcomed, self._refused)
 

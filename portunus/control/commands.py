@@ -32,6 +32,7 @@ from twisted.protocols import amp
 
 __all__ = [
     "FEATURES",
+    "MAX_HELLO_ADDRESSES",
     "PROTOCOL_VERSION",
     "AuthFailed",
     "Enroll",
@@ -60,7 +61,13 @@ FEATURES: tuple[str, ...] = (
     "dns_targets",
     "balance",
     "accept_proxy_protocol",
+    # Refuses local addresses a target's name resolves to when the rule
+    # says so (allow_local_targets = false), and sends its addresses in Hello.
+    "local_target_policy",
 )
+
+#: The most interface addresses a Hello carries (and the server keeps).
+MAX_HELLO_ADDRESSES = 256
 
 #: Stay well below AMP's 65,535-byte value limit.
 MAX_VALUE_BYTES = 60_000
@@ -115,6 +122,8 @@ class Hello(amp.Command):
         (b"protocol_version", amp.Unicode()),
         (b"client_version", amp.Unicode()),
         (b"features", amp.ListOf(amp.Unicode())),
+        # The edge's interface addresses, for the server's target checks.
+        (b"addresses", amp.ListOf(amp.Unicode(), optional=True)),
     ]
     response = [
         (b"server_version", amp.Unicode()),

@@ -60,6 +60,7 @@ from portunus.server.sessions import (
 )
 from portunus.server.settings import parse_advertised_endpoint
 from portunus.server.store import ClientRecord, RuleRecord, RuleState, Store
+from portunus.targetpolicy import find_local_target, find_self_target
 
 __all__ = ["ADVERTISED_ENDPOINT_SETTING", "ControlPlane", "PlaneSettings"]
 
@@ -79,6 +80,11 @@ _GATES: tuple[tuple[str, Callable[[Rule], bool], str], ...] = (
         "proxy_protocol_unsupported_by_client",
     ),
     ("rate_limit", lambda r: r.rate_limit is not None, "rate_limit_unsupported_by_client"),
+    (
+        "local_target_policy",
+        lambda r: not r.allow_local_targets and any(not t.is_ip_literal for t in r.targets),
+        "local_target_policy_unsupported_by_client",
+    ),
 )
 
 
@@ -119,6 +125,27 @@ def refuse_overlaps(rule: Rule, others: Sequence[RuleRecord]) -> None:
                 port=conflict.port,
                 rule_id=other.rule_id,
             )
+
+
+def refuse_targets(rule: Rule, own: frozenset[str], allow_local_targets: bool) -> Rule:
+    """
+    The rule as it goes to the edge, once its targets pass what the server
+    can judge (L{portunus.targetpolicy}) with the addresses the edge
+    reported: never the rule's own listener, and no local target unless
+    allowed.  A rule that may not reach local targets says so, so the edge
+    refuses the local addresses a name resolves to as well.
+
+    @raise PortunusError: C{validation.target_is_listener},
+        C{local_target_not_granted}.
+    """
+    refusal = find_self_target(rule, own)
+    if refusal is None and not allow_local_targets:
+        refusal = find_local_target(rule, own)
+    if refusal is not None:
+        raise refusal.error()
+    if not allow_local_targets:
+        rule = attrs.evolve(rule, allow_local_targets=False)
+    return rule
 
 
 def _removal_unanswered(failure: Failure, rule_id: int) -> None:
@@ -301,6 +328,7 @@ class ControlPlane:
         ack_timeout: float,
         owner_user_id: str | None = None,
         grant_id: str | None = None,
+        allow_local_targets: bool = True,
     ) -> RuleView:
         if len(rule.listen) > self.settings.range_rule_max_ports:
             raise PortunusError(
@@ -324,6 +352,7 @@ class ControlPlane:
                 "portunus-client on the edge and retry",
                 client_id=client_id,
             )
+        rule = refuse_targets(rule, session.addresses, allow_local_targets)
         self._gate(session, rule)
         rule = self._fill_defaults(rule)
         record = await self.store.insert_rule(

@@ -23,7 +23,9 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
+from portunus.addresses import local_form
 from portunus.bounds import PORT, TARGET_PRIORITY
+from portunus.control.commands import MAX_HELLO_ADDRESSES
 from portunus.dataplane.failover import Health
 from portunus.dataplane.stats import PortStats, RuleStats
 from portunus.rulespec import MAX_TARGETS
@@ -39,6 +41,7 @@ __all__ = [
     "EdgeInputError",
     "check_enroll_code",
     "check_hello",
+    "check_hello_addresses",
     "check_stats",
 ]
 
@@ -255,6 +258,33 @@ def check_hello(
                 "digits and _"
             )
     return frozenset(features)
+
+
+#: An IPv6 address with a scope is under this many characters.
+_MAX_ADDRESS_CHARS = 64
+
+
+def check_hello_addresses(addresses: list[str] | None) -> frozenset[str]:
+    """
+    The edge's interface addresses from its Hello, in one written form
+    (none from an edge too old to send them).
+
+    @raise EdgeInputError: more than L{MAX_HELLO_ADDRESSES}, or one that is
+        not an IP address.
+    """
+    if addresses is None:
+        return frozenset()
+    if len(addresses) > MAX_HELLO_ADDRESSES:
+        raise EdgeInputError(
+            f"addresses has {len(addresses)} entries, more than {MAX_HELLO_ADDRESSES}"
+        )
+    kept = set()
+    for i, text in enumerate(addresses):
+        form = local_form(text) if len(text) <= _MAX_ADDRESS_CHARS else None
+        if form is None or text.partition("%")[0] in ("0.0.0.0", "::"):
+            raise EdgeInputError(f"addresses[{i}] {text!r:.70} is not an IP address")
+        kept.add(str(form))
+    return frozenset(kept)
 
 
 def check_enroll_code(code: str) -> None:

@@ -136,9 +136,15 @@ class IControlPlane(Interface):
         ack_timeout: float,
         owner_user_id: str | None = None,
         grant_id: str | None = None,
+        allow_local_targets: bool = True,
     ) -> RuleView:
         """
         The rule, once the client has activated it.
+        Without C{allow_local_targets} (a tenant whose grant does not allow
+        them) a target on loopback, link-local or the edge's own addresses
+        is refused (C{local_target_not_granted}), and the edge is told to
+        refuse such addresses a name resolves to.  A target that is the
+        rule's own listener is refused (C{validation.target_is_listener}).
         C{rule.id} is ignored: the server assigns one.  The rule is stamped
         with C{owner_user_id} and the C{grant_id} that allowed it (a grant
         revoked meanwhile refuses the push with C{client_not_granted}).

@@ -49,6 +49,7 @@ from portunus.server.edgeinput import (
     EdgeInputError,
     check_enroll_code,
     check_hello,
+    check_hello_addresses,
     check_stats,
 )
 from portunus.server.gate import MAX_BYTES_BEFORE_WELCOME, REFUSAL_REASONS, Gate, Ticket
@@ -132,6 +133,8 @@ class ServerSession(amp.AMP):
         self.client_name: str | None = None
         self.client_version: str | None = None
         self.features: frozenset[str] = frozenset()
+        #: The edge's interface addresses, as its Hello reported them.
+        self.addresses: frozenset[str] = frozenset()
         self.remote_addr: str | None = None
         self.connected_at: float | None = None
         self._end_reason = "connection_lost"
@@ -271,7 +274,12 @@ class ServerSession(amp.AMP):
 
     @Hello.responder
     def hello(
-        self, token: str, protocol_version: str, client_version: str, features: list[str]
+        self,
+        token: str,
+        protocol_version: str,
+        client_version: str,
+        features: list[str],
+        addresses: list[str] | None = None,
     ) -> Deferred[dict[str, object]]:
         if self.client_id is not None or self._authenticating:
             log.warn(
@@ -282,6 +290,7 @@ class ServerSession(amp.AMP):
             raise AuthFailed("hello_after_welcome")
         try:
             declared = check_hello(token, protocol_version, client_version, features)
+            own = check_hello_addresses(addresses)
         except EdgeInputError as e:
             self._ticket.note("malformed_hello", str(e))
             self._clock.callLater(0, self.close, "auth_failed")
@@ -294,6 +303,7 @@ class ServerSession(amp.AMP):
             self.client_id, self.client_name = identity
             self.client_version = client_version
             self.features = declared
+            self.addresses = own
             self.connected_at = self._clock.seconds()
             self._ticket.welcomed()
             log.info(

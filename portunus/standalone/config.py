@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -30,6 +30,7 @@ from portunus.bounds import (
     UDP_MAX_FLOWS,
 )
 from portunus.conflicts import Claim, find_conflict
+from portunus.dataplane.localaddrs import host_addresses
 from portunus.dataplane.resolver import ResolverSettings, resolver_settings_from_table
 from portunus.errors import PortunusError
 from portunus.fields import (
@@ -58,6 +59,7 @@ from portunus.rulespec import (
     TARGET_KEYS,
     RuleChecker,
 )
+from portunus.targetpolicy import find_self_target
 
 __all__ = [
     "DEFAULT_STATS_SOCKET_PATH",
@@ -232,6 +234,7 @@ def socket_path(text: str) -> str:
 def load_config(
     path: str,
     supported_protocols: frozenset[Protocol] = frozenset({Protocol.TCP}),
+    own_addresses: Collection[str] | None = None,
 ) -> StandaloneConfig:
     """
     Read and validate the file at C{path}.
@@ -268,16 +271,22 @@ def load_config(
                 )
             ]
         ) from e
-    return parse_config(text, path, supported_protocols)
+    if own_addresses is None:
+        own_addresses = host_addresses()
+    return parse_config(text, path, supported_protocols, own_addresses)
 
 
 def parse_config(
     text: str,
     source: str,
     supported_protocols: frozenset[Protocol] = frozenset({Protocol.TCP}),
+    own_addresses: Collection[str] = (),
 ) -> StandaloneConfig:
     """
     Validate TOML C{text} (read from C{source}, used only in messages).
+    C{own_addresses} are this host's: a rule whose target reaches its own
+    listener through one (or loopback, or C{0.0.0.0}) is refused
+    (C{validation.target_is_listener}).
 
     Raises L{ConfigError} listing every problem; never anything else, so
     callers need exactly one C{except}.
@@ -300,7 +309,7 @@ def parse_config(
         )
         raise ConfigError(issues.items) from None
 
-    config = _Parser(issues, supported_protocols).document(document)
+    config = _Parser(issues, supported_protocols, own_addresses).document(document)
     if issues.items or config is None:
         raise ConfigError(issues.items)
     return config
@@ -357,10 +366,16 @@ class _Parser(RuleChecker):
     C{target}/C{targets}) and the checks across rules.
     """
 
-    def __init__(self, issues: _Issues, supported_protocols: frozenset[Protocol]) -> None:
+    def __init__(
+        self,
+        issues: _Issues,
+        supported_protocols: frozenset[Protocol],
+        own_addresses: Collection[str] = (),
+    ) -> None:
         super().__init__(self._add)
         self.issues = issues
         self.supported = supported_protocols
+        self.own = own_addresses
 
     def _add(self, rule: str | None, field: str, message: str, code: str) -> None:
         # The file's wording already says what to do; codes are for the API.
@@ -676,6 +691,11 @@ class _Parser(RuleChecker):
             # The checks above should make this unreachable; if the model
             # grows a rule they miss, still answer with a ConfigError.
             self.issues.add(label, "rule", f"{e}; fix the rule")
+            return None, listening
+        refusal = find_self_target(rule, self.own)
+        if refusal is not None:
+            field = "rule.target" if "target" in entry else f"rule.{refusal.field()}"
+            self.issues.add(label, field, f"{refusal.code}: {refusal.message}")
             return None, listening
         return rule, listening
 

@@ -244,6 +244,13 @@ class GrantCommandTests(AccountsCliTestCase):
             (fields["grant_id"], fields["client"]), (grant["grant_id"], grant["client"])
         )
 
+    def test_grant_add_allow_local_targets(self) -> None:
+        """--allow-local-targets makes a grant whose rules may target local addresses."""
+        grant = self.add_grant("bob", "--client", "*", "--allow-local-targets")
+        self.assertIs(grant["allow_local_targets"], True)
+        plain = self.add_grant("bob", "--client", "*", "--listen-port-start", "9000")
+        self.assertIs(plain["allow_local_targets"], False)
+
     def test_grant_add_defaults_and_wildcard(self) -> None:
         """One port, tcp only, and * for every client."""
         grant = self.add_grant("bob", "--client", "*")
@@ -299,12 +306,12 @@ class GrantCommandTests(AccountsCliTestCase):
         header, *rows = out.splitlines()
         self.assertEqual(
             header.split(),
-            ["GRANT_ID", "USER_ID", "CLIENT", "PORTS", "PROTOCOLS", "CREATED_AT", "NOTE"],
+            ["GRANT_ID", "USER_ID", "CLIENT", "PORTS", "PROTOCOLS", "LOCAL", "CREATED_AT", "NOTE"],
         )
         self.assertEqual(len(rows), 2)
         self.assertEqual(
-            rows[0].split()[:5] + rows[0].split()[6:],
-            [first["grant_id"], "bob", "*", "8000-8100", "tcp", "web", "team"],
+            rows[0].split()[:6] + rows[0].split()[7:],
+            [first["grant_id"], "bob", "*", "8000-8100", "tcp", "no", "web", "team"],
         )
         self.assertEqual(rows[1].split()[3], "8000")
         self.assertEqual(rows[1].split()[-1], "-")

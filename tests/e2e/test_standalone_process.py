@@ -123,6 +123,21 @@ class CheckTests(StandaloneProcessTestCase):
         self.assertIn("rule 'b'", text)
 
 
+class TargetIsListenerCheckTests(StandaloneProcessTestCase):
+    @inlineCallbacks
+    def test_check_refuses_a_rule_that_targets_its_own_listener(self) -> Any:
+        """
+        --check refuses a rule whose target is its own listen port on this
+        host (here through 127.0.0.1), naming the code, and exits 2.
+        """
+        listen_port = free_port()
+        config = self.write_config(config_text(listen_port, listen_port))
+        out, err, code = yield self.check(config)
+        self.assertEqual((out, code), (b"", 2), err)
+        self.assertIn(b"validation.target_is_listener", err)
+        self.assertIn(b"rule 'web': target", err)
+
+
 class RunTests(StandaloneProcessTestCase):
     @inlineCallbacks
     def test_forwards_then_exits_0_on_sigterm(self) -> Any:

@@ -150,10 +150,11 @@ class FakePlane:
         ack_timeout: float,
         owner_user_id: str | None = None,
         grant_id: str | None = None,
+        allow_local_targets: bool = True,
     ) -> RuleView:
         self._call("push_rule", client_id, rule, ack_timeout)
         client = self._client(client_id)
-        rule = attrs.evolve(rule, id=self._next_rule)
+        rule = attrs.evolve(rule, id=self._next_rule, allow_local_targets=allow_local_targets)
         self._next_rule += 1
         view = RuleView(
             rule=rule,

@@ -49,13 +49,14 @@ class StorePlane(FakePlane):
         ack_timeout: float,
         owner_user_id: str | None = None,
         grant_id: str | None = None,
+        allow_local_targets: bool = True,
     ) -> RuleView:
         record = await self.store.insert_rule(
             client_id, rule, self.now, owner_user_id=owner_user_id, grant_id=grant_id
         )
         self._next_rule = record.rule_id
         return await FakePlane.push_rule(
-            self, client_id, rule, ack_timeout, owner_user_id, grant_id
+            self, client_id, rule, ack_timeout, owner_user_id, grant_id, allow_local_targets
         )
 
     async def remove_rule(self, rule_id: int) -> None:
@@ -292,6 +293,7 @@ class GrantTests(RbacTestCase):
                 "listen_port_end": 8099,
                 "protocols": ["tcp"],
                 "note": "",
+                "allow_local_targets": False,
             },
         )
         self.assertEqual(len(grant["grant_id"]), 26)
@@ -459,6 +461,30 @@ class PushTests(RbacTestCase):
     def test_grants_are_per_user(self) -> None:
         """Bob's grant does not let carol push."""
         self.assertError(self.push(self.carol), 404, "client_not_found")
+
+    def test_grant_without_local_targets_marks_the_rule(self) -> None:
+        """
+        A push under a grant that does not allow local targets reaches the
+        plane as such: the rule says allow_local_targets false.
+        """
+        body = self.ok(self.push(self.bob, listen=8050), 201)
+        self.assertIs(body["rule"]["allow_local_targets"], False)
+
+    def test_grant_with_local_targets_lets_them_through(self) -> None:
+        """A grant with allow_local_targets lets its rules keep local targets."""
+        grant = self.ok(self.create_grant(listen_port_start=9000, allow_local_targets=True), 201)
+        self.assertIs(grant["allow_local_targets"], True)
+        body = self.ok(self.push(self.bob, listen=9000), 201)
+        self.assertNotIn("allow_local_targets", body["rule"])
+
+    def test_allow_local_targets_must_be_boolean(self) -> None:
+        """A grant's allow_local_targets that is not a boolean is refused, naming the field."""
+        self.assertError(
+            self.create_grant(allow_local_targets="yes"),
+            400,
+            "validation_failed",
+            "allow_local_targets",
+        )
 
     def test_superadmin_bypasses_grants(self) -> None:
         """A superadmin pushes anywhere without a grant; the rule is theirs, under no grant."""

@@ -18,6 +18,7 @@ from portunus.server.edgeinput import (
     EdgeInputError,
     check_enroll_code,
     check_hello,
+    check_hello_addresses,
     check_stats,
 )
 
@@ -85,6 +86,19 @@ class HelloTests(SynchronousTestCase):
         declared = check_hello("t" * 43, PROTOCOL_VERSION, "0.1.0.dev3+gabc", list(FEATURES))
         self.assertEqual(declared, frozenset(FEATURES))
         self.assertEqual(check_hello("", PROTOCOL_VERSION, "1", []), frozenset())
+
+    def test_addresses(self) -> None:
+        """
+        Hello's addresses are kept in one written form; none from an older
+        edge; too many, or one that is not an IP address, is refused.
+        """
+        self.assertEqual(check_hello_addresses(None), frozenset())
+        self.assertEqual(
+            check_hello_addresses(["192.0.2.7", "fe80::1%eth0", "::ffff:10.0.0.1", "2001:DB8::1"]),
+            frozenset({"192.0.2.7", "fe80::1", "10.0.0.1", "2001:db8::1"}),
+        )
+        for bad in (["edge.example"], ["0.0.0.0"], ["1" * 100], ["10.0.0.1"] * 257):
+            self.assertRaises(EdgeInputError, check_hello_addresses, bad)
 
     def test_enroll_codes(self) -> None:
         """A code is 1 to 256 printable ASCII characters without spaces."""

@@ -639,8 +639,8 @@ class RemoveUserTests(AccountStoreTestCase):
 
 class MigrationTests(SynchronousTestCase):
     def test_v1_rules_survive(self) -> None:
-        """Migrating a v1 store to v2 keeps its clients and rules, with no owner or grant."""
-        self.assertEqual(SCHEMA_VERSION, 2)
+        """Migrating a v1 store keeps its clients and rules, with no owner or grant."""
+        self.assertEqual(SCHEMA_VERSION, 3)
         data_dir = self.mktemp()
         os.makedirs(data_dir)
         conn = sqlite3.connect(os.path.join(data_dir, DB_NAME))
@@ -666,7 +666,7 @@ class MigrationTests(SynchronousTestCase):
         clock.advance(NOW)
         store = open_store(data_dir, clock, runner=run_synchronously)
         self.addCleanup(lambda: self.successResultOf(store.close()))
-        self.assertEqual(store.schema_version, 2)
+        self.assertEqual(store.schema_version, 3)
         records = self.successResultOf(store.list_rules())
         self.assertEqual(
             [(r.rule_id, r.rule.listen.start, r.owner_user_id, r.grant_id) for r in records],
@@ -680,3 +680,53 @@ class MigrationTests(SynchronousTestCase):
         removal = self.successResultOf(store.accounts.remove_user("bob", None))
         self.assertEqual(removal.rules, ())
         self.assertEqual(len(self.successResultOf(store.list_rules())), 2)
+
+    def test_v2_tenant_rules_lose_local_targets(self) -> None:
+        """
+        Migrating a v2 store gives every grant allow_local_targets = false,
+        and the rules pushed under a grant the same (their edges then
+        refuse local addresses); a superadmin's rule keeps local targets.
+        """
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        conn = sqlite3.connect(os.path.join(data_dir, DB_NAME))
+        conn.executescript(BOOTSTRAP)
+        for version, delta in enumerate(MIGRATIONS[:2], start=1):
+            conn.executescript(delta)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, NOW - DAY))
+        conn.execute(
+            "INSERT INTO clients (client_id, name, created_at) VALUES ('C1', 'edge-01', ?)",
+            (NOW - DAY,),
+        )
+        conn.execute(
+            "INSERT INTO users (user_id, role, display_name, created_at) "
+            "VALUES ('bob', 'user', 'Bob', ?)",
+            (NOW - DAY,),
+        )
+        conn.execute(
+            "INSERT INTO grants (grant_id, user_id, client_id, listen_port_start, "
+            "listen_port_end, protocols, created_at) VALUES ('G1', 'bob', '*', 1, 65535, 1, ?)",
+            (NOW - DAY,),
+        )
+        for rule_id, port, grant in ((7, 8080, "G1"), (9, 9090, None)):
+            spec_json = json.dumps(rule_to_dict(make_rule(port)))
+            conn.execute(
+                "INSERT INTO rules (id, client_id, protocol, listen_start, listen_end, "
+                "spec_json, state_kind, created_at, updated_at, owner_user_id, grant_id) "
+                "VALUES (?, 'C1', 'tcp', ?, ?, ?, 'active', ?, ?, ?, ?)",
+                (rule_id, port, port, spec_json, NOW - DAY, NOW - DAY, "bob", grant),
+            )
+        conn.commit()
+        conn.close()
+
+        clock = Clock()
+        clock.advance(NOW)
+        store = open_store(data_dir, clock, runner=run_synchronously)
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        self.assertEqual(store.schema_version, 3)
+        records = self.successResultOf(store.list_rules())
+        self.assertEqual(
+            [(r.rule_id, r.rule.allow_local_targets) for r in records], [(7, False), (9, True)]
+        )
+        [grant] = self.successResultOf(store.accounts.list_grants())
+        self.assertFalse(grant.allow_local_targets)

@@ -1268,3 +1268,39 @@ class PropertyTests(SynchronousTestCase):
             self.assertEqual(len(str(e).splitlines()), len(e.issues))
         else:
             self.assertEqual(len(cfg.rules), len(rules))
+
+
+class TargetIsListenerTests(ParseMixin, SynchronousTestCase):
+    """A rule whose target is its own listener on this host is refused."""
+
+    def test_loopback_same_port(self) -> None:
+        """target 127.0.0.1 on the rule's own port, listening everywhere: refused."""
+        self.one_issue(
+            rule_text(target='"127.0.0.1:8080"'),
+            "web",
+            "rule.target",
+            "validation.target_is_listener",
+        )
+
+    def test_inside_a_range(self) -> None:
+        """A range whose targets overlap its own listen ports is refused."""
+        self.one_issue(
+            rule_text(listen_ports='"8080-8089"', listen_port="", target='"localhost:8085-8094"'),
+            "web",
+            "rule.target",
+            "port 8085",
+        )
+
+    def test_own_address_of_the_host(self) -> None:
+        """One of the host's own addresses is the listener too; another host is not."""
+        text = rule_text(target="", targets='[{ host = "192.0.2.7", port = 8080 }]')
+        error = self.assertRaises(
+            ConfigError, parse_config, text, SOURCE, frozenset({Protocol.TCP}), {"192.0.2.7"}
+        )
+        [issue] = error.issues
+        self.assertEqual(issue.field, "rule.targets[0]")
+        self.parse(text)
+
+    def test_listener_on_one_address_only(self) -> None:
+        """A listener on 127.0.0.2 is not reached through 127.0.0.1."""
+        self.parse(rule_text(target='"127.0.0.1:8080"', listen_addresses='["127.0.0.2"]'))

@@ -1,7 +1,9 @@
 """
 C{/v1/grants} (superadmins): what a user may push.  A grant names a client
-(or C{*}), a listen-port range and protocols; revoking one removes the
-rules pushed under it, and the edges drop them.
+(or C{*}), a listen-port range and protocols, and whether the rules pushed
+under it may target local addresses (C{allow_local_targets}, default
+false); revoking one removes the rules pushed under it, and the edges drop
+them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def grant_json(grant: GrantRecord) -> dict[str, Any]:
         "listen_port_end": grant.listen_port_end,
         "protocols": list(grant.protocols),
         "note": grant.note,
+        "allow_local_targets": grant.allow_local_targets,
         "created_at": timestamp(grant.created_at),
     }
 
@@ -111,7 +114,16 @@ async def create(ctx: ApiContext, call: Call) -> object:
             "note: use text of at most 256 characters, without control or format characters",
             field="note",
         )
-    grant = await ctx.accounts.create_grant(user_id, client_id, start, end, _protocols(body), note)
+    local = body.get("allow_local_targets", False)
+    if not isinstance(local, bool):
+        raise PortunusError(
+            "validation_failed",
+            f"allow_local_targets: use true or false (got {local!r:.40})",
+            field="allow_local_targets",
+        )
+    grant = await ctx.accounts.create_grant(
+        user_id, client_id, start, end, _protocols(body), note, local
+    )
     call.note("grant", grant.grant_id, user_id=user_id, client_id=client_id)
     return Answer(201, grant_json(grant))
 

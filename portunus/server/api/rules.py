@@ -144,6 +144,9 @@ def stats_json(
         "client_not_granted",
         "protocol_not_granted",
         "port_outside_grant",
+        "validation.target_is_listener",
+        "local_target_not_granted",
+        "local_target_policy_unsupported_by_client",
         "client_revoked",
         "client_not_connected",
         "unsupported_protocol",
@@ -168,18 +171,21 @@ async def push(ctx: ApiContext, call: Call) -> object:
     rule = parsed.rule
     call.note("client", client.client_id, listen=str(rule.listen), protocol=rule.protocol.value)
     grant_id = None
+    local_targets = True
     if not call.who.is_superadmin:
         grants = await ctx.accounts.grants_for(call.who.user_id)
         grant = covering_grant(
             grants, client.client_id, rule.protocol.value, rule.listen.start, rule.listen.end
         )
         grant_id = grant.grant_id
+        local_targets = grant.allow_local_targets
     view = await ctx.plane.push_rule(
         client.client_id,
         rule,
         parsed.ack_timeout,
         owner_user_id=call.who.user_id,
         grant_id=grant_id,
+        allow_local_targets=local_targets,
     )
     call.note("rule", view.rule.id)
     return Answer(201, rule_view_json(view))

@@ -286,6 +286,12 @@ COMPONENTS: dict[str, Schema] = {
             "listen_port_end": {**_PORT, "description": "Default: listen_port_start"},
             "protocols": array(_PROTOCOL, minItems=1, default=["tcp"]),
             "note": _GRANT_NOTE,
+            "allow_local_targets": {
+                **_BOOLEAN,
+                "default": False,
+                "description": "Rules pushed under it may target loopback, link-local and "
+                "the edge's own addresses",
+            },
         },
         closed=False,
     ),
@@ -299,6 +305,7 @@ COMPONENTS: dict[str, Schema] = {
             "listen_port_end": _PORT,
             "protocols": array(_PROTOCOL),
             "note": string(),
+            "allow_local_targets": _BOOLEAN,
             "created_at": _TIME,
         },
         closed=True,
@@ -397,6 +404,11 @@ COMPONENTS: dict[str, Schema] = {
             "accept_proxy_protocol": _BOOLEAN,
             "trusted_sources": array(string()),
             "rate_limit": json_object({}, {k: integer() for k in RATE_LIMIT_KEYS}, closed=True),
+            "allow_local_targets": {
+                **_BOOLEAN,
+                "description": "false: the edge refuses local target addresses (a tenant's "
+                "rule whose grant does not allow them)",
+            },
         },
         closed=True,
         description="The rule's canonical JSON: optional fields only when not at their default.",

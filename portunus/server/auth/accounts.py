@@ -542,9 +542,17 @@ class Accounts:
         end: int,
         protocols: list[str],
         note: str,
+        allow_local_targets: bool = False,
     ) -> GrantRecord:
         grant = await self._store.create_grant(
-            user_id, client_id, start, end, protocols, note, self._clock.seconds()
+            user_id,
+            client_id,
+            start,
+            end,
+            protocols,
+            note,
+            self._clock.seconds(),
+            allow_local_targets,
         )
         log.info(
             "grant {grant_id} added for {user_id}",
@@ -554,6 +562,7 @@ class Accounts:
             client_id=client_id,
             ports=f"{start}-{end}",
             protocols=",".join(protocols),
+            allow_local_targets=allow_local_targets,
         )
         return grant
 

@@ -46,7 +46,7 @@ _USER_SELECT = (
 )
 _GRANT_COLUMNS = (
     "g.grant_id, g.user_id, g.client_id, c.name, g.listen_port_start, g.listen_port_end, "
-    "g.protocols, g.note, g.created_at"
+    "g.protocols, g.note, g.created_at, g.allow_local_targets"
 )
 _GRANT_SELECT = (
     f"SELECT {_GRANT_COLUMNS} FROM grants g LEFT JOIN clients c ON c.client_id = g.client_id"
@@ -85,6 +85,9 @@ class GrantRecord:
     protocols: tuple[str, ...]
     note: str
     created_at: float
+    #: Rules pushed under it may target loopback, link-local and the
+    #: edge's own addresses.
+    allow_local_targets: bool = False
 
     def covers(self, client_id: str, protocol: str, start: int, end: int) -> bool:
         return (
@@ -114,7 +117,7 @@ def _user(row: Sequence[Any]) -> UserRecord:
 
 
 def _grant(row: Sequence[Any]) -> GrantRecord:
-    grant_id, user_id, client_id, name, start, end, bits, note, created = row
+    grant_id, user_id, client_id, name, start, end, bits, note, created, local = row
     protocols = tuple(p for p, bit in PROTOCOL_BITS.items() if bits & bit)
     return GrantRecord(
         grant_id,
@@ -126,6 +129,7 @@ def _grant(row: Sequence[Any]) -> GrantRecord:
         protocols,
         note,
         created,
+        bool(local),
     )
 
 
@@ -475,6 +479,7 @@ class AccountStore:
         protocols: Sequence[str],
         note: str,
         now: float,
+        allow_local_targets: bool = False,
     ) -> Deferred[GrantRecord]:
         """
         A grant for the user on C{client_id} (or C{*}), which the caller has
@@ -484,13 +489,15 @@ class AccountStore:
         bits = 0
         for protocol in protocols:
             bits |= PROTOCOL_BITS[protocol]
+        local = int(allow_local_targets)
 
         def txn(conn: sqlite3.Connection) -> GrantRecord:
             _fetch_user(conn, user_id)
             conn.execute(
                 "INSERT INTO grants (grant_id, user_id, client_id, listen_port_start, "
-                "listen_port_end, protocols, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (grant_id, user_id, client_id, start, end, bits, note, now),
+                "listen_port_end, protocols, note, created_at, allow_local_targets) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (grant_id, user_id, client_id, start, end, bits, note, now, local),
             )
             return _grant(
                 conn.execute(f"{_GRANT_SELECT} WHERE g.grant_id = ?", (grant_id,)).fetchone()

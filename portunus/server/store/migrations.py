@@ -156,8 +156,20 @@ CREATE INDEX rules_owner ON rules (owner_user_id);
 CREATE INDEX rules_grant ON rules (grant_id) WHERE grant_id IS NOT NULL;
 """
 
+#: Grants may allow local targets (loopback, link-local, the edge's own
+#: addresses); none does at first.  Rules pushed under a grant until now
+#: take the same default, so their edges refuse local addresses from now
+#: on, names included (docs/security.md, "Tenants on an edge").
+_V003 = """
+ALTER TABLE grants ADD COLUMN allow_local_targets INTEGER NOT NULL DEFAULT 0
+    CHECK (allow_local_targets IN (0, 1));
+
+UPDATE rules SET spec_json = json_set(spec_json, '$.allow_local_targets', json('false'))
+    WHERE grant_id IS NOT NULL;
+"""
+
 #: Every delta, oldest first; version N is C{MIGRATIONS[N - 1]}.
-MIGRATIONS: tuple[str, ...] = (_V001, _V002)
+MIGRATIONS: tuple[str, ...] = (_V001, _V002, _V003)
 
 #: The schema version this code writes and understands.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -147,6 +147,9 @@ function grantDialog(user, clients, onDone) {
     h('fieldset', { class: 'field', 'data-field': 'protocols' },
       h('legend', { class: 'field-label' }, 'Protocols'),
       h('div', { class: 'check-row' }, checkbox('tcp', 'TCP', { checked: true }), checkbox('udp', 'UDP'))),
+    h('fieldset', { class: 'field', 'data-field': 'allow_local_targets' },
+      h('legend', { class: 'field-label' }, 'Targets'),
+      h('div', { class: 'check-row' }, checkbox('allow_local_targets', 'Allow local targets (loopback, link-local, the edge\'s own addresses)'))),
     field({ label: 'Note', control: input('note', { placeholder: 'e.g. team web, ticket 123' }), name: 'note', optional: true }));
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
@@ -159,6 +162,7 @@ function grantDialog(user, clients, onDone) {
       listen_port_start: port('listen_port_start'),
       protocols: ['tcp', 'udp'].filter((p) => data.get(p) !== null),
     };
+    if (data.get('allow_local_targets') !== null) body.allow_local_targets = true;
     const end = port('listen_port_end');
     if (end !== undefined) body.listen_port_end = end;
     const note = String(data.get('note') || '').trim();
@@ -297,12 +301,13 @@ export async function userDetailPage(root, ctx) {
       h('dt', null, 'Role'), h('dd', null, roleBadge(user.role)),
       h('dt', null, 'Status'), h('dd', null, user.disabled ? badge('Disabled', 'danger') : user.password_change_required ? badge('Must change password', 'warning') : badge('Active', 'success')),
       h('dt', null, 'Created'), h('dd', null, timeAgo(user.created_at))));
-    const gcols = [{ label: 'Client' }, { label: 'Listen ports' }, { label: 'Protocols' }, { label: 'Note' }, { label: 'Created' }, { label: '', className: 'actions' }];
+    const gcols = [{ label: 'Client' }, { label: 'Listen ports' }, { label: 'Protocols' }, { label: 'Local targets' }, { label: 'Note' }, { label: 'Created' }, { label: '', className: 'actions' }];
     mount(grantsBox, grants.length
       ? table({ columns: gcols, caption: 'Grants', rows: grants.map((g) => row(gcols, [
         g.client === '*' ? badge('All clients', 'info') : g.client,
         h('span', { class: 'mono' }, g.listen_port_start === g.listen_port_end ? String(g.listen_port_start) : `${g.listen_port_start}-${g.listen_port_end}`),
         g.protocols.map((p) => p.toUpperCase()).join(', '),
+        g.allow_local_targets ? badge('Allowed', 'warning') : h('span', { class: 'muted' }, 'No'),
         g.note || h('span', { class: 'muted' }, '—'),
         timeAgo(g.created_at),
         iconButton('trash', `Revoke grant ${g.grant_id}`, () => revokeGrant(g), { class: 'icon-btn danger' }),
