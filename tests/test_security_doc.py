@@ -12,6 +12,13 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from portunus.client import tap as client_tap
+from portunus.control.commands import MAX_HELLO_ADDRESSES
+from portunus.dataplane.descriptors import (
+    MEASURE_EVERY,
+    MIN_DEFAULT_RESERVE,
+    default_per_rule,
+    default_reserve,
+)
 from portunus.logging import LOG_FILE_MODE
 from portunus.server import tap as server_tap
 from portunus.server.api.httplimits import HEADER_LIMITS, IDLE_TIMEOUT_SECS, MAX_BODY_BYTES
@@ -86,6 +93,27 @@ class SecurityDocTests(SynchronousTestCase):
             f"older than {DEFAULT_MAX_AGE_SECS // 86400} days",
         ):
             self.assertIn(value, self.text)
+    def test_tenant_limits(self) -> None:
+        """The derived descriptor limits and their examples in the doc are the code's."""
+        section = self.text[self.text.index("## Tenants on an edge") :]
+        section = " ".join(section[: section.index("\n## ")].split())
+        small, large = 1024, 65536
+        small_reserve, large_reserve = default_reserve(small), default_reserve(large)
+        self.assertIn(
+            f"With an open-file limit of {small:,} that is a reserve of {small_reserve:,} and "
+            f"{default_per_rule(small, small_reserve):,} connections per rule; with {large:,}, "
+            f"{large_reserve:,} and {default_per_rule(large, large_reserve):,}.",
+            section,
+        )
+        self.assertIn(f"at least {MIN_DEFAULT_RESERVE}", section)
+        self.assertIn(f"every {MEASURE_EVERY} connections", section)
+        self.assertIn(f"(at most {MAX_HELLO_ADDRESSES})", section)
+        for code in (
+            "validation.target_is_listener",
+            "local_target_not_granted",
+            "local_target_policy_unsupported_by_client",
+        ):
+            self.assertIn(f"`{code}`", section)
 
     def test_sections_for_every_area(self) -> None:
         """Each area other helpers add to has its heading."""
