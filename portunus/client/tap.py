@@ -291,11 +291,11 @@ def makeService(options: Options, reactor: IProcessReactor | None = None) -> ISe
 class _Root(MultiService):
     """Installs the chosen log observer on the twistd application."""
 
-    def __init__(self, observer: Any, budget: DescriptorBudget) -> None:
+    def __init__(self, observer: Any, budget: DescriptorBudget | None = None) -> None:
         super().__init__()
         self._observer = observer
         #: The in-process data plane's (workers derive theirs alike).
-        self.budget = budget
+        self.budget = budget if budget is not None else DescriptorBudget()
 
     def setServiceParent(self, parent: Any) -> None:
         install_log_observer(parent, self._observer)

@@ -261,9 +261,12 @@ class ConsoleBrowserTests(_ProcessCase):
                 dialog.get_by_label("First listen port").fill(str(tenant_port))
                 dialog.get_by_label("Last listen port").fill(str(tenant_port))
                 dialog.get_by_label("Note").fill("console test")
+                # The tenant's target is this test's echo server on loopback.
+                dialog.get_by_label(re.compile("^Allow local targets")).check()
                 dialog.get_by_role("button", name="Add grant").click()
                 grant_row = page.locator("tr[data-grant]")
                 expect(grant_row).to_contain_text(str(tenant_port))
+                expect(grant_row).to_contain_text("Allowed")
                 expect(grant_row).to_contain_text("edge-01")
                 shot("11-user-detail")
                 page.get_by_role("link", name="Users", exact=True).click()
