@@ -26,7 +26,7 @@ from portunus.dataplane.proxyprotocol import (
     TrustedSources,
 )
 from portunus.dataplane.runtime import RuleRuntime
-from portunus.dataplane.selfconnect import DialedSockets
+from portunus.dataplane.selfconnect import DialedSockets, came_back
 from portunus.dataplane.sni import (
     PEEK_TIMEOUT_SECS,
     ClientHelloError,
@@ -289,12 +289,7 @@ class PreambleFactory(ServerFactory):
         self._throttle = LogThrottle()
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
-        dialed = self._dialed
-        if (
-            dialed is not None
-            and addr is not None
-            and dialed.refuse(addr.host, addr.port, self.listen_port)
-        ):
+        if came_back(self._dialed, addr, self.listen_port):
             return None
         on_done = None
         budget = self._budget

@@ -19,13 +19,15 @@ dialled it, after a few hops rather than at the first.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from portunus.addresses import format_host_port
 from portunus.dataplane.stats import LogThrottle, RuleStats
 
-__all__ = ["DialedBy", "DialedSockets"]
+__all__ = ["DialedBy", "DialedSockets", "came_back"]
 
 log = Logger()
 
@@ -89,3 +91,14 @@ class DialedSockets:
             return False
         owner.dropped((host, port), listen_port, self._clock.seconds())
         return True
+
+
+def came_back(dialed: DialedSockets | None, peer: Any, listen_port: int) -> bool:
+    """
+    Whether the connection a listener on C{listen_port} accepted from
+    C{peer} (Twisted's address, C{None} in some tests) is one this process
+    dialled; its factory then returns no protocol and the reactor closes it.
+    """
+    return (
+        dialed is not None and peer is not None and dialed.refuse(peer.host, peer.port, listen_port)
+    )

@@ -39,6 +39,7 @@ from portunus.compat import close_without_shutdown
 from portunus.dataplane.proxyprotocol import ProxyProtocolError, encode_header
 from portunus.dataplane.ratelimit import PauseGate, Throttle
 from portunus.dataplane.resolver import DnsFailure, Resolution
+from portunus.dataplane.selfconnect import came_back
 from portunus.dataplane.splice import PipePool, SpliceRelay
 from portunus.model import Rule, Target
 
@@ -755,13 +756,7 @@ class InboundFactory(ServerFactory):
 
     def buildProtocol(self, addr: Any) -> IProtocol | None:  # type: ignore[override]
         runtime = self.runtime
-        dialed = runtime.dialed
-        if (
-            dialed is not None
-            and addr is not None
-            and dialed.refuse(addr.host, addr.port, self.listen_port)
-        ):
-            # One of our own dialled sockets: the reactor closes it.
+        if came_back(runtime.dialed, addr, self.listen_port):
             return None
         relay = TcpRelay(runtime, self.listen_port)
         runtime.relay_opened(relay)

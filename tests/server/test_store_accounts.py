@@ -638,6 +638,15 @@ class RemoveUserTests(AccountStoreTestCase):
 
 
 class MigrationTests(SynchronousTestCase):
+    def migrated(self, data_dir: str) -> Any:
+        """The store in C{data_dir}, opened (so migrated) now: at the current version."""
+        clock = Clock()
+        clock.advance(NOW)
+        store = open_store(data_dir, clock, runner=run_synchronously)
+        self.addCleanup(lambda: self.successResultOf(store.close()))
+        self.assertEqual(store.schema_version, 3)
+        return store
+
     def test_v1_rules_survive(self) -> None:
         """Migrating a v1 store keeps its clients and rules, with no owner or grant."""
         self.assertEqual(SCHEMA_VERSION, 3)
@@ -662,11 +671,7 @@ class MigrationTests(SynchronousTestCase):
         conn.commit()
         conn.close()
 
-        clock = Clock()
-        clock.advance(NOW)
-        store = open_store(data_dir, clock, runner=run_synchronously)
-        self.addCleanup(lambda: self.successResultOf(store.close()))
-        self.assertEqual(store.schema_version, 3)
+        store = self.migrated(data_dir)
         records = self.successResultOf(store.list_rules())
         self.assertEqual(
             [(r.rule_id, r.rule.listen.start, r.owner_user_id, r.grant_id) for r in records],
@@ -719,11 +724,7 @@ class MigrationTests(SynchronousTestCase):
         conn.commit()
         conn.close()
 
-        clock = Clock()
-        clock.advance(NOW)
-        store = open_store(data_dir, clock, runner=run_synchronously)
-        self.addCleanup(lambda: self.successResultOf(store.close()))
-        self.assertEqual(store.schema_version, 3)
+        store = self.migrated(data_dir)
         records = self.successResultOf(store.list_rules())
         self.assertEqual(
             [(r.rule_id, r.rule.allow_local_targets) for r in records], [(7, False), (9, True)]
