@@ -295,13 +295,13 @@ class _SocketAttempt:
         except OSError:
             return
         self._local = (local[0], local[1])
-        track.add(self._local)
+        track.add(self._local, (self._peer[0], self._peer[1]))
 
     def _untrack(self) -> None:
         local, self._local = self._local, None
         track = self._dialer.track
         if local is not None and track is not None:
-            track.discard(local)
+            track.discard(local, (self._peer[0], self._peer[1]))
 
     # -- as the reactor's descriptor while pending -----------------------------
 

@@ -76,9 +76,15 @@ class Preamble(Protocol):
         listen_port: int,
         clock: IReactorTime,
         on_done: Any = None,
+        dialed: DialedSockets | None = None,
     ) -> None:
-        """@param on_done: called once, when the socket is handed over or closed."""
+        """
+        @param on_done: called once, when the socket is handed over or closed.
+        @param dialed: this process's dialled sockets: a connection from one
+            is closed at once.
+        """
         self._on_done = on_done
+        self._dialed = dialed
         self._routes = routes
         self._port = listen_port
         self._clock = clock
@@ -91,6 +97,9 @@ class Preamble(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        if came_back(self._dialed, self.transport, self._port):
+            self._close()
+            return
         peer: Any = self.transport.getPeer()
         self._client = (peer.host, peer.port)
         trusted = self._routes.trusted
@@ -289,8 +298,6 @@ class PreambleFactory(ServerFactory):
         self._throttle = LogThrottle()
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
-        if came_back(self._dialed, addr, self.listen_port):
-            return None
         on_done = None
         budget = self._budget
         if budget is not None:
@@ -298,7 +305,7 @@ class PreambleFactory(ServerFactory):
                 return None
             self.pending += 1
             on_done = self._done
-        protocol = Preamble(self.routes, self.listen_port, self._clock, on_done)
+        protocol = Preamble(self.routes, self.listen_port, self._clock, on_done, self._dialed)
         protocol.factory = self
         return protocol
 

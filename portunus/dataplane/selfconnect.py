@@ -24,7 +24,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from portunus.addresses import format_host_port
+from portunus.addresses import format_host_port, local_form
 from portunus.dataplane.stats import LogThrottle, RuleStats
 
 __all__ = ["DialedBy", "DialedSockets", "came_back"]
@@ -45,14 +45,18 @@ class DialedBy:
         self._stats = stats
         self._throttle = LogThrottle()
 
-    def add(self, local: Address) -> None:
-        """A socket of this rule's is connecting from C{local}."""
-        self._sockets.owners[local] = self
+    def add(self, local: Address, remote: Address) -> None:
+        """A socket of this rule's is connecting from C{local} to C{remote}."""
+        self._sockets.owners.setdefault(local, {})[_reached(remote)] = self
 
-    def discard(self, local: Address) -> None:
+    def discard(self, local: Address, remote: Address) -> None:
         """That socket is closed."""
-        if self._sockets.owners.get(local) is self:
-            del self._sockets.owners[local]
+        owners = self._sockets.owners
+        bucket = owners.get(local)
+        if bucket is not None and bucket.get(_reached(remote)) is self:
+            del bucket[_reached(remote)]
+            if not bucket:
+                del owners[local]
 
     def dropped(self, peer: Address, listen_port: int, now: float) -> None:
         self._stats.self_connections_dropped += 1
@@ -70,35 +74,48 @@ class DialedBy:
             )
 
 
+def _reached(remote: Address) -> Address:
+    """Where a connection to C{remote} arrives: C{0.0.0.0} arrives on loopback."""
+    form = local_form(remote[0])
+    return (str(form) if form is not None else remote[0], remote[1])
+
+
 class DialedSockets:
-    """The local addresses of every socket this process dialled and still holds."""
+    """
+    The sockets this process dialled and still holds: by local address,
+    then by the address they connect to (a local port may be shared by
+    connections to different destinations).
+    """
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self.owners: dict[Address, DialedBy] = {}
+        self.owners: dict[Address, dict[Address, DialedBy]] = {}
 
     def owned_by(self, rule: str, stats: RuleStats) -> DialedBy:
         return DialedBy(self, rule, stats)
 
-    def refuse(self, host: str, port: int, listen_port: int) -> bool:
+    def refuse(self, transport: Any, listen_port: int) -> bool:
         """
-        Whether an accepted connection from C{host}:C{port} on C{listen_port}
-        comes from a socket this process dialled; if so it is counted on
-        that socket's rule and logged, and the caller closes it.
+        Whether the accepted connection C{transport} on C{listen_port} is
+        one this process dialled (its peer is one of our sockets, and its
+        own address is where that socket connects to); if so it is counted
+        on that socket's rule and logged, and the caller closes it.
         """
-        owner = self.owners.get((host, port))
+        peer = transport.getPeer()
+        bucket = self.owners.get((peer.host, peer.port))
+        if not bucket:
+            return False
+        local = transport.getHost()
+        owner = bucket.get((local.host, local.port))
         if owner is None:
             return False
-        owner.dropped((host, port), listen_port, self._clock.seconds())
+        owner.dropped((peer.host, peer.port), listen_port, self._clock.seconds())
         return True
 
 
-def came_back(dialed: DialedSockets | None, peer: Any, listen_port: int) -> bool:
+def came_back(dialed: DialedSockets | None, transport: Any, listen_port: int) -> bool:
     """
-    Whether the connection a listener on C{listen_port} accepted from
-    C{peer} (Twisted's address, C{None} in some tests) is one this process
-    dialled; its factory then returns no protocol and the reactor closes it.
+    Whether a listener on C{listen_port} accepted C{transport} from one of
+    this process's own dialled sockets (the caller then closes it).
     """
-    return (
-        dialed is not None and peer is not None and dialed.refuse(peer.host, peer.port, listen_port)
-    )
+    return dialed is not None and dialed.refuse(transport, listen_port)

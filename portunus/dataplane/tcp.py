@@ -264,11 +264,15 @@ class TcpRelay:
         self.client = leg
         transport = leg.transport
         assert transport is not None
+        runtime = self._runtime
+        if came_back(runtime.dialed, transport, self.listen_port):
+            # One of this process's own dialled sockets (a target that loops).
+            self._close_all(reset=True)
+            return
         _set_nodelay(transport)
         if self.client_address is None:
             peer = transport.getPeer()
             self.client_address = (peer.host, peer.port)
-        runtime = self._runtime
         refusal = runtime.admit(self.client_address[0])
         if refusal is None:
             refusal = runtime.limiter.admit()
@@ -754,10 +758,8 @@ class InboundFactory(ServerFactory):
         self.runtime = runtime
         self.listen_port = listen_port
 
-    def buildProtocol(self, addr: Any) -> IProtocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> IProtocol:  # type: ignore[override]
         runtime = self.runtime
-        if came_back(runtime.dialed, addr, self.listen_port):
-            return None
         relay = TcpRelay(runtime, self.listen_port)
         runtime.relay_opened(relay)
         return _ClientLeg(relay)
