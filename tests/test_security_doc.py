@@ -93,6 +93,7 @@ class SecurityDocTests(SynchronousTestCase):
             f"older than {DEFAULT_MAX_AGE_SECS // 86400} days",
         ):
             self.assertIn(value, self.text)
+
     def test_tenant_limits(self) -> None:
         """The derived descriptor limits and their examples in the doc are the code's."""
         section = self.text[self.text.index("## Tenants on an edge") :]
